@@ -1,0 +1,1 @@
+"""Composition of the stages: config, io, run, stats, report, cli."""

@@ -1,0 +1,331 @@
+"""Run configuration: TOML -> frozen dataclasses, validated before any heavy work.
+
+Each section is a frozen dataclass whose fields have defaults; unknown keys,
+wrong types and impossible values raise :class:`~tomomech.errors.ConfigError`
+naming the key and the fix. The resolved config is written beside the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from solvers.physics.materials import Material, get_material
+from tomomech.errors import ConfigError
+
+PHASE_NAMES = ("void", "electrolyte", "active")
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} = {value!r} is not allowed: use one of {', '.join(map(repr, choices))}")
+
+
+def _check_positive(key: str, value, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} = {value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """[input]: the stack to read.
+
+    ``voxel_size_um``: one number (isotropic) or [z, y, x]; overrides the
+    file's metadata; required when the file carries none.
+    ``crop``: [[z0, z1], [y0, y1], [x0, x1]] half-open voxel ranges.
+    """
+
+    path: str = ""
+    voxel_size_um: Union[float, list, None] = None
+    crop: Union[list, None] = None
+
+    def __post_init__(self):
+        if not self.path:
+            raise ConfigError("input.path is required: the TIFF stack or folder of slices to read")
+        vs = self.voxel_size_um
+        if vs is not None:
+            vals = [vs] if isinstance(vs, (int, float)) else list(vs)
+            if len(vals) not in (1, 3) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                  or not v > 0 for v in vals):
+                raise ConfigError(f"input.voxel_size_um = {vs!r}: give one positive number or [z, y, x]")
+        if self.crop is not None:
+            ok = (isinstance(self.crop, list) and len(self.crop) == 3
+                  and all(isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) for v in r)
+                          and 0 <= r[0] < r[1] for r in self.crop))
+            if not ok:
+                raise ConfigError(f"input.crop = {self.crop!r}: use [[z0, z1], [y0, y1], [x0, x1]] "
+                                  "with integers 0 <= start < stop")
+
+    def spacing_um(self):
+        """Voxel size (z, y, x) from the config, or None."""
+        vs = self.voxel_size_um
+        if vs is None:
+            return None
+        return (float(vs),) * 3 if isinstance(vs, (int, float)) else tuple(float(v) for v in vs)
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """[segmentation]: grey values or labels -> phases -> particles.
+
+    ``phase_map`` maps a label value (``method = "labels"``) or an intensity
+    class 0, 1, 2 from dark to bright (``multiotsu``/``thresholds``) to
+    ``"void" | "electrolyte" | "active"``.
+    """
+
+    method: str = "multiotsu"
+    phase_map: dict = field(default_factory=lambda: {"0": "void", "1": "electrolyte", "2": "active"})
+    thresholds: Union[list, None] = None
+    denoise: str = "none"
+    denoise_strength: float = 1.0
+    min_particle_voxels: int = 20
+    split_touching: bool = True
+    split_depth_voxels: float = 1.0
+
+    def __post_init__(self):
+        _check_choice("segmentation.method", self.method, ("labels", "multiotsu", "thresholds"))
+        _check_choice("segmentation.denoise", self.denoise, ("none", "median", "gaussian", "nlmeans"))
+        if self.method == "thresholds" and not self.thresholds:
+            raise ConfigError("segmentation.method = 'thresholds' needs segmentation.thresholds = [t1, t2]")
+        for k, v in self.phase_map.items():
+            try:
+                int(k)
+            except ValueError:
+                raise ConfigError(f"segmentation.phase_map key {k!r} must be an integer value") from None
+            if v not in PHASE_NAMES:
+                raise ConfigError(f"segmentation.phase_map.{k} = {v!r}: use one of {PHASE_NAMES}")
+        if "active" not in self.phase_map.values():
+            raise ConfigError("segmentation.phase_map maps nothing to 'active'")
+        _check_positive("segmentation.min_particle_voxels", self.min_particle_voxels, allow_zero=True)
+        _check_positive("segmentation.split_depth_voxels", self.split_depth_voxels)
+        _check_positive("segmentation.denoise_strength", self.denoise_strength)
+
+    def int_phase_map(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.phase_map.items()}
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """[mesh]: ``kind = "voxel-hex"``; ``coarsen``: merge coarsen^3 voxels into one element."""
+
+    kind: str = "voxel-hex"
+    coarsen: int = 1
+    vtu: bool = False
+
+    def __post_init__(self):
+        _check_choice("mesh.kind", self.kind, ("voxel-hex",))
+        _check_positive("mesh.coarsen", self.coarsen)
+
+
+@dataclass(frozen=True)
+class MaterialsConfig:
+    """[materials]: preset names or inline tables for each phase."""
+
+    active: Union[str, dict] = "NMC811"
+    electrolyte: Union[str, dict] = "Li6PS5Cl"
+
+    def __post_init__(self):
+        self.resolve()  # validates
+
+    def resolve(self) -> tuple[Material, Material]:
+        return get_material(self.active, "materials.active"), get_material(self.electrolyte, "materials.electrolyte")
+
+
+@dataclass(frozen=True)
+class MechanicsConfig:
+    """[mechanics]: top face ``free``, ``fixed`` or under ``stack_pressure`` (MPa, compressive)."""
+
+    top: str = "free"
+    stack_pressure_MPa: float = 0.0
+
+    def __post_init__(self):
+        _check_choice("mechanics.top", self.top, ("free", "fixed", "stack_pressure"))
+        _check_positive("mechanics.stack_pressure_MPa", self.stack_pressure_MPa, allow_zero=True)
+        if self.top == "stack_pressure" and self.stack_pressure_MPa == 0:
+            raise ConfigError("mechanics.top = 'stack_pressure' needs mechanics.stack_pressure_MPa > 0")
+
+
+@dataclass(frozen=True)
+class CyclingConfig:
+    """[cycling]: ``mode = "swell"``: the active phase goes uniformly from
+    ``soc_start`` (the stress-free reference) to ``soc_end`` in ``steps`` equal
+    increments (theta = c / c_max)."""
+
+    mode: str = "swell"
+    soc_start: float = 1.0
+    soc_end: float = 0.22
+    steps: int = 1
+
+    def __post_init__(self):
+        _check_choice("cycling.mode", self.mode, ("swell",))
+        for k in ("soc_start", "soc_end"):
+            v = getattr(self, k)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"cycling.{k} = {v!r} must lie in [0, 1] (theta = c / c_max)")
+        _check_positive("cycling.steps", self.steps)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``."""
+
+    method: str = "auto"
+    rtol: float = 1e-8
+    maxiter: int = 500
+
+    def __post_init__(self):
+        _check_choice("solver.method", self.method, ("auto", "direct", "amg"))
+        if not 0 < self.rtol < 1:
+            raise ConfigError(f"solver.rtol = {self.rtol!r} must lie in (0, 1)")
+        _check_positive("solver.maxiter", self.maxiter)
+
+
+@dataclass(frozen=True)
+class StatisticsConfig:
+    """[statistics]: ``shell_voxels`` (local void fraction shell) and
+    ``normal_smoothing_voxels`` (Gaussian width of the interface normals)."""
+
+    shell_voxels: float = 3.0
+    normal_smoothing_voxels: float = 1.5
+
+    def __post_init__(self):
+        _check_positive("statistics.shell_voxels", self.shell_voxels)
+        _check_positive("statistics.normal_smoothing_voxels", self.normal_smoothing_voxels)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """[output]: results folder (relative to the config file)."""
+
+    dir: str = "results"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration."""
+
+    input: InputConfig
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    materials: MaterialsConfig = field(default_factory=MaterialsConfig)
+    mechanics: MechanicsConfig = field(default_factory=MechanicsConfig)
+    cycling: CyclingConfig = field(default_factory=CyclingConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        active, _ = self.materials.resolve()
+        if not active.swells:
+            raise ConfigError(f"materials.active = {active.name!r} has no volume-change law: give "
+                              "volume_change = [[theta, dV/V], ...] or omega_m3_mol")
+        lo, hi = active.theta_range()
+        for k in ("soc_start", "soc_end"):
+            v = getattr(self.cycling, k)
+            if not lo <= v <= hi:
+                raise ConfigError(f"cycling.{k} = {v} lies outside the volume-change table of "
+                                  f"{active.name} (theta {lo}..{hi}); choose a window inside it")
+
+    def to_dict(self) -> dict:
+        return _strip_none(dataclasses.asdict(self))
+
+
+def _strip_none(d):
+    if isinstance(d, dict):
+        return {k: _strip_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+def _type_ok(value, annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (dict, list, str, bool):
+        return isinstance(value, annotation)
+    return True
+
+
+def _build(cls, data: dict, section: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{section}] must be a table, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for k, v in data.items():
+        if k not in fields:
+            close = difflib.get_close_matches(k, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {section}.{k}{hint}; allowed keys: {', '.join(fields)}")
+        if not _type_ok(v, hints[k]):
+            raise ConfigError(f"{section}.{k} = {v!r} has the wrong type: expected "
+                              f"{getattr(hints[k], '__name__', str(hints[k]))}")
+    kw = dict(data)
+    if cls is SegmentationConfig and "phase_map" in kw:
+        kw["phase_map"] = {str(k): v for k, v in kw["phase_map"].items()}
+    return cls(**kw)
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
+    """Validate a config mapping; relative paths are resolved against ``base_dir``."""
+    hints = typing.get_type_hints(Config)
+    unknown = set(data) - set(hints)
+    if unknown:
+        k = sorted(unknown)[0]
+        close = difflib.get_close_matches(k, hints, n=1)
+        hint = f" (did you mean [{close[0]}]?)" if close else ""
+        raise ConfigError(f"unknown section [{k}]{hint}; sections: {', '.join(hints)}")
+    if "input" not in data:
+        raise ConfigError("the config needs an [input] section with path = 'stack.tif'")
+    sections = {name: _build(hints[name], dict(data.get(name, {})), name) for name in hints if name in data}
+    base = Path(base_dir)
+    inp = sections["input"]
+    p = Path(inp.path)
+    if not p.is_absolute():
+        sections["input"] = dataclasses.replace(inp, path=str((base / p).resolve()))
+    out = sections.get("output", OutputConfig())
+    if not Path(out.dir).is_absolute():
+        sections["output"] = dataclasses.replace(out, dir=str((base / out.dir).resolve()))
+    return Config(**sections)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> Config:
+    """Read and validate a TOML config file.
+
+    Parameters
+    ----------
+    path : path of the ``.toml`` file
+    overrides : nested mapping merged over the file's content (CLI options)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    for sec, vals in (overrides or {}).items():
+        data.setdefault(sec, {}).update(vals)
+    return config_from_dict(data, path.parent)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as TOML text."""
+    import tomli_w
+
+    return tomli_w.dumps(cfg.to_dict())

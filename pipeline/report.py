@@ -1,0 +1,136 @@
+"""report.html with plots and tables from particles.csv and summary.json."""
+
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import io
+
+log = logging.getLogger(__name__)
+
+
+def _fig():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> str:
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path.name
+
+
+def make_plots(out: Path, table: dict[str, np.ndarray], summary: dict) -> list[tuple[str, str]]:
+    """Write the PNGs; return (file name, caption) pairs."""
+    plt = _fig()
+    last = int(table["step"].max())
+    rows = (table["step"] == last) & table["meshed"]
+    interior = rows & ~table["touches_boundary"]
+    plots = []
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ph = summary["steps"][-1]["phases"]
+    names = list(ph)
+    for key, a in (("von_mises", ax[0]), ("hydrostatic", ax[1])):
+        vals = [[ph[n][f"{key}_mean_MPa"] for n in names],
+                [ph[n].get(f"{key}_p95_MPa", ph[n].get(f"{key}_max_MPa")) for n in names]]
+        x = np.arange(len(names))
+        a.bar(x - 0.2, vals[0], 0.4, label="mean")
+        a.bar(x + 0.2, vals[1], 0.4, label="p95" if key == "von_mises" else "max")
+        a.set_xticks(x, names)
+        a.set_ylabel(f"{key.replace('_', ' ')} (MPa)")
+        a.legend()
+    fig.suptitle(f"Stress per phase at step {last}")
+    plots.append((_save(plt, fig, out / "stress_by_phase.png"), "Volume statistics of stress per phase."))
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    for a, (xk, xl) in zip(ax, (("eq_diameter_um", "equivalent diameter (µm)"),
+                                ("local_void_fraction", "local void fraction"))):
+        a.scatter(table[xk][rows & table["touches_boundary"]],
+                  table["von_mises_max_MPa"][rows & table["touches_boundary"]],
+                  s=12, c="0.7", label="touches box")
+        a.scatter(table[xk][interior], table["von_mises_max_MPa"][interior], s=14, label="interior")
+        a.set_xlabel(xl)
+        a.set_ylabel("particle max von Mises (MPa)")
+        a.legend()
+    plots.append((_save(plt, fig, out / "particle_stress.png"),
+                  "Particle peak von Mises stress against size and against local void fraction "
+                  "(particles cut by the box in grey)."))
+
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    ax.scatter(table["eq_diameter_um"][rows], table["interface_normal_traction_mean_MPa"][rows], s=12)
+    ax.axhline(0, c="k", lw=0.5)
+    ax.set_xlabel("equivalent diameter (µm)")
+    ax.set_ylabel("mean AP|SE normal traction (MPa, tension +)")
+    plots.append((_save(plt, fig, out / "interface_traction.png"),
+                  "Mean normal traction on each particle's electrolyte interface."))
+
+    if len(summary["steps"]) > 1:
+        fig, ax = plt.subplots(figsize=(5, 3.8))
+        soc = [s["soc"] for s in summary["steps"]]
+        for n in names:
+            ax.plot(soc, [s["phases"][n]["von_mises_mean_MPa"] for s in summary["steps"]], "o-", label=n)
+        ax.set_xlabel("state of charge theta")
+        ax.set_ylabel("mean von Mises (MPa)")
+        ax.legend()
+        plots.append((_save(plt, fig, out / "stress_vs_soc.png"), "Mean von Mises stress per phase against SOC."))
+    return plots
+
+
+def _table_html(cols: dict[str, np.ndarray], idx) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in cols)
+    body = []
+    for i in idx:
+        cells = []
+        for v in (cols[k][i] for k in cols):
+            cells.append(f"<td>{v:.4g}</td>" if isinstance(v, (float, np.floating)) else f"<td>{v}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def write_report(out: str | Path) -> Path:
+    """Write ``report.html`` (and PNGs) into a results folder."""
+    out = Path(out)
+    table = io.read_csv(out / "particles.csv")
+    summary = io.read_json(out / "summary.json")
+    plots = make_plots(out, table, summary)
+    last = summary["steps"][-1]
+    rows = np.flatnonzero(table["step"] == int(table["step"].max()))
+    top = rows[np.argsort(-np.nan_to_num(table["von_mises_max_MPa"][rows], nan=-np.inf))[:10]]
+    show = ["particle_id", "eq_diameter_um", "touches_boundary", "isolated", "local_void_fraction",
+            "von_mises_max_MPa", "hydrostatic_mean_MPa", "interface_normal_traction_mean_MPa"]
+    steps_cols = {"step": np.array([s["step"] for s in summary["steps"]]),
+                  "soc": np.array([s["soc"] for s in summary["steps"]]),
+                  "iterations": np.array([s.get("solver_iterations", -1) for s in summary["steps"]])}
+    for n in last["phases"]:
+        steps_cols[f"{n} von Mises mean (MPa)"] = np.array(
+            [s["phases"][n]["von_mises_mean_MPa"] for s in summary["steps"]])
+        steps_cols[f"{n} hydrostatic mean (MPa)"] = np.array(
+            [s["phases"][n]["hydrostatic_mean_MPa"] for s in summary["steps"]])
+    fr = last["phase_fractions"]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tomomech report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:100%}}</style></head><body>
+<h1>tomomech report</h1>
+<p>{summary['particle_count']} particles ({summary['isolated_particles']} isolated, no electrolyte contact);
+phase fractions: active {fr['active']:.3f}, electrolyte {fr['electrolyte']:.3f}, void {fr['void']:.3f};
+mesh {summary['mesh']['cells']} hexes, {summary['mesh']['dof']} dof; voxel size {summary['voxel_size_um']} µm.</p>
+<p>Stresses in MPa, tension positive. Particles that touch the box are cut by the crop: their
+stresses depend on the box conditions.</p>
+<h2>Steps</h2>{_table_html(steps_cols, range(len(summary['steps'])))}
+{''.join(f'<h3>{html.escape(c)}</h3><img src="{f}">' for f, c in plots)}
+<h2>Ten most stressed particles (last step)</h2>{_table_html({k: table[k] for k in show}, top)}
+<p>All rows: <a href="particles.csv">particles.csv</a>; per-step summary: <a href="summary.json">summary.json</a>;
+fields: fields.xdmf (ParaView).</p></body></html>"""
+    with io.atomic_path(out / "report.html") as tmp:
+        tmp.write_text(page)
+    return out / "report.html"

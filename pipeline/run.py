@@ -1,0 +1,309 @@
+"""The pipeline: stages, caching by content hash, provenance.
+
+Stages (each reads and writes the results folder, see shared/DESIGN.md)::
+
+    segment : stack -> phases.tif, particles.tif
+    mesh    : phases, particles -> mesh.xdmf (mesh.vtu on request)
+    solve   : mesh -> fields.xdmf/.h5, particles.csv, summary.json
+    report  : particles.csv, summary.json -> report.html + PNGs
+
+A stage is skipped when its key (a hash of its inputs and options) matches
+the key recorded in ``.tomomech/stages.json`` and its files exist, so
+changing a solver option does not re-segment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline import io
+from pipeline.config import Config, dump_config
+from pipeline.stats import particle_step_table, stack_tables, step_summary
+from tomomech import __version__
+from tomomech.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+#: progress callback: (stage, done, total) -> None
+Progress = Callable[[str, int, int], None]
+
+STAGE_FILES = {
+    "segment": ("phases.tif", "particles.tif"),
+    "mesh": ("mesh.xdmf", "mesh.h5"),
+    "solve": ("fields.xdmf", "fields.h5", "particles.csv", "summary.json"),
+}
+STATE = ".tomomech/stages.json"
+MIN_VOXELS_PER_AXIS = 4
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def _key(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Workspace:
+    """A results folder with its stage state."""
+
+    out: Path
+
+    def state(self) -> dict:
+        p = self.out / STATE
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def fresh(self, stage: str, key: str) -> bool:
+        files = STAGE_FILES.get(stage, ())
+        return self.state().get(stage) == key and all((self.out / f).exists() for f in files)
+
+    def mark(self, stage: str, key: str) -> None:
+        st = self.state()
+        st[stage] = key
+        io.write_json(self.out / STATE, st)
+
+
+# ----------------------------------------------------------------------------- stages
+
+def segment_stage(image: np.ndarray, cfg: Config, spacing_um) -> tuple[np.ndarray, np.ndarray]:
+    """Grey values or labels -> (phases uint8, particles int32). Pure."""
+    from segmentation import (
+        classify_multiotsu,
+        classify_thresholds,
+        denoise,
+        label_particles,
+        map_phases,
+        remove_small_particles,
+    )
+
+    sc = cfg.segmentation
+    if sc.method == "labels":
+        if not np.issubdtype(image.dtype, np.integer):
+            raise InputError(f"segmentation.method = 'labels' needs an integer label image, the input is "
+                             f"{image.dtype}; use 'multiotsu' or 'thresholds' for grey values")
+        classes = image
+    else:
+        img = denoise(image, sc.denoise, sc.denoise_strength)
+        if sc.method == "multiotsu":
+            classes, thr = classify_multiotsu(img, 3)
+            log.info("multi-Otsu thresholds: %s", np.round(thr, 3).tolist())
+        else:
+            classes = classify_thresholds(img, sc.thresholds)
+    phases = map_phases(classes, sc.int_phase_map())
+    phases = remove_small_particles(phases, sc.min_particle_voxels)
+    particles = label_particles(phases, spacing=spacing_um, split_touching=sc.split_touching,
+                                split_depth=sc.split_depth_voxels)
+    return phases, particles
+
+
+def load_input(cfg: Config) -> tuple[np.ndarray, tuple[float, float, float], str]:
+    """Read and crop the stack; resolve the voxel size. Raises before heavy work."""
+    vol = io.read_volume(cfg.input.path, crop=cfg.input.crop)
+    spacing = cfg.input.spacing_um() or vol.spacing_um
+    if spacing is None:
+        raise ConfigError(f"{cfg.input.path} carries no voxel size: set input.voxel_size_um "
+                          "(micrometres) in the config or --voxel-size-um on the command line")
+    if min(vol.data.shape) < MIN_VOXELS_PER_AXIS * cfg.mesh.coarsen:
+        raise InputError(f"volume of shape {vol.data.shape} is too small to mesh: need at least "
+                         f"{MIN_VOXELS_PER_AXIS * cfg.mesh.coarsen} voxels per axis (with mesh.coarsen = "
+                         f"{cfg.mesh.coarsen}); enlarge input.crop")
+    return vol.data, tuple(float(s) for s in spacing), io.file_hash(cfg.input.path)
+
+
+def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress: Progress = _noop) -> dict:
+    """Mesh, solve every step, reduce to particle and summary tables, write them.
+
+    Returns
+    -------
+    dict with ``summary`` (list per step), ``solver`` stats, ``timings``.
+    """
+    from segmentation import particle_geometry
+    from solvers import fields
+    from solvers.mesh import coarsen_labels, voxel_hex_mesh
+    from solvers.physics import ElasticProblem
+
+    t = {}
+    t0 = time.perf_counter()
+    ph, pa = coarsen_labels(phases, particles, cfg.mesh.coarsen)
+    sp_um = np.asarray(spacing_um, float) * cfg.mesh.coarsen
+    mesh = voxel_hex_mesh(ph, pa, sp_um * 1e-6)
+    t["mesh_s"] = time.perf_counter() - t0
+    write_mesh_files(mesh, out, vtu=cfg.mesh.vtu)
+    log.info("mesh: %d hexes, %d nodes, %d dof", mesh.n_cells, mesh.n_nodes, 3 * mesh.n_nodes)
+
+    active, electrolyte = cfg.materials.resolve()
+    t0 = time.perf_counter()
+    prob = ElasticProblem(mesh, {1: electrolyte, 2: active}, top=cfg.mechanics.top,
+                          stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6,
+                          solver=cfg.solver.method, rtol=cfg.solver.rtol, maxiter=cfg.solver.maxiter)
+    t.update(prob.timings)
+    geom = particle_geometry(mesh.phases, mesh.particles, sp_um, shell_voxels=cfg.statistics.shell_voxels)
+    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing,
+                                   sigma_voxels=cfg.statistics.normal_smoothing_voxels)
+    cell_of = np.full(mesh.phases.size, -1, np.int64)
+    cell_of[mesh.cell_voxel] = np.arange(mesh.n_cells)
+    fa, fs = cell_of[faces["ap_voxel"]], cell_of[faces["se_voxel"]]
+
+    cyc = cfg.cycling
+    thetas = cyc.soc_start + (cyc.soc_end - cyc.soc_start) * np.arange(1, cyc.steps + 1) / cyc.steps
+    is_active = mesh.cell_phase == 2
+    tables, summaries = [], []
+    t_solve = 0.0
+    with io.time_series_writer(out / "fields.xdmf", mesh.points * 1e6, mesh.cells, mesh.element.name) as write:
+        u = None
+        for k, theta in enumerate(thetas, start=1):
+            eps = np.where(is_active, active.swelling_strain(theta, cyc.soc_start), 0.0)
+            ts = time.perf_counter()
+            u = prob.solve(eps, x0=u)
+            t_solve += time.perf_counter() - ts
+            sig = prob.cell_stress(u, eps)
+            tn = fields.normal_traction(sig[fa], sig[fs], faces["normal"])
+            tables.append(particle_step_table(geom, step=k, soc=theta, cell_particle=mesh.cell_particle,
+                                              sigma=sig, faces=faces, face_tn=tn))
+            s = step_summary(step=k, soc=theta, phases=mesh.phases, cell_phase=mesh.cell_phase,
+                             sigma=sig, faces=faces, face_tn=tn)
+            s["solver_iterations"] = prob.solver.stats.iterations[-1]
+            summaries.append(s)
+            write(k, {"displacement_um": u * 1e6},
+                  {"phase": mesh.cell_phase, "particle": mesh.cell_particle,
+                   "von_mises_MPa": fields.von_mises(sig) * 1e-6,
+                   "hydrostatic_MPa": fields.hydrostatic(sig) * 1e-6,
+                   "max_principal_MPa": fields.max_principal(sig) * 1e-6,
+                   "stress_MPa": sig.reshape(-1, 9)[:, [8, 4, 0, 5, 2, 1]] * 1e-6})
+            progress("solve", k, len(thetas))
+    t["solve_s"] = t_solve
+    io.write_csv(out / "particles.csv", stack_tables(tables))
+    pc = int(geom["particle_id"].size)
+    summary = {
+        "particle_count": pc,
+        "isolated_particles": int(np.sum(geom["isolated"])),
+        "voxel_size_um": sp_um.tolist(),
+        "mesh": {"kind": cfg.mesh.kind, "cells": mesh.n_cells, "nodes": mesh.n_nodes,
+                 "dof": prob.n_dof, "removed_floating_voxels": mesh.removed_voxels},
+        "solver": prob.solver.stats.as_dict(),
+        "timings_s": {k: round(v, 3) for k, v in t.items()},
+        "steps": summaries,
+    }
+    io.write_json(out / "summary.json", summary)
+    return summary
+
+
+def write_mesh_files(mesh, out: Path, vtu: bool = False) -> None:
+    """mesh.xdmf/.h5 (and mesh.vtu) with phase and particle cell data; points in micrometres."""
+    cd = {"phase": mesh.cell_phase, "particle": mesh.cell_particle}
+    io.write_mesh(out / "mesh.xdmf", mesh.points * 1e6, mesh.cells, mesh.element.name, cd)
+    if vtu:
+        io.write_mesh(out / "mesh.vtu", mesh.points * 1e6, mesh.cells, mesh.element.name, cd)
+
+
+# ----------------------------------------------------------------------------- driver
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "tomomech": __version__}
+    for pkg in ("numpy", "scipy", "scikit-image", "tifffile", "pyamg", "meshio", "h5py", "matplotlib"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress: Progress = _noop,
+        force: bool = False) -> Path:
+    """Run the pipeline (or some stages of it) into ``cfg.output.dir``.
+
+    Parameters
+    ----------
+    cfg : Config
+    stages : iterable of stage names to run (the earlier ones are loaded from the folder)
+    progress : callback (stage, done, total)
+    force : bool
+        Ignore the cache.
+
+    Returns
+    -------
+    Path of the results folder.
+    """
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ws = Workspace(out)
+    timings = {}
+    cached = {}
+    t0 = time.perf_counter()
+    image, spacing, in_hash = load_input(cfg)  # validates input before any heavy work
+    timings["read_s"] = time.perf_counter() - t0
+    with io.atomic_path(out / "config.toml") as tmp:
+        tmp.write_text(dump_config(cfg))
+
+    seg_key = _key(in_hash, cfg.input.crop, spacing, asdict(cfg.segmentation), __version__)
+    edited = out / "edits" / "particles.tif"
+    if edited.exists():  # labels edited by hand (napari) replace segmentation
+        seg_key = _key(seg_key, io.file_hash(edited))
+    t0 = time.perf_counter()
+    if not force and ws.fresh("segment", seg_key):
+        phases = io.read_volume(out / "phases.tif").data.astype(np.uint8)
+        particles = io.read_volume(out / "particles.tif").data.astype(np.int32)
+        cached["segment"] = True
+    elif "segment" in stages or not (out / "phases.tif").exists():
+        progress("segment", 0, 1)
+        phases, particles = segment_stage(image, cfg, spacing)
+        io.write_volume(out / "phases.tif", phases, spacing)
+        io.write_volume(out / "particles.tif", particles, spacing)
+        ws.mark("segment", seg_key)
+        cached["segment"] = False
+        progress("segment", 1, 1)
+    else:
+        raise InputError(f"{out} holds a segmentation from other inputs: run `tomomech segment` first")
+    timings["segment_s"] = time.perf_counter() - t0
+
+    solve_key = _key(seg_key, asdict(cfg.mesh), asdict(cfg.materials), asdict(cfg.mechanics), asdict(cfg.cycling), asdict(cfg.solver),
+                     asdict(cfg.statistics))
+    summary = None
+    if "mesh" in stages and "solve" not in stages:
+        from solvers.mesh import coarsen_labels, voxel_hex_mesh
+
+        ph, pa = coarsen_labels(phases, particles, cfg.mesh.coarsen)
+        write_mesh_files(voxel_hex_mesh(ph, pa, np.asarray(spacing) * cfg.mesh.coarsen * 1e-6), out,
+                         vtu=cfg.mesh.vtu)
+    if "solve" in stages:
+        if not force and ws.fresh("solve", solve_key):
+            cached["solve"] = True
+            summary = io.read_json(out / "summary.json")
+        else:
+            summary = solve_stage(phases, particles, spacing, cfg, out, progress)
+            ws.mark("solve", solve_key)
+            cached["solve"] = False
+    if "report" in stages:
+        from pipeline.report import write_report
+
+        t0 = time.perf_counter()
+        write_report(out)
+        timings["report_s"] = time.perf_counter() - t0
+    prov = {
+        "versions": versions(),
+        "input": {"path": cfg.input.path, "sha256": in_hash, "crop": cfg.input.crop,
+                  "voxel_size_um": list(spacing)},
+        "stage_keys": ws.state(),
+        "cached": cached,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    if summary is not None:
+        prov["solver"] = summary["solver"]
+        prov["timings_s"].update(summary["timings_s"])
+    io.write_json(out / "provenance.json", prov)
+    return out

@@ -1,0 +1,95 @@
+"""Per-particle tables and per-step electrode summaries (pure functions over arrays)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solvers import fields
+
+PA_TO_MPA = 1e-6
+PHASE_NAMES = {0: "void", 1: "electrolyte", 2: "active"}
+
+
+def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, soc: np.ndarray,
+                        cell_particle: np.ndarray, sigma: np.ndarray,
+                        faces: dict[str, np.ndarray], face_tn: np.ndarray) -> dict[str, np.ndarray]:
+    """One row per particle for one step.
+
+    Parameters
+    ----------
+    geometry : dict of (N,) arrays from :func:`segmentation.particle_geometry`
+    step : int
+    soc : (N,) theta of each particle (mean), or a scalar
+    cell_particle : (ne,) particle id of each cell (0 outside particles)
+    sigma : (ne, 3, 3) cell stresses, Pa
+    faces : AP|SE faces from :func:`solvers.fields.interface_faces`
+    face_tn : (nf,) normal traction on those faces, Pa (tension positive)
+
+    Returns
+    -------
+    dict of (N,) columns, stresses in MPa.
+    """
+    n = geometry["particle_id"].size
+    m = n + 1
+    sel = cell_particle > 0
+    grp = cell_particle[sel]
+    s = sigma[sel]
+    vm = fields.group_stats(grp, fields.von_mises(s), m, percentiles=(95,))
+    hy = fields.group_stats(grp, fields.hydrostatic(s), m)
+    mp = fields.group_stats(grp, fields.max_principal(s), m)
+    tn = fields.group_stats(faces["particle"], face_tn, m, weights=faces["area"])
+    soc = np.broadcast_to(np.asarray(soc, float), (n,))
+    cols = {"particle_id": geometry["particle_id"], "step": np.full(n, step, np.int64),
+            "soc": soc.copy()}
+    cols.update({k: v for k, v in geometry.items() if k != "particle_id"})
+    body = {
+        "meshed": vm["count"][1:] > 0,
+        "von_mises_mean_MPa": vm["mean"], "von_mises_p95_MPa": vm["p95"], "von_mises_max_MPa": vm["max"],
+        "hydrostatic_mean_MPa": hy["mean"], "hydrostatic_min_MPa": hy["min"],
+        "hydrostatic_max_MPa": hy["max"], "max_principal_max_MPa": mp["max"],
+        "interface_normal_traction_mean_MPa": tn["mean"],
+        "interface_normal_traction_max_MPa": tn["max"],
+    }
+    for k, v in body.items():
+        cols[k] = v if k == "meshed" else v[1:] * PA_TO_MPA
+    return cols
+
+
+def step_summary(*, step: int, soc: float, phases: np.ndarray, cell_phase: np.ndarray,
+                 sigma: np.ndarray, faces: dict, face_tn: np.ndarray) -> dict:
+    """Electrode summary of one step: phase fractions and phase stress statistics (MPa)."""
+    frac = np.bincount(phases.ravel(), minlength=3) / phases.size
+    out = {"step": int(step), "soc": float(soc),
+           "phase_fractions": {PHASE_NAMES[k]: float(frac[k]) for k in range(3)},
+           "void_fraction": float(frac[0]),
+           "active_interface_area_um2": float(faces["area"].sum() * 1e12),
+           "interface_normal_traction_mean_MPa": _mpa(np.average(face_tn, weights=faces["area"])
+                                                      if face_tn.size else np.nan),
+           "interface_normal_traction_p95_MPa": _mpa(np.percentile(face_tn, 95) if face_tn.size else np.nan),
+           "phases": {}}
+    vm = fields.von_mises(sigma)
+    hy = fields.hydrostatic(sigma)
+    for code in (1, 2):
+        sel = cell_phase == code
+        if not sel.any():
+            continue
+        out["phases"][PHASE_NAMES[code]] = {
+            "von_mises_mean_MPa": _mpa(vm[sel].mean()),
+            "von_mises_p95_MPa": _mpa(np.percentile(vm[sel], 95)),
+            "von_mises_max_MPa": _mpa(vm[sel].max()),
+            "hydrostatic_mean_MPa": _mpa(hy[sel].mean()),
+            "hydrostatic_min_MPa": _mpa(hy[sel].min()),
+            "hydrostatic_max_MPa": _mpa(hy[sel].max()),
+        }
+    return out
+
+
+def _mpa(v) -> float:
+    return float(v) * PA_TO_MPA
+
+
+def stack_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate per-step tables column by column."""
+    if not tables:
+        return {}
+    return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}

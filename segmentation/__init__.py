@@ -1,0 +1,29 @@
+"""Pure array functions: image -> phases -> particles -> geometry table.
+
+Nothing here reads files or imports ``solvers`` or ``pipeline``. Arrays are
+(z, y, x); spacing is passed explicitly in micrometres.
+"""
+
+from segmentation.geometry import face_pairs, particle_geometry
+from segmentation.particles import label_particles, remove_small_particles
+from segmentation.phases import (
+    Phase,
+    classify_multiotsu,
+    classify_thresholds,
+    denoise,
+    map_phases,
+)
+from segmentation.synthetic import make_composite
+
+__all__ = [
+    "Phase",
+    "classify_multiotsu",
+    "classify_thresholds",
+    "denoise",
+    "face_pairs",
+    "label_particles",
+    "make_composite",
+    "map_phases",
+    "particle_geometry",
+    "remove_small_particles",
+]

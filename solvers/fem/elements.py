@@ -1,0 +1,81 @@
+"""Reference elements: node coordinates, shape functions, gradients, quadrature.
+
+An :class:`Element` is data. Node order follows VTK (and meshio) so meshes
+export without reordering. Reference coordinates are in [0, 1] and given as
+(z, y, x) to match the (z, y, x) array convention of the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Element:
+    """A reference finite element.
+
+    Attributes
+    ----------
+    name : str
+        meshio cell type name.
+    nodes : (n, 3) ndarray
+        Reference node coordinates (z, y, x) in [0, 1]^3.
+    shape : callable
+        ``shape(xi)`` with ``xi`` (q, 3) returns N (q, n).
+    grad : callable
+        ``grad(xi)`` returns dN/dxi (q, n, 3).
+    quadrature : tuple of ((q, 3), (q,)) ndarrays
+        Points and weights on the reference cell (weights sum to its volume).
+    """
+
+    name: str
+    nodes: np.ndarray
+    shape: Callable[[np.ndarray], np.ndarray]
+    grad: Callable[[np.ndarray], np.ndarray]
+    quadrature: tuple[np.ndarray, np.ndarray]
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.nodes.shape[0])
+
+
+# VTK hexahedron in (x, y, z): (0,0,0) (1,0,0) (1,1,0) (0,1,0) (0,0,1) (1,0,1) (1,1,1) (0,1,1)
+_HEX_XYZ = np.array(
+    [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]],
+    dtype=float,
+)
+_HEX_ZYX = _HEX_XYZ[:, ::-1].copy()
+
+
+def _hex_shape(xi: np.ndarray) -> np.ndarray:
+    xi = np.atleast_2d(xi)
+    n = _HEX_ZYX[None, :, :]
+    f = np.where(n == 1, xi[:, None, :], 1.0 - xi[:, None, :])
+    return f.prod(axis=2)
+
+
+def _hex_grad(xi: np.ndarray) -> np.ndarray:
+    xi = np.atleast_2d(xi)
+    n = _HEX_ZYX[None, :, :]
+    f = np.where(n == 1, xi[:, None, :], 1.0 - xi[:, None, :])  # (q, 8, 3)
+    df = np.where(n == 1, 1.0, -1.0) * np.ones_like(f)
+    g = np.empty_like(f)
+    for d in range(3):
+        others = [k for k in range(3) if k != d]
+        g[:, :, d] = df[:, :, d] * f[:, :, others[0]] * f[:, :, others[1]]
+    return g
+
+
+def _gauss_hex(order: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    p, w = np.polynomial.legendre.leggauss(order)
+    p = 0.5 * (p + 1.0)
+    w = 0.5 * w
+    pts = np.stack(np.meshgrid(p, p, p, indexing="ij"), axis=-1).reshape(-1, 3)
+    wts = np.einsum("i,j,k->ijk", w, w, w).ravel()
+    return pts, wts
+
+
+HEX8 = Element("hexahedron", _HEX_ZYX, _hex_shape, _hex_grad, _gauss_hex(2))

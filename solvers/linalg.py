@@ -1,0 +1,148 @@
+"""Linear solvers behind one interface: set up once, solve many times.
+
+A solver is built from a matrix once (factorisation or AMG hierarchy) and then
+called for each right-hand side, as the stiffness of a bonded problem does not
+change between load or time steps. Every solve checks the true residual and
+raises :class:`~tomomech.errors.ConvergenceError` instead of returning a
+non-converged result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from tomomech.errors import ConvergenceError
+
+log = logging.getLogger(__name__)
+
+#: below this many unknowns ``method="auto"`` factorises directly
+DIRECT_LIMIT = 20_000
+
+
+@dataclass
+class SolveStats:
+    """Bookkeeping of one solver: setup time, and per solve iterations/time."""
+
+    method: str
+    setup_s: float = 0.0
+    iterations: list[int] = field(default_factory=list)
+    solve_s: list[float] = field(default_factory=list)
+    residuals: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "setup_s": round(self.setup_s, 4),
+            "solves": len(self.iterations),
+            "iterations": self.iterations,
+            "solve_s": [round(t, 4) for t in self.solve_s],
+            "max_relative_residual": max(self.residuals) if self.residuals else None,
+        }
+
+
+def rigid_body_modes(points: np.ndarray) -> np.ndarray:
+    """The six rigid-body modes of a 3D node set, node-major (3 nn, 6).
+
+    Translations along the three axes, then rotations about them, centred on
+    the mean point and scaled to unit maximum so that AMG sees comparable
+    columns.
+    """
+    x = points - points.mean(axis=0)
+    x = x / max(np.abs(x).max(), 1e-300)
+    n = x.shape[0]
+    B = np.zeros((n, 3, 6))
+    for d in range(3):
+        B[:, d, d] = 1.0
+    for k, w in enumerate(np.eye(3)):
+        B[:, :, 3 + k] = np.cross(w, x)
+    return B.reshape(3 * n, 6)
+
+
+class LinearSolver:
+    """SPD solver: direct (SuperLU) or CG with smoothed-aggregation AMG.
+
+    Parameters
+    ----------
+    A : sparse SPD matrix (n, n)
+    method : {"auto", "direct", "amg"}
+        ``auto`` picks direct below :data:`DIRECT_LIMIT` unknowns.
+    near_nullspace : (n, k) ndarray, optional
+        For elasticity the six rigid-body modes (:func:`rigid_body_modes`):
+        AMG then needs about 10 CG iterations where plain AMG needs 90.
+    rtol : float
+        Relative residual ``||b - A x|| / ||b||`` every solve must reach.
+    maxiter : int
+    """
+
+    def __init__(self, A, *, method: str = "auto", near_nullspace=None,
+                 rtol: float = 1e-8, maxiter: int = 500):
+        if method == "auto":
+            method = "direct" if A.shape[0] <= DIRECT_LIMIT else "amg"
+        if method not in ("direct", "amg"):
+            raise ValueError(f"unknown linear solver method {method!r}: use 'auto', 'direct' or 'amg'")
+        self.A = A
+        self.rtol = float(rtol)
+        self.maxiter = int(maxiter)
+        self.stats = SolveStats(method)
+        t0 = time.perf_counter()
+        if method == "direct":
+            self._lu = spla.splu(sp.csc_matrix(A))
+        else:
+            import pyamg
+
+            Ab = A if sp.isspmatrix_bsr(A) else sp.csr_matrix(A)
+            B = None if near_nullspace is None else np.asarray(near_nullspace, float)
+            self._ml = pyamg.smoothed_aggregation_solver(
+                Ab, B=B, strength=("symmetric", {"theta": 0.0}), max_coarse=300, coarse_solver="splu",
+                smooth=("jacobi", {"omega": 4.0 / 3.0, "degree": 1}),
+                presmoother=("block_gauss_seidel", {"sweep": "symmetric"}),
+                postsmoother=("block_gauss_seidel", {"sweep": "symmetric"}),
+                improve_candidates=None,  # halves setup time, same iterations (measured, 340 k dof)
+            )
+            self._M = self._ml.aspreconditioner(cycle="V")
+            log.debug("AMG hierarchy: %s", self._ml)
+        self.stats.setup_s = time.perf_counter() - t0
+        log.info("linear solver %s set up in %.2f s (%d unknowns)", method, self.stats.setup_s, A.shape[0])
+
+    def solve(self, b: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
+        """Solve ``A x = b`` to ``rtol``; raise ConvergenceError otherwise."""
+        t0 = time.perf_counter()
+        bnorm = float(np.linalg.norm(b))
+        if bnorm == 0.0:
+            self._record(0, 0.0, t0)
+            return np.zeros_like(b)
+        if self.stats.method == "direct":
+            x = self._lu.solve(b)
+            it = 1
+        else:
+            count = [0]
+
+            def cb(_xk):
+                count[0] += 1
+
+            x, info = spla.cg(self.A, b, x0=x0, rtol=self.rtol, atol=0.0, maxiter=self.maxiter,
+                              M=self._M, callback=cb)
+            it = count[0]
+        res = float(np.linalg.norm(b - self.A @ x)) / bnorm
+        # CG's own test uses the preconditioned recurrence; allow round-off on the true residual
+        if not np.isfinite(res) or res > max(10 * self.rtol, 1e-12):
+            raise ConvergenceError(
+                f"{self.stats.method} solve reached relative residual {res:.2e} after {it} "
+                f"iterations, above rtol={self.rtol:.1e}; the mesh may contain a mechanism "
+                "(free rigid motion) or the materials are extreme: check [mechanics] and "
+                "[materials], or raise [solver] maxiter",
+                iterations=it, residual=res,
+            )
+        self._record(it, res, t0)
+        return x
+
+    def _record(self, it: int, res: float, t0: float) -> None:
+        self.stats.iterations.append(int(it))
+        self.stats.residuals.append(float(res))
+        self.stats.solve_s.append(time.perf_counter() - t0)

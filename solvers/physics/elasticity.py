@@ -1,0 +1,156 @@
+"""Small-strain elasticity with an isotropic swelling eigenstrain on voxel meshes.
+
+``div sigma = 0``, ``sigma = C : (eps(u) - eps* I)`` with ``eps*`` per cell
+(zero outside the active phase). Box conditions of shared/PHYSICS.md section 1:
+``u_z = 0`` at z = 0, rollers on the four side faces, and the top free, fixed
+(``u_z = 0``) or under a uniform compressive stack pressure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Mapping
+
+import numpy as np
+
+from solvers.fem.assembly import (
+    apply_dirichlet,
+    assemble_voxel_stiffness,
+    centroid_gradients,
+    elasticity_matrix,
+    gradient_integral,
+    lame,
+)
+from solvers.linalg import LinearSolver, rigid_body_modes
+from solvers.mesh.voxel import VoxelMesh
+from solvers.physics.materials import Material
+from tomomech.errors import ConfigError, MeshError
+
+log = logging.getLogger(__name__)
+
+TOP_CONDITIONS = ("free", "fixed", "stack_pressure")
+
+
+def box_constraints(mesh: VoxelMesh, top: str = "free") -> np.ndarray:
+    """Fixed displacement components of the box conditions.
+
+    Returns
+    -------
+    (nn, 3) bool, components (z, y, x); True where ``u`` is held at zero.
+    """
+    if top not in TOP_CONDITIONS:
+        raise ConfigError(f"mechanics.top = {top!r}: use one of {TOP_CONDITIONS}")
+    iz, iy, ix = mesh.node_index
+    Z, Y, X = mesh.shape
+    fixed = np.zeros((mesh.n_nodes, 3), bool)
+    fixed[:, 0] = iz == 0
+    if top == "fixed":
+        fixed[:, 0] |= iz == Z
+    fixed[:, 1] = (iy == 0) | (iy == Y)
+    fixed[:, 2] = (ix == 0) | (ix == X)
+    return fixed
+
+
+class ElasticProblem:
+    """Elasticity on one mesh: matrix and preconditioner built once, many solves.
+
+    Parameters
+    ----------
+    mesh : VoxelMesh
+    materials : mapping phase code -> Material
+        Every solid phase present in the mesh needs a material.
+    top : {"free", "fixed", "stack_pressure"}
+    stack_pressure_Pa : float
+        Compressive traction on the top face when ``top="stack_pressure"``.
+    solver : {"auto", "direct", "amg"}
+    rtol : float
+        Relative residual of every linear solve.
+    """
+
+    def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], *, top: str = "free",
+                 stack_pressure_Pa: float = 0.0, solver: str = "auto", rtol: float = 1e-8,
+                 maxiter: int = 500):
+        self.mesh = mesh
+        self.top = top
+        self.stack_pressure_Pa = float(stack_pressure_Pa)
+        phases_present = np.unique(mesh.cell_phase)
+        missing = [int(p) for p in phases_present if int(p) not in materials]
+        if missing:
+            raise ConfigError(f"no material for phase codes {missing}")
+        self.phase_codes = [int(p) for p in phases_present]
+        self.materials = {p: materials[p] for p in self.phase_codes}
+        lut = np.full(256, -1, np.int64)
+        lut[self.phase_codes] = np.arange(len(self.phase_codes))
+        self.cell_material = lut[mesh.cell_phase]
+        self._K = np.array([self.materials[p].K for p in self.phase_codes])
+        self._lame = np.array([lame(self.materials[p].E, self.materials[p].nu) for p in self.phase_codes])
+        self._g = gradient_integral(mesh.element, mesh.spacing)
+        self._gc = centroid_gradients(mesh.element, mesh.spacing)
+        self.fixed = box_constraints(mesh, top)
+        self.timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        kes = [elasticity_matrix(mesh.element, mesh.spacing, m.E, m.nu) for m in self.materials.values()]
+        A = assemble_voxel_stiffness(mesh, self.cell_material, kes)
+        self.A = apply_dirichlet(A, self.fixed)
+        self.timings["assembly_s"] = time.perf_counter() - t0
+        B = rigid_body_modes(mesh.points)
+        B[self.fixed.ravel()] = 0.0
+        self.solver = LinearSolver(self.A, method=solver, near_nullspace=B, rtol=rtol, maxiter=maxiter)
+        self.timings["setup_s"] = self.solver.stats.setup_s
+
+    @property
+    def n_dof(self) -> int:
+        return 3 * self.mesh.n_nodes
+
+    def load(self, eigenstrain: np.ndarray) -> np.ndarray:
+        """Right-hand side for cell eigenstrains and the stack pressure.
+
+        Parameters
+        ----------
+        eigenstrain : (ne,) float
+            Isotropic eigenstrain ``eps*`` of every cell (dimensionless).
+
+        Returns
+        -------
+        (3 nn,) nodal forces, N
+        """
+        mesh = self.mesh
+        s = 3.0 * self._K[self.cell_material] * np.asarray(eigenstrain, float)  # eigenstress, Pa
+        f = np.zeros((mesh.n_nodes, 3))
+        for a in range(mesh.element.n_nodes):
+            for i in range(3):
+                f[:, i] += np.bincount(mesh.cells[:, a], weights=s * self._g[a, i], minlength=mesh.n_nodes)
+        if self.top == "stack_pressure" and self.stack_pressure_Pa != 0.0:
+            Z = mesh.shape[0]
+            vz = np.unravel_index(mesh.cell_voxel, mesh.shape)[0]
+            top_cells = mesh.cells[vz == Z - 1]
+            area = mesh.spacing[1] * mesh.spacing[2]
+            top_local = np.flatnonzero(mesh.element.nodes[:, 0] == 1)
+            nodes = top_cells[:, top_local].ravel()
+            if nodes.size == 0:
+                raise MeshError("stack_pressure needs solid on the top face of the box")
+            f[:, 0] -= np.bincount(nodes, minlength=mesh.n_nodes) * self.stack_pressure_Pa * area / 4
+        f[self.fixed] = 0.0
+        return f.ravel()
+
+    def solve(self, eigenstrain: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
+        """Displacement for the given cell eigenstrains, (nn, 3) in metres."""
+        u = self.solver.solve(self.load(eigenstrain), x0=None if x0 is None else np.ravel(x0))
+        return u.reshape(-1, 3)
+
+    def cell_strain(self, u: np.ndarray) -> np.ndarray:
+        """Total strain at the cell centres (= cell means for voxels), (ne, 3, 3)."""
+        gu = np.einsum("eai,aj->eij", np.asarray(u)[self.mesh.cells], self._gc)
+        return 0.5 * (gu + gu.transpose(0, 2, 1))
+
+    def cell_stress(self, u: np.ndarray, eigenstrain: np.ndarray) -> np.ndarray:
+        """Cell-mean Cauchy stress, (ne, 3, 3) in Pa, components (z, y, x)."""
+        eps = self.cell_strain(u)
+        idx = np.arange(3)
+        eps[:, idx, idx] -= np.asarray(eigenstrain, float)[:, None]
+        lam, mu = self._lame[self.cell_material].T
+        tr = np.trace(eps, axis1=1, axis2=2)
+        sig = 2.0 * mu[:, None, None] * eps
+        sig[:, idx, idx] += (lam * tr)[:, None]
+        return sig
