@@ -59,7 +59,7 @@ def _config(args):
         overrides.setdefault("output", {})["dir"] = str(Path(args.output).resolve())
     if target.suffix.lower() == ".toml":
         return load_config(target, overrides)
-    if target.is_dir() and (target / "config.toml").exists() and not any(target.glob("*.tif*")):
+    if target.is_dir() and (target / "config.toml").exists():
         # a results folder: re-run its stages from its resolved config
         overrides.setdefault("output", {}).setdefault("dir", str(target.resolve()))
         return load_config(target / "config.toml", overrides)

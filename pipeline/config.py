@@ -44,8 +44,8 @@ class InputConfig:
     """
 
     path: str = ""
-    voxel_size_um: Union[float, list, None] = None
-    crop: Union[list, None] = None
+    voxel_size_um: float | list | None = None
+    crop: list | None = None
 
     def __post_init__(self):
         if not self.path:
@@ -83,7 +83,7 @@ class SegmentationConfig:
 
     method: str = "multiotsu"
     phase_map: dict = field(default_factory=lambda: {"0": "void", "1": "electrolyte", "2": "active"})
-    thresholds: Union[list, None] = None
+    thresholds: list | None = None
     denoise: str = "none"
     denoise_strength: float = 1.0
     min_particle_voxels: int = 20
@@ -129,8 +129,8 @@ class MeshConfig:
 class MaterialsConfig:
     """[materials]: preset names or inline tables for each phase."""
 
-    active: Union[str, dict] = "NMC811"
-    electrolyte: Union[str, dict] = "Li6PS5Cl"
+    active: str | dict = "NMC811"
+    electrolyte: str | dict = "Li6PS5Cl"
 
     def __post_init__(self):
         self.resolve()  # validates

@@ -15,9 +15,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -305,7 +305,7 @@ def write_volume(path, data: np.ndarray, spacing_um, *, compress: bool = True) -
             tifffile.imwrite(tmp, data, imagej=True, resolution=(1 / sx, 1 / sy),
                              metadata={"spacing": sz, "unit": "micron", "axes": "ZYX"}, **kw)
         else:
-            tifffile.imwrite(tmp, data, resolution=(1 / sx, 1 / sy), resolutionunit="NONE",
+            tifffile.imwrite(tmp, data, photometric="minisblack", resolution=(1 / sx, 1 / sy), resolutionunit="NONE",
                              metadata={"spacing_um": [sz, sy, sx], "axes": "ZYX"}, **kw)
 
 
@@ -316,13 +316,20 @@ def _meshio_points(points_zyx: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(points_zyx)[:, ::-1])
 
 
+#: mesh formats by suffix (".msh" is Gmsh 4.1, not ANSYS, which meshio would guess)
+MESH_FORMATS = {".xdmf": "xdmf", ".vtu": "vtu", ".msh": "gmsh"}
+
+
 def write_mesh(path, points_zyx, cells, cell_type: str, cell_data: dict[str, np.ndarray]) -> None:
     """Write a single-block mesh with cell data (format from the suffix: .xdmf, .vtu, .msh).
 
-    Points are given as (z, y, x) and written as (x, y, z).
+    Points are given as (z, y, x) and written as (x, y, z). Gmsh files carry
+    ``phase`` as the physical tag and ``particle`` as the geometrical tag.
     """
     import meshio
 
+    if Path(path).suffix == ".msh":
+        cell_data = {"gmsh:physical": cell_data["phase"], "gmsh:geometrical": cell_data["particle"]}
     m = meshio.Mesh(_meshio_points(points_zyx), [(cell_type, np.asarray(cells))],
                     cell_data={k: [np.asarray(v)] for k, v in cell_data.items()})
     path = Path(path)
@@ -330,8 +337,11 @@ def write_mesh(path, points_zyx, cells, cell_type: str, cell_data: dict[str, np.
         with atomic_dir(path.parent) as tmp:
             meshio.write(tmp / path.name, m)
     else:
+        fmt = MESH_FORMATS.get(path.suffix)
+        if fmt is None:
+            raise InputError(f"unknown mesh format {path.suffix!r}: use one of {', '.join(MESH_FORMATS)}")
         with atomic_path(path) as tmp:
-            meshio.write(tmp, m, file_format=meshio._helpers._filetypes_from_path(path)[0])
+            meshio.write(tmp, m, file_format=fmt)
 
 
 def _time_series_writer_class():

@@ -19,9 +19,9 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -271,8 +271,8 @@ def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress:
         raise InputError(f"{out} holds a segmentation from other inputs: run `tomomech segment` first")
     timings["segment_s"] = time.perf_counter() - t0
 
-    solve_key = _key(seg_key, asdict(cfg.mesh), asdict(cfg.materials), asdict(cfg.mechanics), asdict(cfg.cycling), asdict(cfg.solver),
-                     asdict(cfg.statistics))
+    solve_key = _key(seg_key, *(asdict(getattr(cfg, s)) for s in
+                                ("mesh", "materials", "mechanics", "cycling", "solver", "statistics")))
     summary = None
     if "mesh" in stages and "solve" not in stages:
         from solvers.mesh import coarsen_labels, voxel_hex_mesh

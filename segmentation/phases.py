@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from enum import IntEnum
-from typing import Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -22,7 +22,7 @@ class Phase(IntEnum):
     ACTIVE = 2
 
     @classmethod
-    def from_name(cls, name: str) -> "Phase":
+    def from_name(cls, name: str) -> Phase:
         """Parse ``"void" | "electrolyte" | "active"`` (case-insensitive)."""
         try:
             return cls[str(name).upper()]

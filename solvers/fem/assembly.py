@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.fem.elements import HEX8, Element
+from solvers.fem.elements import Element
 
 
 def lame(E: float, nu: float) -> tuple[float, float]:

@@ -7,8 +7,8 @@ export without reordering. Reference coordinates are in [0, 1] and given as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

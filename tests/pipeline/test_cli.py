@@ -1,0 +1,112 @@
+"""End to end through ``main(argv)``: outputs, caching, stage commands, errors."""
+
+import json
+
+import meshio
+import numpy as np
+import pytest
+
+from pipeline import io
+from pipeline.cli import main
+
+
+def test_run_config_writes_all_results(config_file):
+    assert main(["-q", "run", str(config_file)]) == 0
+    out = config_file.parent / "out"
+    for f in ("config.toml", "provenance.json", "phases.tif", "particles.tif", "mesh.xdmf", "mesh.h5",
+              "fields.xdmf", "fields.h5", "particles.csv", "summary.json", "report.html", "particle_stress.png"):
+        assert (out / f).exists(), f
+    table = io.read_csv(out / "particles.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    n = summary["particle_count"]
+    assert n > 3 and table["particle_id"].size == 2 * n  # one row per particle per step
+    assert set(table["step"]) == {1, 2} and np.allclose(sorted(set(table["soc"])), [0.4, 0.7])
+    required = ["particle_id", "step", "soc", "volume_um3", "eq_diameter_um", "se_contact_area_um2",
+                "void_contact_area_um2", "isolated", "touches_boundary", "von_mises_mean_MPa",
+                "von_mises_p95_MPa", "von_mises_max_MPa", "hydrostatic_mean_MPa", "max_principal_max_MPa",
+                "interface_normal_traction_mean_MPa", "interface_normal_traction_max_MPa", "local_void_fraction"]
+    assert all(c in table for c in required)
+    # shrinking particles (charge) are in hydrostatic tension on average
+    meshed = table["meshed"] & (table["step"] == 2)
+    assert np.nanmean(table["hydrostatic_mean_MPa"][meshed]) > 0
+    # stresses scale linearly with the eigenstrain (linear problem): step 2 / step 1
+    s1 = table["von_mises_max_MPa"][table["step"] == 1]
+    s2 = table["von_mises_max_MPa"][table["step"] == 2]
+    ok = np.isfinite(s1)
+    from solvers.physics.materials import get_material
+    nmc = get_material("NMC811")
+    ratio = nmc.relative_volume_change(0.4, 1.0) / nmc.relative_volume_change(0.7, 1.0)
+    assert np.allclose(s2[ok] / s1[ok], ratio, rtol=1e-5)
+    fr = summary["steps"][0]["phase_fractions"]
+    assert fr["void"] == pytest.approx(0.08, abs=0.01)
+    with meshio.xdmf.TimeSeriesReader(out / "fields.xdmf") as r:
+        points, cells = r.read_points_cells()
+        t, pd, cd = r.read_data(1)
+    assert r.num_steps == 2 and "von_mises_MPa" in cd and pd["displacement_um"].shape == points.shape
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["input"]["voxel_size_um"] == [0.5, 0.5, 0.5] and prov["cached"]["segment"] is False
+
+
+def test_solver_option_change_does_not_resegment(config_file):
+    assert main(["-q", "run", str(config_file)]) == 0
+    out = config_file.parent / "out"
+    mtime = (out / "phases.tif").stat().st_mtime_ns
+    text = config_file.read_text().replace("[output]", "[solver]\nrtol = 1e-9\n[output]")
+    config_file.write_text(text)
+    assert main(["-q", "run", str(config_file)]) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["cached"] == {"segment": True, "solve": False}
+    assert (out / "phases.tif").stat().st_mtime_ns == mtime
+    assert main(["-q", "run", str(config_file)]) == 0  # nothing changed: nothing recomputed
+    assert json.loads((out / "provenance.json").read_text())["cached"] == {"segment": True, "solve": True}
+
+
+def test_run_stack_with_voxel_size_and_stage_commands(tmp_path, label_stack, capsys):
+    path, _ = label_stack
+    out = tmp_path / "res"
+    # grey-value default (multi-Otsu) on a label image with three values works too
+    assert main(["-q", "segment", str(path), "--voxel-size-um", "0.5", "-o", str(out)]) == 0
+    assert (out / "phases.tif").exists() and not (out / "summary.json").exists()
+    assert main(["-q", "mesh", str(out)]) == 0
+    m = meshio.read(out / "mesh.xdmf")
+    assert set(np.unique(m.cell_data["phase"][0])) <= {1, 2}
+    assert main(["-q", "solve", str(out)]) == 0
+    assert main(["-q", "report", str(out)]) == 0
+    assert (out / "report.html").read_text().count("<img") >= 3
+
+
+def test_materials_lists_presets(capsys):
+    assert main(["materials"]) == 0
+    text = capsys.readouterr().out
+    assert "NMC811" in text and "Li6PS5Cl" in text and "PHYSICS.md" in text
+
+
+def test_user_errors_exit_2_with_message(tmp_path, capsys, label_stack):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[input]\npath = "missing.tif"\nvoxel_size_um = 1\n')
+    assert main(["-q", "run", str(bad)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    path, _ = label_stack
+    import tifffile
+    tifffile.imwrite(tmp_path / "nospacing.tif", np.ones((8, 8, 8), np.uint8), photometric="minisblack")
+    assert main(["-q", "run", str(tmp_path / "nospacing.tif"), "-o", str(tmp_path / "o")]) == 2
+    assert "voxel_size_um" in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "tiny.tif", np.ones((2, 8, 8), np.uint8), photometric="minisblack")
+    assert main(["-q", "run", str(tmp_path / "tiny.tif"), "--voxel-size-um", "1", "-o", str(tmp_path / "o")]) == 2
+    assert "too small" in capsys.readouterr().err
+
+
+def test_imports_follow_design_direction():
+    """segmentation and solvers never import each other or pipeline (shared/DESIGN.md)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    forbidden = {"segmentation": {"solvers", "pipeline"}, "solvers": {"segmentation", "pipeline"}}
+    for pkg, bad in forbidden.items():
+        for f in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for n in names:
+                    assert n.split(".")[0] not in bad, f"{f} imports {n}"

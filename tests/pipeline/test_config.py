@@ -1,0 +1,65 @@
+"""Config validation: one clear error naming the key, before any heavy work."""
+
+import pytest
+
+from pipeline.config import config_from_dict, dump_config, load_config
+from solvers.physics.materials import PRESETS, get_material
+from tomomech.errors import ConfigError
+
+
+def make(**sections):
+    data = {"input": {"path": "x.tif"}}
+    data.update(sections)
+    return config_from_dict(data)
+
+
+@pytest.mark.parametrize("sections, match", [
+    ({"mesh": {"kindd": "voxel-hex"}}, "unknown key mesh.kindd .did you mean 'kind'"),
+    ({"mesh": {"kind": "octree"}}, "mesh.kind = 'octree' is not allowed"),
+    ({"meshing": {}}, r"unknown section \[meshing\]"),
+    ({"mechanics": {"top": 3}}, "mechanics.top = 3 has the wrong type"),
+    ({"mechanics": {"top": "stack_pressure"}}, "stack_pressure_MPa > 0"),
+    ({"cycling": {"soc_end": 1.5}}, r"cycling.soc_end = 1.5 must lie in \[0, 1\]"),
+    ({"cycling": {"soc_end": 0.1}}, "outside the volume-change table of NMC811"),
+    ({"segmentation": {"method": "thresholds"}}, "needs segmentation.thresholds"),
+    ({"segmentation": {"phase_map": {"0": "pore", "1": "active"}}}, "phase_map.0 = 'pore'"),
+    ({"materials": {"active": "NMC9000"}}, "not a preset"),
+    ({"materials": {"active": {"E_GPa": 100}}}, "inline material needs nu"),
+    ({"materials": {"active": "Li6PS5Cl"}}, "has no volume-change law"),
+    ({"solver": {"rtol": 2.0}}, "solver.rtol"),
+    ({"input": {"path": "x.tif", "voxel_size_um": -1}}, "voxel_size_um"),
+    ({"input": {"path": "x.tif", "crop": [[0, 5], [0, 5]]}}, "input.crop"),
+])
+def test_bad_config_names_the_key(sections, match):
+    with pytest.raises(ConfigError, match=match):
+        make(**sections)
+
+
+def test_missing_input_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[input\]"):
+        config_from_dict({})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[input\npath=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = make(materials={"active": {"base": "NMC811", "E_GPa": 199.0}}, mechanics={"top": "fixed"})
+    text = dump_config(cfg)
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    assert load_config(f) == cfg
+    assert cfg.materials.resolve()[0].E_GPa == 199.0 and cfg.materials.resolve()[0].c_max_mol_m3 == 63104.0
+
+
+def test_presets_cite_sources_and_swelling_law():
+    for m in PRESETS.values():
+        assert "PHYSICS.md" in m.source
+    nmc = get_material("nmc811")
+    assert nmc.relative_volume_change(0.22, 1.0) == pytest.approx(-0.051)
+    assert nmc.swelling_strain(1.0, 1.0) == 0.0
+    lin = get_material("NMC")
+    assert lin.relative_volume_change(0.5, 0.0) == pytest.approx(1.338e-6 * 38320 * 0.5)

@@ -1,0 +1,113 @@
+"""Segmentation on synthetic volumes with known particle counts, fractions and areas."""
+
+import numpy as np
+import pytest
+
+from segmentation import (
+    Phase,
+    classify_multiotsu,
+    classify_thresholds,
+    label_particles,
+    make_composite,
+    map_phases,
+    particle_geometry,
+    remove_small_particles,
+)
+from tomomech.errors import InputError, SegmentationError
+
+
+def balls(shape, centres, radii):
+    z, y, x = np.indices(shape) + 0.5
+    ph = np.full(shape, Phase.ELECTROLYTE, np.uint8)
+    for c, r in zip(centres, radii):
+        ph[(z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 < r**2] = Phase.ACTIVE
+    return ph
+
+
+def test_separate_spheres_counted_exactly():
+    ph = balls((40, 40, 40), [(10, 10, 10), (30, 10, 25), (20, 30, 20)], [5, 6, 4])
+    lab = label_particles(ph, split_touching=True)
+    assert lab.max() == 3
+    assert set(np.unique(lab[ph == Phase.ACTIVE])) == {1, 2, 3}
+
+
+def test_touching_spheres_split_by_watershed():
+    ph = balls((30, 30, 44), [(15, 15, 14), (15, 15, 28)], [8, 8])  # overlap by 2 voxels
+    assert label_particles(ph, split_touching=False).max() == 1
+    lab = label_particles(ph, split_touching=True, split_depth=1.0)
+    assert lab.max() == 2
+    # the split runs near the neck plane x = 21
+    left = lab[15, 15, :19]
+    assert len(set(left[left > 0])) == 1
+    sizes = np.bincount(lab.ravel())[1:]
+    assert abs(sizes[0] - sizes[1]) < 0.05 * sizes.sum()
+
+
+def test_multiotsu_recovers_phase_fractions():
+    phases, _ = make_composite((40, 40, 40), active_fraction=0.45, void_fraction=0.15, seed=2)
+    rng = np.random.default_rng(0)
+    grey = np.array([1000.0, 20000.0, 45000.0])[phases] + rng.normal(0, 2500, phases.shape)
+    classes, thr = classify_multiotsu(grey, 3)
+    got = map_phases(classes, {0: "void", 1: "electrolyte", 2: "active"})
+    frac = np.bincount(got.ravel(), minlength=3) / got.size
+    assert np.allclose(frac, [0.15, 0.40, 0.45], atol=0.01)
+    assert np.mean(got == phases) > 0.98
+
+
+def test_thresholds_and_phase_map_errors():
+    img = np.arange(27, dtype=float).reshape(3, 3, 3)
+    cls = classify_thresholds(img, [5, 20])
+    assert cls.min() == 0 and cls.max() == 2 and (cls == 1).sum() == 15
+    with pytest.raises(InputError, match="increasing"):
+        classify_thresholds(img, [20, 5])
+    with pytest.raises(InputError, match="not in segmentation.phase_map"):
+        map_phases(cls, {0: "void", 1: "active"})
+    with pytest.raises(SegmentationError, match="active"):
+        map_phases(cls, {0: "void", 1: "electrolyte", 2: "void"})
+
+
+def test_remove_small_particles_gives_voxels_to_neighbour_phase():
+    ph = balls((20, 20, 20), [(10, 10, 10)], [5])
+    ph[1, 1, 1] = Phase.ACTIVE  # speck in electrolyte
+    ph[15:18, 15:18, 15:18] = Phase.VOID
+    ph[16, 16, 16] = Phase.ACTIVE  # speck in a pore
+    out = remove_small_particles(ph, 5)
+    assert out[1, 1, 1] == Phase.ELECTROLYTE and out[16, 16, 16] == Phase.VOID
+    assert (out == Phase.ACTIVE).sum() == (ph == Phase.ACTIVE).sum() - 2
+
+
+def test_geometry_of_a_box_particle_exact():
+    ph = np.full((10, 10, 10), Phase.ELECTROLYTE, np.uint8)
+    ph[2:5, 3:7, 4:9] = Phase.ACTIVE  # 3 x 4 x 5 voxels
+    ph[2:5, 3:7, 9] = Phase.VOID  # void on its +x face
+    lab = label_particles(ph, split_touching=False)
+    sp = (0.5, 1.0, 2.0)
+    g = particle_geometry(ph, lab, sp)
+    assert g["volume_um3"][0] == pytest.approx(60 * 1.0)
+    # faces: z faces 2 x (4*5) of area 1*2, y faces 2 x (3*5) of 0.5*2, x faces 2 x (3*4) of 0.5*1
+    assert g["surface_area_um2"][0] == pytest.approx(2 * 20 * 2 + 2 * 15 * 1 + 2 * 12 * 0.5)
+    assert g["void_contact_area_um2"][0] == pytest.approx(12 * 0.5)
+    assert g["se_contact_area_um2"][0] == pytest.approx(80 + 30 + 12 * 0.5)
+    assert g["centroid_x_um"][0] == pytest.approx(6.5 * 2.0)
+    assert not g["touches_boundary"][0] and not g["isolated"][0]
+    assert g["eq_diameter_um"][0] == pytest.approx((6 * 60 / np.pi) ** (1 / 3))
+
+
+def test_isolated_and_local_void_fraction():
+    ph = np.full((12, 12, 12), Phase.VOID, np.uint8)
+    ph[4:8, 4:8, 4:8] = Phase.ACTIVE  # only void around: isolated, local void fraction 1
+    g = particle_geometry(ph, label_particles(ph, split_touching=False), (1, 1, 1))
+    assert g["isolated"][0] and g["local_void_fraction"][0] == 1.0
+
+
+def test_synthetic_generator_exact_fractions_and_seeded():
+    a, pa = make_composite((30, 32, 34), active_fraction=0.5, void_fraction=0.1, seed=7)
+    b, pb = make_composite((30, 32, 34), active_fraction=0.5, void_fraction=0.1, seed=7)
+    assert np.array_equal(a, b) and np.array_equal(pa, pb)
+    frac = np.bincount(a.ravel(), minlength=3) / a.size
+    assert np.allclose(frac, [0.1, 0.4, 0.5], atol=1 / a.size)
+    assert np.array_equal(pa > 0, a == Phase.ACTIVE)
+    c, _ = make_composite((30, 32, 34), active_fraction=0.5, void_fraction=0.1, seed=8)
+    assert not np.array_equal(a, c)
+    with pytest.raises(InputError):
+        make_composite((8, 8, 8), active_fraction=0.7, void_fraction=0.4)

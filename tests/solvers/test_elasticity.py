@@ -1,0 +1,190 @@
+"""Voxel-hex elasticity: assembly, patch test, rigid-body modes, exact homogeneous cases."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from segmentation import make_composite
+from solvers import fields
+from solvers.fem import HEX8
+from solvers.fem.assembly import assemble_voxel_stiffness, elasticity_matrix, gradient_integral
+from solvers.linalg import LinearSolver
+from solvers.mesh import voxel_hex_mesh
+from solvers.physics import ElasticProblem, Material, box_constraints
+from tomomech.errors import ConvergenceError, MeshError
+
+SPACING = np.array([1.0e-6, 1.5e-6, 0.8e-6])  # anisotropic on purpose
+SE, AP = Material("se", 22.0, 0.3), Material("ap", 140.0, 0.25)
+
+
+@pytest.fixture(scope="module")
+def composite_mesh():
+    ph, pa = make_composite((9, 8, 7), active_fraction=0.4, void_fraction=0.1, radius=2.5, seed=3)
+    return voxel_hex_mesh(ph, pa, SPACING)
+
+
+def reference_matrix(mesh, mat, kes):
+    """Element-by-element COO assembly, the textbook way (independent of the stencil path)."""
+    rows, cols, vals = [], [], []
+    for e in range(mesh.n_cells):
+        ke = kes[mat[e]].reshape(24, 24)
+        d = (mesh.cells[e][:, None] * 3 + np.arange(3)).ravel()
+        rows.append(np.repeat(d, 24))
+        cols.append(np.tile(d, 24))
+        vals.append(ke.ravel())
+    n = 3 * mesh.n_nodes
+    return sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), (n, n)).tocsr()
+
+
+def test_stencil_assembly_equals_elementwise(composite_mesh):
+    m = composite_mesh
+    kes = [elasticity_matrix(HEX8, m.spacing, mm.E, mm.nu) for mm in (SE, AP)]
+    mat = (m.cell_phase == 2).astype(int)
+    A = assemble_voxel_stiffness(m, mat, kes)
+    B = reference_matrix(m, mat, kes)
+    assert A.has_sorted_indices
+    assert abs(A - B).max() <= 1e-12 * abs(B).max()
+
+
+def test_element_matrix_symmetric_with_six_zero_modes():
+    ke = elasticity_matrix(HEX8, SPACING, 100e9, 0.3).reshape(24, 24)
+    assert np.allclose(ke, ke.T, rtol=0, atol=1e-9 * abs(ke).max())
+    w = np.linalg.eigvalsh(ke)
+    assert np.sum(np.abs(w) < 1e-9 * w.max()) == 6
+    assert w.min() > -1e-9 * w.max()
+
+
+def test_rigid_body_motion_gives_zero_stress(composite_mesh):
+    m = composite_mesh
+    prob = ElasticProblem(m, {1: SE, 2: AP}, solver="direct")
+    x = m.points
+    u = np.array([1e-7, -2e-7, 3e-7]) + np.cross([0.01, -0.02, 0.015], x - x.mean(0))
+    sig = prob.cell_stress(u, np.zeros(m.n_cells))
+    assert np.abs(sig).max() < 1e-6 * AP.E * 0.01
+
+
+def test_patch_uniform_strain_reproduced_exactly(composite_mesh):
+    """Patch test: nodal displacements of a uniform strain give that strain in every cell."""
+    m = composite_mesh
+    prob = ElasticProblem(m, {1: SE, 2: AP}, solver="direct")
+    E = np.array([[1e-3, 2e-4, -1e-4], [2e-4, -5e-4, 3e-4], [-1e-4, 3e-4, 7e-4]])
+    u = m.points @ E.T
+    eps = prob.cell_strain(u)
+    assert np.abs(eps - E).max() < 1e-12
+    # and the interior nodes are in equilibrium for a homogeneous material
+    A = assemble_voxel_stiffness(m, np.zeros(m.n_cells, int), [elasticity_matrix(HEX8, m.spacing, AP.E, AP.nu)])
+    r = (A @ u.ravel()).reshape(-1, 3)
+    iz, iy, ix = m.node_index
+    shape = m.shape
+    interior = ((iz > 0) & (iz < shape[0]) & (iy > 0) & (iy < shape[1]) & (ix > 0) & (ix < shape[2]))
+    # nodes surrounded by 8 solid cells only
+    count = np.bincount(m.cells.ravel(), minlength=m.n_nodes)
+    sel = interior & (count == 8)
+    assert sel.any()
+    assert np.abs(r[sel]).max() < 1e-9 * np.abs(r).max()
+
+
+def test_confined_block_uniform_eigenstrain_exact():
+    """Rollers on all faces (top fixed): sigma = -3 K eps* I exactly, displacement 0."""
+    ph = np.full((6, 5, 4), 2, np.uint8)
+    m = voxel_hex_mesh(ph, np.ones(ph.shape, np.int32), SPACING)
+    prob = ElasticProblem(m, {2: AP}, top="fixed", solver="direct")
+    eps = np.full(m.n_cells, -0.01)
+    sig = prob.cell_stress(prob.solve(eps), eps)
+    expect = -3 * AP.K * -0.01
+    assert np.allclose(sig, expect * np.eye(3), rtol=0, atol=1e-9 * expect)
+
+
+def test_free_top_block_uniaxial_strain_exact():
+    """Top free: sigma_zz = 0, lateral stresses E eps*/(1 - nu) (biaxially confined swelling)."""
+    ph = np.full((6, 5, 4), 2, np.uint8)
+    m = voxel_hex_mesh(ph, np.ones(ph.shape, np.int32), SPACING)
+    prob = ElasticProblem(m, {2: AP}, top="free", solver="amg")
+    eps = np.full(m.n_cells, 0.02)
+    sig = prob.cell_stress(prob.solve(eps), eps)
+    lateral = -AP.E * 0.02 / (1 - AP.nu)
+    assert np.allclose(sig, np.diag([0.0, lateral, lateral]), rtol=0, atol=1e-7 * abs(lateral))
+
+
+def test_stack_pressure_block_exact():
+    """No eigenstrain, stack pressure p: sigma_zz = -p, lateral -p nu/(1-nu), two phases in layers."""
+    ph = np.full((6, 5, 4), 1, np.uint8)
+    ph[3:] = 2
+    m = voxel_hex_mesh(ph, (ph == 2).astype(np.int32), SPACING)
+    p = 5e6
+    prob = ElasticProblem(m, {1: SE, 2: AP}, top="stack_pressure", stack_pressure_Pa=p, solver="direct")
+    sig = prob.cell_stress(prob.solve(np.zeros(m.n_cells)), np.zeros(m.n_cells))
+    nu = np.where(m.cell_phase == 2, AP.nu, SE.nu)
+    assert np.allclose(sig[:, 0, 0], -p, rtol=1e-9)
+    assert np.allclose(sig[:, 1, 1], -p * nu / (1 - nu), rtol=1e-9)
+
+
+def test_box_constraints_remove_rigid_modes(composite_mesh):
+    fixed = box_constraints(composite_mesh, "free")
+    iz, iy, ix = composite_mesh.node_index
+    assert fixed[iz == 0, 0].all() and not fixed[iz == composite_mesh.shape[0], 0].any()
+    assert fixed[ix == 0, 2].all() and fixed[iy == composite_mesh.shape[1], 1].all()
+
+
+def test_eigenstrain_load_is_self_equilibrated():
+    g = gradient_integral(HEX8, SPACING)
+    assert np.allclose(g.sum(axis=0), 0, atol=1e-24)
+    # each column integrates to the face area times +-1 on opposite faces
+    assert np.isclose(np.abs(g[:, 0]).sum(), 2 * SPACING[1] * SPACING[2])
+
+
+def test_nonconverged_solve_raises(composite_mesh):
+    prob = ElasticProblem(composite_mesh, {1: SE, 2: AP}, solver="amg", maxiter=1, rtol=1e-12)
+    eps = np.where(composite_mesh.cell_phase == 2, -0.01, 0.0)
+    with pytest.raises(ConvergenceError, match="relative residual"):
+        prob.solve(eps)
+
+
+def test_direct_and_amg_agree(composite_mesh):
+    eps = np.where(composite_mesh.cell_phase == 2, -0.01, 0.0)
+    ud = ElasticProblem(composite_mesh, {1: SE, 2: AP}, solver="direct").solve(eps)
+    ua = ElasticProblem(composite_mesh, {1: SE, 2: AP}, solver="amg", rtol=1e-10).solve(eps)
+    assert np.abs(ud - ua).max() < 1e-7 * np.abs(ud).max()
+
+
+def test_linear_solver_reuses_setup():
+    A = sp.diags([-1, 2.5, -1], [-1, 0, 1], shape=(50, 50)).tocsr()
+    s = LinearSolver(A, method="direct")
+    for k in range(3):
+        x = s.solve(np.full(50, float(k + 1)))
+        assert np.allclose(A @ x, k + 1)
+    assert s.stats.as_dict()["solves"] == 3
+
+
+def test_floating_solid_removed_and_unholdable_body_rejected():
+    ph = np.ones((6, 6, 6), np.uint8)
+    ph[1:5, 1:5, 1:5] = 0
+    ph[2, 2, 2] = 2  # floats in a void pocket
+    m = voxel_hex_mesh(ph, (ph == 2).astype(np.int32), SPACING)
+    assert m.removed_voxels == 1 and m.n_cells == 216 - 64
+    ph2 = np.zeros((6, 6, 6), np.uint8)
+    ph2[:, 1:5, 1:5] = 1  # does not reach the side faces
+    with pytest.raises(MeshError, match="does not touch the box face"):
+        voxel_hex_mesh(ph2, np.zeros_like(ph2, dtype=np.int32), SPACING)
+
+
+def test_von_mises_and_invariants():
+    s = np.diag([3.0, 1.0, -2.0])
+    assert np.isclose(fields.hydrostatic(s), 2 / 3)
+    assert np.isclose(fields.max_principal(s), 3.0)
+    assert np.isclose(fields.von_mises(np.diag([1.0, 0, 0])), 1.0)
+    shear = np.zeros((3, 3))
+    shear[0, 1] = shear[1, 0] = 1.0
+    assert np.isclose(fields.von_mises(shear), np.sqrt(3))
+
+
+def test_group_stats_against_numpy():
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 5, 200)
+    v = rng.normal(size=200)
+    out = fields.group_stats(g, v, 6, percentiles=(95,))
+    for k in range(5):
+        sel = np.sort(v[g == k])
+        assert np.isclose(out["mean"][k], sel.mean()) and np.isclose(out["max"][k], sel.max())
+        assert np.isclose(out["p95"][k], sel[int(np.ceil(0.95 * sel.size)) - 1])
+    assert np.isnan(out["mean"][5]) and out["count"][5] == 0
