@@ -155,34 +155,62 @@ class MechanicsConfig:
 
 @dataclass(frozen=True)
 class CyclingConfig:
-    """[cycling]: ``mode = "swell"``: the active phase goes uniformly from
-    ``soc_start`` (the stress-free reference) to ``soc_end`` in ``steps`` equal
-    increments (theta = c / c_max)."""
+    """[cycling]: what the active phase goes through.
+
+    ``mode = "swell"``: static; theta goes uniformly from ``soc_start`` (the
+    stress-free reference) to ``soc_end`` in ``steps`` equal increments.
+    ``mode = "galvanostatic"``: Li diffusion in the particles at a constant
+    current that passes the window ``soc_start -> soc_end`` in ``1 / c_rate``
+    hours through the bonded AP|SE area; ``soc_end < soc_start`` is a charge
+    (particles delithiate and shrink). ``cycles`` half-cycles alternate charge
+    and discharge; ``steps`` time steps per half-cycle, or ``dt_s``;
+    ``output_every`` writes every n-th step (and the last);
+    ``stress_assisted`` adds the hydrostatic-stress term to the flux.
+    """
 
     mode: str = "swell"
     soc_start: float = 1.0
     soc_end: float = 0.22
     steps: int = 1
+    c_rate: float = 1.0
+    cycles: int = 1
+    dt_s: float | None = None
+    output_every: int = 1
+    stress_assisted: bool = False
+    temperature_K: float = 298.15
 
     def __post_init__(self):
-        _check_choice("cycling.mode", self.mode, ("swell",))
+        _check_choice("cycling.mode", self.mode, ("swell", "galvanostatic"))
         for k in ("soc_start", "soc_end"):
             v = getattr(self, k)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"cycling.{k} = {v!r} must lie in [0, 1] (theta = c / c_max)")
-        _check_positive("cycling.steps", self.steps)
+        if self.mode == "galvanostatic" and self.soc_start == self.soc_end:
+            raise ConfigError("cycling.soc_start equals soc_end: a galvanostatic run needs a window")
+        for k in ("steps", "c_rate", "cycles", "output_every", "dt_s", "temperature_K"):
+            _check_positive(f"cycling.{k}", getattr(self, k))
+
+    def steps_per_half_cycle(self) -> int:
+        """Time steps per half-cycle (from ``dt_s`` when given)."""
+        if self.dt_s is not None:
+            return max(1, int(round(3600.0 / self.c_rate / self.dt_s)))
+        return self.steps
 
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``."""
+    """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``,
+    ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 1.5 M dof
+    to save memory)."""
 
     method: str = "auto"
     rtol: float = 1e-8
-    maxiter: int = 500
+    maxiter: int = 1000
+    aggregation: str = "auto"
 
     def __post_init__(self):
         _check_choice("solver.method", self.method, ("auto", "direct", "amg"))
+        _check_choice("solver.aggregation", self.aggregation, ("auto", "smoothed", "plain"))
         if not 0 < self.rtol < 1:
             raise ConfigError(f"solver.rtol = {self.rtol!r} must lie in (0, 1)")
         _check_positive("solver.maxiter", self.maxiter)
@@ -224,6 +252,14 @@ class Config:
 
     def __post_init__(self):
         active, _ = self.materials.resolve()
+        if self.cycling.mode == "galvanostatic":
+            for k in ("D_m2_s", "c_max_mol_m3"):
+                if getattr(active, k) is None:
+                    raise ConfigError(f"cycling.mode = 'galvanostatic' needs {k} in materials.active "
+                                      f"({active.name}); use a preset that has it or add it to the table")
+        if self.cycling.stress_assisted and active.omega_m3_mol is None:
+            raise ConfigError(f"cycling.stress_assisted needs a partial molar volume: materials.active "
+                              f"({active.name}) must use omega_m3_mol (a linear volume-change law)")
         if not active.swells:
             raise ConfigError(f"materials.active = {active.name!r} has no volume-change law: give "
                               "volume_change = [[theta, dV/V], ...] or omega_m3_mol")

@@ -128,12 +128,13 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
 
     Returns
     -------
-    dict with ``summary`` (list per step), ``solver`` stats, ``timings``.
+    dict: the content of summary.json.
     """
     from segmentation import particle_geometry
     from solvers import fields
     from solvers.mesh import coarsen_labels, voxel_hex_mesh
     from solvers.physics import ElasticProblem
+    from solvers.physics.transient import Galvanostatic, galvanostatic_states, swell_states
 
     t = {}
     t0 = time.perf_counter()
@@ -145,10 +146,10 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     log.info("mesh: %d hexes, %d nodes, %d dof", mesh.n_cells, mesh.n_nodes, 3 * mesh.n_nodes)
 
     active, electrolyte = cfg.materials.resolve()
-    t0 = time.perf_counter()
     prob = ElasticProblem(mesh, {1: electrolyte, 2: active}, top=cfg.mechanics.top,
                           stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6,
-                          solver=cfg.solver.method, rtol=cfg.solver.rtol, maxiter=cfg.solver.maxiter)
+                          solver=cfg.solver.method, rtol=cfg.solver.rtol, maxiter=cfg.solver.maxiter,
+                          aggregation=cfg.solver.aggregation)
     t.update(prob.timings)
     geom = particle_geometry(mesh.phases, mesh.particles, sp_um, shell_voxels=cfg.statistics.shell_voxels)
     faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing,
@@ -158,37 +159,47 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     fa, fs = cell_of[faces["ap_voxel"]], cell_of[faces["se_voxel"]]
 
     cyc = cfg.cycling
-    thetas = cyc.soc_start + (cyc.soc_end - cyc.soc_start) * np.arange(1, cyc.steps + 1) / cyc.steps
+    if cyc.mode == "swell":
+        states = swell_states(prob, active, soc_start=cyc.soc_start, soc_end=cyc.soc_end, steps=cyc.steps)
+        n_steps = cyc.steps
+    else:
+        protocol = Galvanostatic(c_rate=cyc.c_rate, soc_start=cyc.soc_start, soc_end=cyc.soc_end,
+                                 cycles=cyc.cycles, steps=cyc.steps_per_half_cycle(),
+                                 stress_assisted=cyc.stress_assisted, temperature_K=cyc.temperature_K)
+        states = galvanostatic_states(prob, active, faces, protocol, solver=cfg.solver.method,
+                                      output_every=cyc.output_every)
+        n_steps = protocol.steps * cyc.cycles
     is_active = mesh.cell_phase == 2
     tables, summaries = [], []
     t_solve = 0.0
     with io.time_series_writer(out / "fields.xdmf", mesh.points * 1e6, mesh.cells, mesh.element.name) as write:
-        u = None
-        for k, theta in enumerate(thetas, start=1):
-            eps = np.where(is_active, active.swelling_strain(theta, cyc.soc_start), 0.0)
-            ts = time.perf_counter()
-            u = prob.solve(eps, x0=u)
+        ts = time.perf_counter()
+        for st in states:
             t_solve += time.perf_counter() - ts
-            sig = prob.cell_stress(u, eps)
+            progress("solve", st.step, n_steps)
+            sig = st.sigma
             tn = fields.normal_traction(sig[fa], sig[fs], faces["normal"])
-            tables.append(particle_step_table(geom, step=k, soc=theta, cell_particle=mesh.cell_particle,
+            soc = float(st.theta_cell[is_active].mean())
+            tables.append(particle_step_table(geom, step=st.step, time_s=st.time_s, soc=soc,
+                                              cell_theta=st.theta_cell, cell_particle=mesh.cell_particle,
                                               sigma=sig, faces=faces, face_tn=tn))
-            s = step_summary(step=k, soc=theta, phases=mesh.phases, cell_phase=mesh.cell_phase,
+            s = step_summary(step=st.step, soc=soc, phases=mesh.phases, cell_phase=mesh.cell_phase,
                              sigma=sig, faces=faces, face_tn=tn)
-            s["solver_iterations"] = prob.solver.stats.iterations[-1]
+            s.update(time_s=st.time_s, half_cycle=st.cycle, solver_iterations=st.iterations,
+                     coupling_iterations=st.coupling_iterations)
             summaries.append(s)
-            write(k, {"displacement_um": u * 1e6},
-                  {"phase": mesh.cell_phase, "particle": mesh.cell_particle,
+            write(st.time_s if cyc.mode == "galvanostatic" else st.step, {"displacement_um": st.u * 1e6},
+                  {"phase": mesh.cell_phase, "particle": mesh.cell_particle, "soc": st.theta_cell,
                    "von_mises_MPa": fields.von_mises(sig) * 1e-6,
                    "hydrostatic_MPa": fields.hydrostatic(sig) * 1e-6,
                    "max_principal_MPa": fields.max_principal(sig) * 1e-6,
                    "stress_MPa": sig.reshape(-1, 9)[:, [8, 4, 0, 5, 2, 1]] * 1e-6})
-            progress("solve", k, len(thetas))
+            ts = time.perf_counter()
     t["solve_s"] = t_solve
     io.write_csv(out / "particles.csv", stack_tables(tables))
-    pc = int(geom["particle_id"].size)
     summary = {
-        "particle_count": pc,
+        "mode": cyc.mode,
+        "particle_count": int(geom["particle_id"].size),
         "isolated_particles": int(np.sum(geom["isolated"])),
         "voxel_size_um": sp_um.tolist(),
         "mesh": {"kind": cfg.mesh.kind, "cells": mesh.n_cells, "nodes": mesh.n_nodes,

@@ -10,8 +10,8 @@ PA_TO_MPA = 1e-6
 PHASE_NAMES = {0: "void", 1: "electrolyte", 2: "active"}
 
 
-def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, soc: np.ndarray,
-                        cell_particle: np.ndarray, sigma: np.ndarray,
+def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, time_s: float, soc: float,
+                        cell_theta: np.ndarray, cell_particle: np.ndarray, sigma: np.ndarray,
                         faces: dict[str, np.ndarray], face_tn: np.ndarray) -> dict[str, np.ndarray]:
     """One row per particle for one step.
 
@@ -19,7 +19,10 @@ def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, soc: np.n
     ----------
     geometry : dict of (N,) arrays from :func:`segmentation.particle_geometry`
     step : int
-    soc : (N,) theta of each particle (mean), or a scalar
+    time_s : float
+    soc : float
+        Electrode-mean theta at this step (same on every row).
+    cell_theta : (ne,) cell-mean theta of every cell
     cell_particle : (ne,) particle id of each cell (0 outside particles)
     sigma : (ne, 3, 3) cell stresses, Pa
     faces : AP|SE faces from :func:`solvers.fields.interface_faces`
@@ -38,10 +41,11 @@ def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, soc: np.n
     hy = fields.group_stats(grp, fields.hydrostatic(s), m)
     mp = fields.group_stats(grp, fields.max_principal(s), m)
     tn = fields.group_stats(faces["particle"], face_tn, m, weights=faces["area"])
-    soc = np.broadcast_to(np.asarray(soc, float), (n,))
+    th = fields.group_stats(grp, cell_theta[sel], m)
     cols = {"particle_id": geometry["particle_id"], "step": np.full(n, step, np.int64),
-            "soc": soc.copy()}
+            "time_s": np.full(n, float(time_s)), "soc": np.full(n, float(soc))}
     cols.update({k: v for k, v in geometry.items() if k != "particle_id"})
+    cols.update({"soc_mean": th["mean"][1:], "soc_min": th["min"][1:], "soc_max": th["max"][1:]})
     body = {
         "meshed": vm["count"][1:] > 0,
         "von_mises_mean_MPa": vm["mean"], "von_mises_p95_MPa": vm["p95"], "von_mises_max_MPa": vm["max"],

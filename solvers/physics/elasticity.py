@@ -66,11 +66,14 @@ class ElasticProblem:
     solver : {"auto", "direct", "amg"}
     rtol : float
         Relative residual of every linear solve.
+    maxiter : int
+    aggregation : {"auto", "smoothed", "plain"}
+        AMG variant (:class:`solvers.linalg.LinearSolver`).
     """
 
     def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], *, top: str = "free",
                  stack_pressure_Pa: float = 0.0, solver: str = "auto", rtol: float = 1e-8,
-                 maxiter: int = 500):
+                 maxiter: int = 500, aggregation: str = "auto"):
         self.mesh = mesh
         self.top = top
         self.stack_pressure_Pa = float(stack_pressure_Pa)
@@ -96,7 +99,8 @@ class ElasticProblem:
         self.timings["assembly_s"] = time.perf_counter() - t0
         B = rigid_body_modes(mesh.points)
         B[self.fixed.ravel()] = 0.0
-        self.solver = LinearSolver(self.A, method=solver, near_nullspace=B, rtol=rtol, maxiter=maxiter)
+        self.solver = LinearSolver(self.A, method=solver, near_nullspace=B, rtol=rtol, maxiter=maxiter,
+                                   aggregation=aggregation)
         self.timings["setup_s"] = self.solver.stats.setup_s
 
     @property

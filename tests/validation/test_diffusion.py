@@ -1,0 +1,150 @@
+"""Transient lithiation against PHYSICS.md 3(c) and conservation of Li."""
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+
+from segmentation import make_composite
+from solvers import fields
+from solvers.mesh import voxel_hex_mesh
+from solvers.physics import ElasticProblem, Material, get_material
+from solvers.physics.diffusion import GAS_CONSTANT, DiffusionProblem
+from solvers.physics.transient import Galvanostatic, galvanostatic_states
+from tests.validation.closed_forms import shell_pressure
+
+SE = get_material("Li6PS5Cl")
+
+
+def sphere_mesh(R, n, h=1e-6):
+    z, y, x = np.indices((n, n, n)) + 0.5
+    r = np.sqrt((z - n / 2) ** 2 + (y - n / 2) ** 2 + (x - n / 2) ** 2)
+    ph = np.where(r < R, 2, 1).astype(np.uint8)
+    return voxel_hex_mesh(ph, (ph == 2).astype(np.int32), [h] * 3)
+
+
+def series_mean_minus_centre(tau, n_terms=200):
+    """(mean - centre) / (J a / D) for a sphere under constant inward flux J (PHYSICS.md 3(c))."""
+    lam = np.array([brentq(lambda x: np.tan(x) - x, k * np.pi + 1e-9, (k + 0.5) * np.pi - 1e-9)
+                    for k in range(1, n_terms + 1)])
+    return 0.3 + 2 * np.sum(np.exp(-lam**2 * tau) / (lam * np.sin(lam)))
+
+
+def test_series_limits():
+    """The series tends to the steady galvanostatic profile, 3/10, and starts at 0."""
+    assert series_mean_minus_centre(5.0) == pytest.approx(0.3, abs=1e-12)
+    assert series_mean_minus_centre(1e-4, 4000) == pytest.approx(0.0, abs=0.02)
+
+
+def test_mass_balance_galvanostatic_exact():
+    """Li in the particles changes exactly by current x time / F (to solver tolerance), charge and back."""
+    ph, pa = make_composite((14, 14, 14), active_fraction=0.45, void_fraction=0.1, radius=3, seed=5)
+    mesh = voxel_hex_mesh(ph, pa, [0.5e-6] * 3)
+    nmc = get_material("NMC")
+    mech = ElasticProblem(mesh, {1: SE, 2: nmc}, solver="direct")
+    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+    proto = Galvanostatic(c_rate=2.0, soc_start=0.8, soc_end=0.3, cycles=2, steps=6)
+    diff = DiffusionProblem(mesh, D=nmc.D_m2_s, dt=proto.dt, faces=faces)
+    reach = np.bincount(faces["particle"], minlength=mesh.particles.max() + 1) > 0
+    vol = diff.mass[reach[diff.node_particle]].sum()
+    current_A = 96485.33212 * nmc.c_max_mol_m3 * 0.5 * vol / proto.half_cycle_s  # from the window
+    for st in galvanostatic_states(mech, nmc, faces, proto, solver="direct"):
+        moles = diff.mass @ (st.theta_nodes * nmc.c_max_mol_m3)
+        t_net = st.time_s if st.cycle == 1 else 2 * proto.half_cycle_s - st.time_s  # current reverses
+        expect = 0.8 * nmc.c_max_mol_m3 * diff.mass.sum() - current_A * t_net / 96485.33212
+        assert moles == pytest.approx(expect, rel=1e-9)
+    # isolated particles (no SE contact) keep their initial state
+    assert np.allclose(st.theta_nodes[~reach[diff.node_particle]], 0.8)
+
+
+def run_sphere_diffusion(R, n, taus, steps_per_unit_tau=2000):
+    """Constant inward flux into a voxel sphere; returns (mean - centre)/(J_eff a / D) at taus."""
+    mesh = sphere_mesh(R, n)
+    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+    D = 1e-14
+    a = (3 * (mesh.cell_phase == 2).sum() * mesh.cell_volume / (4 * np.pi)) ** (1 / 3)
+    dt = a**2 / D / steps_per_unit_tau
+    diff = DiffusionProblem(mesh, D=D, dt=dt, faces=faces, solver="direct")
+    J = 1e-3  # mol/m^2/s on the voxel faces
+    inflow = diff.face_load(np.full(faces["area"].size, J))
+    J_eff = inflow.sum() / (4 * np.pi * a**2)  # the same current through the true sphere surface
+    iz, iy, ix = np.unravel_index(mesh.node_grid, tuple(s + 1 for s in mesh.shape))
+    centre_grid = np.flatnonzero((iz == n // 2) & (iy == n // 2) & (ix == n // 2))[0]
+    centre = np.flatnonzero(mesh.node_grid[mesh.cells[diff.cell_index]].ravel() == mesh.node_grid[centre_grid])
+    centre_node = diff.cells.ravel()[centre[0]]
+    c = np.zeros(diff.n_nodes)
+    out = {}
+    targets = {int(round(t * steps_per_unit_tau)): t for t in taus}
+    for k in range(1, max(targets) + 1):
+        c = diff.step(c, inflow)
+        if k in targets:
+            mean = diff.total(c) / diff.mass.sum()
+            out[targets[k]] = (mean - c[centre_node]) / (J_eff * a / D)
+    return out, mesh, diff, c, a
+
+
+@pytest.mark.slow
+def test_sphere_mean_minus_centre_matches_series():
+    """PHYSICS.md 3(c), galvanostatic: (mean - centre) at tau = 0.05, 0.1, 0.2 within 2 %, R = 9 voxels."""
+    got, *_ = run_sphere_diffusion(9, 22, (0.05, 0.1, 0.2), steps_per_unit_tau=1000)
+    for tau, v in got.items():
+        ref = series_mean_minus_centre(tau)
+        print(f"tau={tau}: FE {v:.4f}, series {ref:.4f}, error {100 * (v / ref - 1):+.2f} %")
+        assert v == pytest.approx(ref, rel=0.02)
+
+
+@pytest.mark.slow
+def test_one_way_stress_at_centre_between_box_bounds():
+    """Centre hydrostatic stress = free-sphere DIS - confinement pressure of the mean (PHYSICS.md 3(b,c)),
+    between the free and fixed outer-shell values +-5 %, R = 10 voxels."""
+    R, n = 10, 26
+    got, mesh, diff, c, a = run_sphere_diffusion(R, n, (0.1,), steps_per_unit_tau=400)
+    omega = 3e-6
+    ap = Material("ap", 140.0, 0.3, omega_m3_mol=omega, c_max_mol_m3=1.0)
+    mech = ElasticProblem(mesh, {1: Material("se", 22.0, 0.3), 2: ap}, top="free")
+    # c is in mol/m^3 of a linear law with c_max = 1: theta = c
+    cell_c = np.zeros(mesh.n_cells)
+    cell_c[diff.cell_index] = diff.cell_mean(c)
+    eps = np.where(mesh.cell_phase == 2, ap.swelling_strain(cell_c, 0.0), 0.0)
+    sig = mech.cell_stress(mech.solve(eps), eps)
+    # the 8 cells around the centre node
+    iz, iy, ix = np.unravel_index(mesh.cell_voxel, mesh.shape)
+    mid = n // 2
+    around = (np.abs(iz + 0.5 - mid) < 1) & (np.abs(iy + 0.5 - mid) < 1) & (np.abs(ix + 0.5 - mid) < 1)
+    sh_centre = fields.hydrostatic(sig[around]).mean()
+    iz_n, iy_n, ix_n = np.unravel_index(mesh.node_grid, tuple(s + 1 for s in mesh.shape))
+    c_mean = diff.total(c) / diff.mass.sum()
+    c_centre = c[diff.cells[np.flatnonzero(around[diff.cell_index])]].mean()  # mean over the 8 cells' nodes
+    E, nu = ap.E, ap.nu
+    dis = 2 * E * omega * (c_mean - c_centre) / (9 * (1 - nu))
+    phi = (mesh.cell_phase == 2).sum() / np.prod(mesh.shape)
+    eps_mean = omega * c_mean / 3
+    lo = dis - shell_pressure(eps_mean, phi, E, nu, 22e9, 0.3, "fixed")
+    hi = dis - shell_pressure(eps_mean, phi, E, nu, 22e9, 0.3, "free")
+    print(f"centre sigma_h {sh_centre / 1e6:.1f} MPa, superposition bounds [{lo / 1e6:.1f}, {hi / 1e6:.1f}]"
+          f" (DIS {dis / 1e6:.1f})")
+    assert min(lo, hi) - 0.05 * abs(min(lo, hi)) <= sh_centre <= max(lo, hi) + 0.05 * abs(max(lo, hi))
+
+
+def test_stress_assisted_diffusivity_matches_closed_form():
+    """Laterally confined bar (sigma_h = -2 E Omega (c - c_ref) / (9 (1 - nu)), as in a free sphere):
+    the galvanostatic profile drop J L / (2 D_eff) gives D_eff / D = 1 + 2 E Omega^2 c / (9 R T (1 - nu))
+    within 5 %."""
+    nz, L_vox, h = 10, 8, 0.5e-6
+    ph = np.ones((nz, 3, 3), np.uint8)
+    ph[:L_vox] = 2
+    mesh = voxel_hex_mesh(ph, (ph == 2).astype(np.int32), [h] * 3)
+    nmc = get_material("NMC")
+    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing, sigma_voxels=0.5)
+    mech = ElasticProblem(mesh, {1: SE, 2: nmc}, top="free", solver="direct")
+    drops = {}
+    for sa in (False, True):
+        proto = Galvanostatic(c_rate=1.0, soc_start=0.45, soc_end=0.55, steps=60, stress_assisted=sa)
+        st = list(galvanostatic_states(mech, nmc, faces, proto, solver="direct"))[-1]
+        th = st.theta_cell.reshape(-1)[: 9 * L_vox].reshape(L_vox, 9).mean(1)  # cell rows along z
+        drops[sa] = th[-1] - th[0]
+        c_end = th.mean() * nmc.c_max_mol_m3
+    ratio = drops[False] / drops[True]
+    k = 2 * nmc.E * nmc.omega_m3_mol**2 / (9 * GAS_CONSTANT * 298.15 * (1 - nmc.nu))
+    expect = 1 + k * c_end
+    print(f"D_eff/D: FE {ratio:.4f}, closed form {expect:.4f}")
+    assert ratio == pytest.approx(expect, rel=0.05)
