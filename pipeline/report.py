@@ -74,7 +74,9 @@ def make_plots(out: Path, table: dict[str, np.ndarray], summary: dict) -> list[t
     plots.append((_save(plt, fig, out / "interface_traction.png"),
                   "Mean normal traction on each particle's electrolyte interface."))
 
-    if len(summary["steps"]) > 1:
+    if summary.get("mode") == "galvanostatic":
+        plots += transient_plots(plt, out, table, summary)
+    elif len(summary["steps"]) > 1:
         fig, ax = plt.subplots(figsize=(5, 3.8))
         soc = [s["soc"] for s in summary["steps"]]
         for n in names:
@@ -83,6 +85,51 @@ def make_plots(out: Path, table: dict[str, np.ndarray], summary: dict) -> list[t
         ax.set_ylabel("mean von Mises (MPa)")
         ax.legend()
         plots.append((_save(plt, fig, out / "stress_vs_soc.png"), "Mean von Mises stress per phase against SOC."))
+    return plots
+
+
+def transient_plots(plt, out: Path, table: dict[str, np.ndarray], summary: dict) -> list[tuple[str, str]]:
+    """SOC and stress against time, and peak stress against particle size."""
+    steps = np.unique(table["step"])
+    t_h = np.array([table["time_s"][table["step"] == k][0] for k in steps]) / 3600.0
+    plots = []
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax[0].plot([s["time_s"] / 3600 for s in summary["steps"]], [s["soc"] for s in summary["steps"]], "k.-")
+    ax[0].set_xlabel("time (h)")
+    ax[0].set_ylabel("electrode mean theta")
+    q = np.array([np.nanpercentile(table["soc_mean"][table["step"] == k], [0, 5, 50, 95, 100]) for k in steps])
+    within = np.array([np.nanmean((table["soc_max"] - table["soc_min"])[table["step"] == k]) for k in steps])
+    ax[1].fill_between(t_h, q[:, 0], q[:, 4], color="C0", alpha=0.2, label="min-max over particles")
+    ax[1].fill_between(t_h, q[:, 1], q[:, 3], color="C0", alpha=0.4, label="5-95 %")
+    ax[1].plot(t_h, q[:, 2], "C0", label="median particle")
+    ax2 = ax[1].twinx()
+    ax2.plot(t_h, within, "C3--", label="mean within-particle spread")
+    ax2.set_ylabel("max - min theta inside a particle", color="C3")
+    ax[1].set_xlabel("time (h)")
+    ax[1].set_ylabel("particle mean theta")
+    ax[1].legend(fontsize=8, loc="best")
+    plots.append((_save(plt, fig, out / "soc_vs_time.png"),
+                  "Electrode state of charge, spread of particle SOC and SOC gradients inside particles."))
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    vm = table["von_mises_max_MPa"]
+    ax[0].plot(t_h, [np.nanmax(vm[table["step"] == k]) for k in steps], "C3.-", label="most stressed particle")
+    ax[0].plot(t_h, [np.nanmedian(vm[table["step"] == k]) for k in steps], "C0.-", label="median particle")
+    ax[0].set_xlabel("time (h)")
+    ax[0].set_ylabel("particle max von Mises (MPa)")
+    ax[0].legend()
+    ids = table["particle_id"]
+    n = int(ids.max())
+    peak = np.full(n + 1, -np.inf)
+    np.maximum.at(peak, ids, np.nan_to_num(vm, nan=-np.inf))
+    diam = np.zeros(n + 1)
+    diam[ids] = table["eq_diameter_um"]
+    ok = np.isfinite(peak)
+    ax[1].scatter(diam[ok], peak[ok], s=12)
+    ax[1].set_xlabel("equivalent diameter (µm)")
+    ax[1].set_ylabel("peak over time of max von Mises (MPa)")
+    plots.append((_save(plt, fig, out / "stress_vs_time.png"),
+                  "Peak particle stress against time, and each particle's peak against its size."))
     return plots
 
 
@@ -109,6 +156,7 @@ def write_report(out: str | Path) -> Path:
     show = ["particle_id", "eq_diameter_um", "touches_boundary", "isolated", "local_void_fraction",
             "von_mises_max_MPa", "hydrostatic_mean_MPa", "interface_normal_traction_mean_MPa"]
     steps_cols = {"step": np.array([s["step"] for s in summary["steps"]]),
+                  "time_s": np.array([s.get("time_s", 0.0) for s in summary["steps"]]),
                   "soc": np.array([s["soc"] for s in summary["steps"]]),
                   "iterations": np.array([s.get("solver_iterations", -1) for s in summary["steps"]])}
     for n in last["phases"]:

@@ -172,6 +172,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     is_active = mesh.cell_phase == 2
     tables, summaries = [], []
     t_solve = 0.0
+    warned = False
     with io.time_series_writer(out / "fields.xdmf", mesh.points * 1e6, mesh.cells, mesh.element.name) as write:
         ts = time.perf_counter()
         for st in states:
@@ -185,8 +186,14 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                                               sigma=sig, faces=faces, face_tn=tn))
             s = step_summary(step=st.step, soc=soc, phases=mesh.phases, cell_phase=mesh.cell_phase,
                              sigma=sig, faces=faces, face_tn=tn)
+            outside = float(np.mean((st.theta_cell[is_active] < 0) | (st.theta_cell[is_active] > 1)))
+            if outside and not warned:
+                log.warning("step %d: %.1f %% of the active volume has theta outside [0, 1]: the uniform "
+                            "galvanostatic flux over-fills particles with a large interface per volume; "
+                            "lower c_rate or narrow the SOC window", st.step, 100 * outside)
+                warned = True
             s.update(time_s=st.time_s, half_cycle=st.cycle, solver_iterations=st.iterations,
-                     coupling_iterations=st.coupling_iterations)
+                     coupling_iterations=st.coupling_iterations, theta_outside_0_1_fraction=outside)
             summaries.append(s)
             write(st.time_s if cyc.mode == "galvanostatic" else st.step, {"displacement_um": st.u * 1e6},
                   {"phase": mesh.cell_phase, "particle": mesh.cell_particle, "soc": st.theta_cell,
