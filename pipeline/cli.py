@@ -82,6 +82,31 @@ def cmd_run(args, stages) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from pipeline.study import load_study, run_study
+
+    study = load_study(args.study_file)
+    out = Path(args.output or Path(args.study_file).with_suffix("").name + "_study")
+    if args.quiet:
+        res = run_study(study, out, workers=args.workers, scheduler=args.scheduler)
+    else:
+        from rich.progress import Progress
+
+        with Progress() as bar:
+            task = bar.add_task("cases", total=len(study.cases))
+
+            def cb(p):
+                bar.update(task, completed=p["done"] + p["failed"],
+                           description=f"cases: {p['done']} done, {p['running']} running, {p['failed']} failed, "
+                                       f"{p['eta_s']:.0f} s left")
+
+            res = run_study(study, out, workers=args.workers, scheduler=args.scheduler, progress=cb)
+    for case, err in res["failed"].items():
+        log.error("case %s failed: %s", case, err)
+    print(out / "study.csv")
+    return 0 if not res["failed"] else 1
+
+
 def cmd_materials(args) -> int:
     from solvers.physics.materials import PRESETS
 
@@ -109,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--voxel-size-um", type=float, help="voxel size in micrometres (overrides metadata)")
         s.add_argument("--force", action="store_true", help="ignore cached stages")
     sub.add_parser("materials", help="list material presets")
+    st = sub.add_parser("study", help="many cases on dask: samples, crops, synthetic composites, sweeps")
+    st.add_argument("study_file", help="STUDY.toml")
+    st.add_argument("-o", "--output", help="study results folder (default: beside the study file)")
+    st.add_argument("--workers", type=int, help="local worker processes (default: cores)")
+    st.add_argument("--scheduler", help="address of a running dask scheduler, to use many machines")
     return p
 
 
@@ -122,6 +152,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "materials":
             return cmd_materials(args)
+        if args.command == "study":
+            return cmd_study(args)
         if args.command == "report":
             from pipeline.report import write_report
 

@@ -127,7 +127,8 @@ def galvanostatic_flux(active: Material, protocol: Galvanostatic, accessible_vol
 
 def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, protocol: Galvanostatic, *,
                          solver: str = "auto", output_every: int = 1,
-                         flux_mask: Callable[[State | None], np.ndarray] | None = None) -> Iterator[State]:
+                         flux_mask: Callable[[State | None], np.ndarray] | None = None,
+                         stats: dict | None = None) -> Iterator[State]:
     """Transient charge/discharge: yields a :class:`State` every ``output_every`` steps.
 
     Diffusion runs every step. Mechanics runs at every yielded step, and at
@@ -147,12 +148,18 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
     flux_mask : callable, optional
         Returns the (nf,) bool mask of faces that carry flux given the last
         state (all faces when omitted).
+    stats : dict, optional
+        Filled with ``"diffusion"``: the diffusion solver's
+        :class:`~solvers.linalg.SolveStats` (setup once, time per solve).
     """
     for name in ("D_m2_s", "c_max_mol_m3"):
         if getattr(active, name) is None:
             raise ConfigError(f"materials.active ({active.name}) needs {name} for a galvanostatic run")
     mesh = mech.mesh
     diff = DiffusionProblem(mesh, D=active.D_m2_s, dt=protocol.dt, faces=faces, solver=solver)
+    if stats is not None:
+        stats["diffusion"] = diff.solver.stats
+        stats["diffusion_nodes"] = diff.n_nodes
     c_max = active.c_max_mol_m3
     theta0 = protocol.soc_start
     c = np.full(diff.n_nodes, theta0 * c_max)
