@@ -1,11 +1,13 @@
 # Two entry points (README): `make run` and `make test`. Both install what is missing.
 PYTHON ?= python3
-APT_PACKAGES :=
+# Xvfb and the X/GL libraries Qt 6 needs for headless napari (tests and --screenshot)
+APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 libxcb-render-util0 \
+	libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0 libxcb-xinerama0 libxcb-randr0 libegl1 libgl1 libfontconfig1 libdbus-1-3
 DEPS_STAMP := .deps-installed
 
 .PHONY: run test deps lint bench
 
-$(DEPS_STAMP): pyproject.toml
+$(DEPS_STAMP): pyproject.toml Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[dev]"

@@ -107,6 +107,21 @@ def cmd_study(args) -> int:
     return 0 if not res["failed"] else 1
 
 
+def cmd_view(args) -> int:
+    try:
+        from pipeline.napari import view
+    except ImportError as exc:  # pragma: no cover
+        raise TomomechError(f"napari is not installed ({exc}): pip install 'tomomech[napari]'") from exc
+    if args.screenshot:
+        print(view.screenshot(args.target, args.screenshot, step=args.step))
+        return 0
+    import napari
+
+    view.open_viewer(args.target, step=args.step)
+    napari.run()
+    return 0
+
+
 def cmd_materials(args) -> int:
     from solvers.physics.materials import PRESETS
 
@@ -134,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--voxel-size-um", type=float, help="voxel size in micrometres (overrides metadata)")
         s.add_argument("--force", action="store_true", help="ignore cached stages")
     sub.add_parser("materials", help="list material presets")
+    vw = sub.add_parser("view", help="open a results folder or a stack in napari")
+    vw.add_argument("target", help="results folder, TIFF stack or slice folder")
+    vw.add_argument("--screenshot", help="render headless to this PNG and exit")
+    vw.add_argument("--step", type=int, help="step of particles.csv for the particle features (default: last)")
     st = sub.add_parser("study", help="many cases on dask: samples, crops, synthetic composites, sweeps")
     st.add_argument("study_file", help="STUDY.toml")
     st.add_argument("-o", "--output", help="study results folder (default: beside the study file)")
@@ -154,6 +173,8 @@ def main(argv=None) -> int:
             return cmd_materials(args)
         if args.command == "study":
             return cmd_study(args)
+        if args.command == "view":
+            return cmd_view(args)
         if args.command == "report":
             from pipeline.report import write_report
 

@@ -42,6 +42,7 @@ STAGE_FILES = {
     "solve": ("fields.xdmf", "fields.h5", "particles.csv", "summary.json"),
 }
 STATE = ".tomomech/stages.json"
+EDITS = "edits"
 MIN_VOXELS_PER_AXIS = 4
 
 
@@ -78,8 +79,15 @@ class Workspace:
 
 # ----------------------------------------------------------------------------- stages
 
-def segment_stage(image: np.ndarray, cfg: Config, spacing_um) -> tuple[np.ndarray, np.ndarray]:
-    """Grey values or labels -> (phases uint8, particles int32). Pure."""
+def segment_stage(image: np.ndarray, sc, spacing_um) -> tuple[np.ndarray, np.ndarray]:
+    """Grey values or labels -> (phases uint8, particles int32). Pure.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) grey values or labels
+    sc : SegmentationConfig
+    spacing_um : (3,) voxel size
+    """
     from segmentation import (
         classify_multiotsu,
         classify_thresholds,
@@ -89,7 +97,6 @@ def segment_stage(image: np.ndarray, cfg: Config, spacing_um) -> tuple[np.ndarra
         remove_small_particles,
     )
 
-    sc = cfg.segmentation
     if sc.method == "labels":
         if not np.issubdtype(image.dtype, np.integer):
             raise InputError(f"segmentation.method = 'labels' needs an integer label image, the input is "
@@ -227,6 +234,21 @@ def write_mesh_files(mesh, out: Path, vtu: bool = False) -> None:
         io.write_mesh(out / "mesh.vtu", mesh.points * 1e6, mesh.cells, mesh.element.name, cd)
 
 
+def save_edits(out, phases: np.ndarray, particles: np.ndarray, spacing_um) -> Path:
+    """Save hand-edited phases and particle labels; the next run uses them instead of segmenting.
+
+    Particles are kept only where the phase is active, and active voxels without a
+    particle label are given back to the electrolyte, so the two stay consistent.
+    """
+    out = Path(out) / EDITS
+    phases = np.asarray(phases, np.uint8).copy()
+    particles = np.where(phases == 2, np.asarray(particles), 0).astype(np.int32)
+    phases[(phases == 2) & (particles == 0)] = 1
+    io.write_volume(out / "phases.tif", phases, spacing_um)
+    io.write_volume(out / "particles.tif", particles, spacing_um)
+    return out
+
+
 # ----------------------------------------------------------------------------- driver
 
 def versions() -> dict[str, str]:
@@ -269,9 +291,6 @@ def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress:
         tmp.write_text(dump_config(cfg))
 
     seg_key = _key(in_hash, cfg.input.crop, spacing, asdict(cfg.segmentation), __version__)
-    edited = out / "edits" / "particles.tif"
-    if edited.exists():  # labels edited by hand (napari) replace segmentation
-        seg_key = _key(seg_key, io.file_hash(edited))
     t0 = time.perf_counter()
     if not force and ws.fresh("segment", seg_key):
         phases = io.read_volume(out / "phases.tif").data.astype(np.uint8)
@@ -279,7 +298,7 @@ def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress:
         cached["segment"] = True
     elif "segment" in stages or not (out / "phases.tif").exists():
         progress("segment", 0, 1)
-        phases, particles = segment_stage(image, cfg, spacing)
+        phases, particles = segment_stage(image, cfg.segmentation, spacing)
         io.write_volume(out / "phases.tif", phases, spacing)
         io.write_volume(out / "particles.tif", particles, spacing)
         ws.mark("segment", seg_key)
@@ -288,6 +307,17 @@ def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress:
     else:
         raise InputError(f"{out} holds a segmentation from other inputs: run `tomomech segment` first")
     timings["segment_s"] = time.perf_counter() - t0
+    edits = [out / EDITS / f for f in ("phases.tif", "particles.tif")]
+    if any(f.exists() for f in edits):  # labels edited by hand (napari) replace the segmentation
+        if edits[0].exists():
+            phases = io.read_volume(edits[0]).data.astype(np.uint8)
+        if edits[1].exists():
+            particles = io.read_volume(edits[1]).data.astype(np.int32)
+        if phases.shape != particles.shape:
+            raise InputError(f"edited labels in {out / EDITS} have shapes {phases.shape} and {particles.shape}")
+        seg_key = _key(seg_key, *(io.file_hash(f) for f in edits if f.exists()))
+        cached["edits"] = True
+        log.info("using hand-edited labels from %s", out / EDITS)
 
     solve_key = _key(seg_key, *(asdict(getattr(cfg, s)) for s in
                                 ("mesh", "materials", "mechanics", "cycling", "solver", "statistics")))
