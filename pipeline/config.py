@@ -340,6 +340,17 @@ def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config
     return Config(**sections)
 
 
+def read_toml(path: str | Path, what: str = "file") -> dict:
+    """Parse a TOML file, with a ConfigError naming the file when it is missing or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     """Read and validate a TOML config file.
 
@@ -349,12 +360,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     overrides : nested mapping merged over the file's content (CLI options)
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    data = read_toml(path, "config file")
     for sec, vals in (overrides or {}).items():
         data.setdefault(sec, {}).update(vals)
     return config_from_dict(data, path.parent)

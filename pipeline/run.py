@@ -50,7 +50,8 @@ def _noop(stage: str, done: int, total: int) -> None:
     pass
 
 
-def _key(*parts) -> str:
+def content_key(*parts) -> str:
+    """Short SHA-256 of JSON-serialised parts: the cache key of a stage or a study case."""
     h = hashlib.sha256()
     for p in parts:
         h.update(json.dumps(p, sort_keys=True, default=str).encode())
@@ -290,7 +291,7 @@ def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress:
     with io.atomic_path(out / "config.toml") as tmp:
         tmp.write_text(dump_config(cfg))
 
-    seg_key = _key(in_hash, cfg.input.crop, spacing, asdict(cfg.segmentation), __version__)
+    seg_key = content_key(in_hash, cfg.input.crop, spacing, asdict(cfg.segmentation), __version__)
     t0 = time.perf_counter()
     if not force and ws.fresh("segment", seg_key):
         phases = io.read_volume(out / "phases.tif").data.astype(np.uint8)
@@ -315,11 +316,11 @@ def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress:
             particles = io.read_volume(edits[1]).data.astype(np.int32)
         if phases.shape != particles.shape:
             raise InputError(f"edited labels in {out / EDITS} have shapes {phases.shape} and {particles.shape}")
-        seg_key = _key(seg_key, *(io.file_hash(f) for f in edits if f.exists()))
+        seg_key = content_key(seg_key, *(io.file_hash(f) for f in edits if f.exists()))
         cached["edits"] = True
         log.info("using hand-edited labels from %s", out / EDITS)
 
-    solve_key = _key(seg_key, *(asdict(getattr(cfg, s)) for s in
+    solve_key = content_key(seg_key, *(asdict(getattr(cfg, s)) for s in
                                 ("mesh", "materials", "mechanics", "cycling", "solver", "statistics")))
     summary = None
     if "mesh" in stages and "solve" not in stages:

@@ -25,12 +25,10 @@ report.html.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import logging
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from pipeline import io
-from pipeline.config import MaterialsConfig, config_from_dict
+from pipeline.config import MaterialsConfig, config_from_dict, read_toml
+from pipeline.run import content_key
 from tomomech.errors import ConfigError, TomomechError
 
 log = logging.getLogger(__name__)
@@ -85,19 +84,10 @@ def _set(d: dict, dotted: str, value) -> None:
     cur[parts[-1]] = value
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 def load_study(path: str | Path) -> Study:
     """Read a study TOML file and expand its cases (validated before anything runs)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file {str(path)!r} not found")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    data = read_toml(path, "study file")
     allowed = {"base", "combine", "sweep", "crops", "synthetic"}
     unknown = set(data) - allowed
     if unknown:
@@ -105,9 +95,7 @@ def load_study(path: str | Path) -> Study:
     if "base" not in data:
         raise ConfigError("a study needs base = 'run.toml' (the config every case starts from)")
     base_path = (path.parent / data["base"]).resolve()
-    if not base_path.is_file():
-        raise ConfigError(f"study base config {str(base_path)!r} not found")
-    base = tomllib.loads(base_path.read_text())
+    base = read_toml(base_path, "study base config")
     base_dir = base_path.parent
     mats = base.setdefault("materials", {})  # explicit presets, so "materials.X.E_GPa" can override one
     for name in ("active", "electrolyte"):
@@ -168,7 +156,7 @@ def load_study(path: str | Path) -> Study:
         cfg.pop("output", None)
         if synthetic is None:
             config_from_dict(copy.deepcopy(cfg), base_dir)  # validate now, before anything runs
-        key = _hash({"config": cfg, "synthetic": synthetic,
+        key = content_key({"config": cfg, "synthetic": synthetic,
                      "input": None if synthetic else io.file_hash(cfg["input"]["path"])})
         label = "-".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in swept.items())
         cases.append(Case(name=f"{key}", config=cfg, swept=swept, synthetic=synthetic, key=key))
