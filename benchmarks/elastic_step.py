@@ -2,6 +2,7 @@
 
 Each size runs in its own process so that its peak resident memory is its own.
 Usage: python benchmarks/elastic_step.py [SIZES...] [--aggregation auto|smoothed|plain]
+       [--backend assembled|matrix-free]
 (default 64 96 128, auto)
 Prints a Markdown table (the README's "Performance" table).
 """
@@ -20,6 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples/matbox_nmc/nmc-1-cal_generatedCBD_bridge.tif"
 AGGREGATION = "auto"  # smoothed below 1.5 M dof, plain above (memory); --aggregation X to force
+BACKEND = "assembled"  # --backend matrix-free for the geometric multigrid solver
 
 
 def one(n: int) -> dict:
@@ -36,7 +38,7 @@ def one(n: int) -> dict:
     mesh = voxel_hex_mesh(phases, (phases == 2).astype(np.int32), [0.4e-6] * 3)
     t_mesh = time.perf_counter() - t
     prob = ElasticProblem(mesh, {1: get_material("Li6PS5Cl"), 2: get_material("NMC811")}, solver="amg",
-                          aggregation=AGGREGATION)
+                          aggregation=AGGREGATION, backend=BACKEND)
     eps = np.where(mesh.cell_phase == 2, get_material("NMC811").swelling_strain(0.22, 1.0), 0.0)
     t = time.perf_counter()
     u = prob.solve(eps)
@@ -51,10 +53,14 @@ def one(n: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    global AGGREGATION
+    global AGGREGATION, BACKEND
     if "--aggregation" in argv:
         i = argv.index("--aggregation")
         AGGREGATION = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    if "--backend" in argv:
+        i = argv.index("--backend")
+        BACKEND = argv[i + 1]
         argv = argv[:i] + argv[i + 2:]
     if argv and argv[0] == "--one":
         print(json.dumps(one(int(argv[1]))))
@@ -63,7 +69,8 @@ def main(argv: list[str]) -> None:
     print("| crop | DOF | solver | mesh s | assembly s | AMG setup s | solve s | CG its | stress s | peak memory GB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
-        r = subprocess.run([sys.executable, __file__, "--one", str(n), "--aggregation", AGGREGATION],
+        r = subprocess.run([sys.executable, __file__, "--one", str(n), "--aggregation", AGGREGATION,
+                            "--backend", BACKEND],
                            capture_output=True, text=True)
         if r.returncode != 0:
             print(f"| {n}^3 | failed: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode} |")

@@ -201,16 +201,27 @@ class CyclingConfig:
 class SolverConfig:
     """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``,
     ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 1.5 M dof
-    to save memory)."""
+    to save memory); ``backend = "assembled" | "matrix-free" | "auto"`` (matrix-free: no global
+    matrix, geometric multigrid; experimental), ``device = "cpu" | "gpu"`` and
+    ``precision = "float64" | "mixed"`` for the matrix-free backend."""
 
     method: str = "auto"
     rtol: float = 1e-8
     maxiter: int = 1000
     aggregation: str = "auto"
+    backend: str = "assembled"
+    device: str = "cpu"
+    precision: str = "float64"
 
     def __post_init__(self):
         _check_choice("solver.method", self.method, ("auto", "direct", "amg"))
         _check_choice("solver.aggregation", self.aggregation, ("auto", "smoothed", "plain"))
+        _check_choice("solver.backend", self.backend, ("assembled", "matrix-free", "auto"))
+        _check_choice("solver.device", self.device, ("cpu", "gpu"))
+        _check_choice("solver.precision", self.precision, ("float64", "mixed"))
+        if self.backend == "assembled" and (self.device != "cpu" or self.precision != "float64"):
+            raise ConfigError("solver.device = 'gpu' and solver.precision = 'mixed' need "
+                              "solver.backend = 'matrix-free'")
         if not 0 < self.rtol < 1:
             raise ConfigError(f"solver.rtol = {self.rtol!r} must lie in (0, 1)")
         _check_positive("solver.maxiter", self.maxiter)

@@ -157,7 +157,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     prob = ElasticProblem(mesh, {1: electrolyte, 2: active}, top=cfg.mechanics.top,
                           stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6,
                           solver=cfg.solver.method, rtol=cfg.solver.rtol, maxiter=cfg.solver.maxiter,
-                          aggregation=cfg.solver.aggregation)
+                          aggregation=cfg.solver.aggregation, backend=cfg.solver.backend,
+                          device=cfg.solver.device, precision=cfg.solver.precision)
     t.update(prob.timings)
     geom = particle_geometry(mesh.phases, mesh.particles, sp_um, shell_voxels=cfg.statistics.shell_voxels)
     faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing,

@@ -36,6 +36,21 @@ def physical_gradients(element: Element, xi: np.ndarray, spacing) -> np.ndarray:
     return element.grad(xi) / np.asarray(spacing, float)[None, None, :]
 
 
+def elasticity_parts(element: Element, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """The two parts of the element stiffness: ``K = lambda * K_lambda + mu * K_mu``.
+
+    Returns
+    -------
+    K_lambda, K_mu : (n, 3, n, 3) ndarrays, m
+    """
+    pts, wts = element.quadrature
+    dn = physical_gradients(element, pts, spacing)  # (q, n, 3)
+    w = wts * float(np.prod(spacing))
+    dot = np.einsum("q,qaj,qbj->ab", w, dn, dn)
+    outer = np.einsum("q,qai,qbk->aibk", w, dn, dn)
+    return outer, np.einsum("ab,ik->aibk", dot, np.eye(3)) + outer.transpose(0, 3, 2, 1)
+
+
 def elasticity_matrix(element: Element, spacing, E: float, nu: float) -> np.ndarray:
     """Element stiffness of one voxel, as blocks.
 
@@ -45,14 +60,9 @@ def elasticity_matrix(element: Element, spacing, E: float, nu: float) -> np.ndar
     -------
     (n, 3, n, 3) ndarray, N/m
     """
-    pts, wts = element.quadrature
-    dn = physical_gradients(element, pts, spacing)  # (q, n, 3)
-    w = wts * float(np.prod(spacing))
+    k_lam, k_mu = elasticity_parts(element, spacing)
     lam, mu = lame(E, nu)
-    dot = np.einsum("q,qaj,qbj->ab", w, dn, dn)
-    outer = np.einsum("q,qai,qbk->aibk", w, dn, dn)
-    eye = np.eye(3)
-    return lam * outer + mu * (np.einsum("ab,ik->aibk", dot, eye) + outer.transpose(0, 3, 2, 1))
+    return lam * k_lam + mu * k_mu
 
 
 def gradient_integral(element: Element, spacing) -> np.ndarray:
@@ -152,7 +162,7 @@ def assemble_voxel_stiffness(mesh, cell_material: np.ndarray, element_matrices) 
     return sp.bsr_matrix((data, indices, indptr.astype(idx_dtype)), shape=(3 * nn, 3 * nn))
 
 
-def apply_dirichlet(A: sp.bsr_matrix, fixed: np.ndarray) -> sp.bsr_matrix:
+def apply_dirichlet(A: sp.bsr_matrix, fixed: np.ndarray, scale: float | None = None) -> sp.bsr_matrix:
     """Homogeneous Dirichlet conditions by zeroing rows and columns.
 
     Fixed dofs get a unit-scaled diagonal (the mean diagonal of ``A``) so the
@@ -162,6 +172,8 @@ def apply_dirichlet(A: sp.bsr_matrix, fixed: np.ndarray) -> sp.bsr_matrix:
     ----------
     A : bsr_matrix with 3x3 blocks
     fixed : (nn, 3) bool
+    scale : float, optional
+        Diagonal of the fixed dofs; default the mean diagonal of the free dofs.
 
     Returns
     -------
@@ -170,7 +182,10 @@ def apply_dirichlet(A: sp.bsr_matrix, fixed: np.ndarray) -> sp.bsr_matrix:
     keep = (~fixed).astype(A.data.dtype)
     nb = A.indptr.size - 1
     rows = np.repeat(np.arange(nb), np.diff(A.indptr))
-    diag_scale = float(np.mean(A.diagonal()[~fixed.ravel()])) if (~fixed).any() else 1.0
+    if scale is not None:
+        diag_scale = float(scale)
+    else:
+        diag_scale = float(np.mean(A.diagonal()[~fixed.ravel()])) if (~fixed).any() else 1.0
     A.data *= keep[rows][:, :, None]
     A.data *= keep[A.indices][:, None, :]
     d = np.flatnonzero(rows == A.indices)

@@ -30,6 +30,8 @@ from tomomech.errors import ConfigError, MeshError
 log = logging.getLogger(__name__)
 
 TOP_CONDITIONS = ("free", "fixed", "stack_pressure")
+#: above this many unknowns ``backend="auto"`` uses the matrix-free multigrid solver
+MATRIX_FREE_DOF = 1_500_000
 
 
 def box_constraints(mesh: VoxelMesh, top: str = "free") -> np.ndarray:
@@ -69,11 +71,20 @@ class ElasticProblem:
     maxiter : int
     aggregation : {"auto", "smoothed", "plain"}
         AMG variant (:class:`solvers.linalg.LinearSolver`).
+    backend : {"assembled", "matrix-free", "auto"}
+        ``matrix-free``: no global matrix, CG with geometric multigrid
+        (:mod:`solvers.matfree`); ``auto`` picks it above
+        :data:`MATRIX_FREE_DOF` unknowns.
+    device : {"cpu", "gpu"}
+        Matrix-free backend only.
+    precision : {"float64", "mixed"}
+        Matrix-free backend only: multigrid in float32.
     """
 
     def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], *, top: str = "free",
                  stack_pressure_Pa: float = 0.0, solver: str = "auto", rtol: float = 1e-8,
-                 maxiter: int = 500, aggregation: str = "auto"):
+                 maxiter: int = 500, aggregation: str = "auto", backend: str = "assembled",
+                 device: str = "cpu", precision: str = "float64"):
         self.mesh = mesh
         self.top = top
         self.stack_pressure_Pa = float(stack_pressure_Pa)
@@ -92,15 +103,30 @@ class ElasticProblem:
         self._gc = centroid_gradients(mesh.element, mesh.spacing)
         self.fixed = box_constraints(mesh, top)
         self.timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        kes = [elasticity_matrix(mesh.element, mesh.spacing, m.E, m.nu) for m in self.materials.values()]
-        A = assemble_voxel_stiffness(mesh, self.cell_material, kes)
-        self.A = apply_dirichlet(A, self.fixed)
-        self.timings["assembly_s"] = time.perf_counter() - t0
-        B = rigid_body_modes(mesh.points)
-        B[self.fixed.ravel()] = 0.0
-        self.solver = LinearSolver(self.A, method=solver, near_nullspace=B, rtol=rtol, maxiter=maxiter,
-                                   aggregation=aggregation)
+        if backend == "auto":
+            backend = "matrix-free" if 3 * mesh.n_nodes > MATRIX_FREE_DOF else "assembled"
+        if backend not in ("assembled", "matrix-free"):
+            raise ConfigError(f"solver.backend = {backend!r}: use 'assembled', 'matrix-free' or 'auto'")
+        self.backend = backend
+        self.A = None
+        if backend == "matrix-free":
+            from solvers.matfree import MatrixFreeSolver
+
+            self.timings["assembly_s"] = 0.0
+            self.solver = MatrixFreeSolver(mesh, self._lame[self.cell_material], self.fixed, rtol=rtol,
+                                           maxiter=maxiter, device=device, precision=precision)
+        else:
+            if device != "cpu" or precision != "float64":
+                raise ConfigError("solver.device = 'gpu' and precision = 'mixed' need backend = 'matrix-free'")
+            t0 = time.perf_counter()
+            kes = [elasticity_matrix(mesh.element, mesh.spacing, m.E, m.nu) for m in self.materials.values()]
+            A = assemble_voxel_stiffness(mesh, self.cell_material, kes)
+            self.A = apply_dirichlet(A, self.fixed)
+            self.timings["assembly_s"] = time.perf_counter() - t0
+            B = rigid_body_modes(mesh.points)
+            B[self.fixed.ravel()] = 0.0
+            self.solver = LinearSolver(self.A, method=solver, near_nullspace=B, rtol=rtol, maxiter=maxiter,
+                                       aggregation=aggregation)
         self.timings["setup_s"] = self.solver.stats.setup_s
 
     @property

@@ -1,0 +1,496 @@
+"""Matrix-free voxel elasticity with a geometric multigrid preconditioner.
+
+No global matrix: every level stores one small element matrix per distinct
+material and a material index per voxel. The operator is applied node by
+node (a gather over the 8 voxels around a node, so threads never write to
+the same node) by a numba kernel on the CPU, or by array expressions on
+the GPU (CuPy). The preconditioner is a geometric V-cycle: 2x2x2
+coarsening with averaged Lame moduli (a coarse voxel is void only if all 8
+fine ones are), Chebyshev-Jacobi smoothing, trilinear prolongation and its
+transpose, and a direct solve on the coarsest grid.
+
+Vectors live on the full node grid, shape (Z+1, Y+1, X+1, 3); fixed dofs
+(box conditions, and nodes that touch no solid voxel) carry the identity
+scaled by ``scale``, exactly as :func:`solvers.fem.assembly.apply_dirichlet`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_parts
+from solvers.fem.elements import HEX8
+from solvers.linalg import SolveStats
+from tomomech.errors import ConfigError, ConvergenceError
+
+log = logging.getLogger(__name__)
+
+CORNERS = HEX8.nodes.astype(np.int64)  # (8, 3) local corner offsets (z, y, x)
+COARSEST_DOF = 30_000
+
+
+def _numba_kernel():
+    import numba
+
+    @numba.njit(parallel=True, fastmath=False, cache=True)
+    def apply(x, mat, ke, y):
+        Z, Y, X = mat.shape
+        for i in numba.prange(Z + 1):
+            for j in range(Y + 1):
+                for k in range(X + 1):
+                    a0 = 0.0
+                    a1 = 0.0
+                    a2 = 0.0
+                    for a in range(8):
+                        ez = i - CORNERS[a, 0]
+                        ey = j - CORNERS[a, 1]
+                        ex = k - CORNERS[a, 2]
+                        if ez < 0 or ey < 0 or ex < 0 or ez >= Z or ey >= Y or ex >= X:
+                            continue
+                        m = mat[ez, ey, ex]
+                        if m < 0:
+                            continue
+                        for b in range(8):
+                            nz = ez + CORNERS[b, 0]
+                            ny = ey + CORNERS[b, 1]
+                            nx = ex + CORNERS[b, 2]
+                            for c in range(3):
+                                xv = x[nz, ny, nx, c]
+                                a0 += ke[m, a, 0, b, c] * xv
+                                a1 += ke[m, a, 1, b, c] * xv
+                                a2 += ke[m, a, 2, b, c] * xv
+                    y[i, j, k, 0] = a0
+                    y[i, j, k, 1] = a1
+                    y[i, j, k, 2] = a2
+
+    return apply
+
+
+_KERNEL = None
+
+
+def apply_numba(x, mat, ke):
+    """``y = K x`` of the unconstrained voxel operator (numba, parallel over node planes)."""
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _numba_kernel()
+    y = np.empty_like(x)
+    _KERNEL(x, mat, ke, y)
+    return y
+
+
+def apply_arrays(x, mat, ke, xp=np):
+    """The same operator as array expressions (CuPy on the GPU, numpy for tests).
+
+    ``y[node of corner a] += K[m][a, :, b, :] x[node of corner b]`` for the 64
+    corner pairs, each a shifted-slice contraction over the whole grid.
+    """
+    Z, Y, X = mat.shape
+    y = xp.zeros_like(x)
+    solid = mat >= 0
+    idx = xp.where(solid, mat, 0)
+    for a in range(8):
+        za, ya, xa = (int(v) for v in CORNERS[a])
+        acc = xp.zeros((Z, Y, X, 3), dtype=x.dtype)
+        for b in range(8):
+            zb, yb, xb = (int(v) for v in CORNERS[b])
+            xb_ = x[zb:zb + Z, yb:yb + Y, xb:xb + X]  # (Z, Y, X, 3)
+            blk = ke[:, a, :, b, :][idx]  # (Z, Y, X, 3, 3)
+            acc += xp.einsum("zyxij,zyxj->zyxi", blk, xb_)
+        acc *= solid[..., None]
+        y[za:za + Z, ya:ya + Y, xa:xa + X] += acc
+    return y
+
+
+@dataclass
+class Level:
+    """One grid of the hierarchy."""
+
+    mat: np.ndarray  # (Z, Y, X) int32 index into ke, -1 void
+    ke: np.ndarray  # (n_mat, 8, 3, 8, 3) element matrices, box constraints masked in
+    fixed: np.ndarray  # (Z+1, Y+1, X+1, 3) bool: identity rows (box conditions, nodes without solid)
+    box: np.ndarray  # (Z+1, Y+1, X+1, 3) bool: the box conditions alone
+    scale: float = 1.0
+    diag_inv: np.ndarray | None = None
+    lmax: float = 1.0
+    fixed_dev: object = None
+
+    @property
+    def node_shape(self):
+        return tuple(s + 1 for s in self.mat.shape) + (3,)
+
+
+def _corner_pattern(box):
+    """Per voxel, the box-fixed flags of its 8 x 3 dofs packed in 3 bytes, (Z, Y, X, 3) uint8."""
+    Z, Y, X = (s - 1 for s in box.shape[:3])
+    pattern = np.zeros((Z, Y, X, 8, 3), bool)
+    for a, (dz, dy, dx) in enumerate(CORNERS):
+        pattern[:, :, :, a] = box[dz:dz + Z, dy:dy + Y, dx:dx + X]
+    return np.packbits(pattern.reshape(Z, Y, X, 24), axis=-1, bitorder="little")
+
+
+def _unpack_keep(codes):
+    """(n, 3) packed patterns -> (n, 8, 3) float, 1 where the dof is free."""
+    bits = np.unpackbits(codes.astype(np.uint8), axis=1, bitorder="little")[:, :24].astype(bool)
+    return (~bits).astype(float).reshape(-1, 8, 3)
+
+
+def _fine_level(mat_phase, ke_phase, box_fixed):
+    """Fine level: one masked element matrix per (material, box-constraint pattern) in use.
+
+    ``box_fixed`` (Z+1, Y+1, X+1, 3) marks the box conditions; the element
+    matrix of a voxel has the rows and columns of its fixed dofs zeroed, so the
+    summed operator is ``M A M`` exactly as the assembled path.
+    """
+    Z, Y, X = mat_phase.shape
+    code = _corner_pattern(box_fixed)
+    key = np.concatenate([mat_phase[..., None].astype(np.int64), code.astype(np.int64)], axis=-1)
+    solid = mat_phase >= 0
+    uniq, inv = np.unique(key[solid], axis=0, return_inverse=True)
+    mat = np.full((Z, Y, X), -1, np.int32)
+    mat[solid] = inv.ravel()
+    keep = _unpack_keep(uniq[:, 1:])
+    ke = ke_phase[uniq[:, 0]] * keep[:, :, :, None, None] * keep[:, None, None, :, :]
+    return mat, np.ascontiguousarray(ke)
+
+
+def _sub_prolongations() -> np.ndarray:
+    """P[s, a, b]: weight of coarse corner b at fine corner a of sub-voxel s (8, 8, 8)."""
+    P = np.empty((8, 8, 8))
+    for s_, off in enumerate(CORNERS):
+        xi = (off[None, :] + CORNERS) / 2.0  # fine corners in coarse reference coordinates
+        P[s_] = HEX8.shape(xi)
+    return P
+
+
+_P_SUB = _sub_prolongations()
+
+
+def _galerkin_level(fine: Level, chunk: int = 4096):
+    """Coarse level whose element matrices are exactly ``P^T A P`` (element by element).
+
+    Each coarse voxel holds 2x2x2 fine voxels and trilinear prolongation is local
+    to it, so its element matrix is ``sum_s P_s^T K_s P_s``, with the coarse
+    box-fixed dofs masked (a coarse node is fixed where the fine node on it is);
+    coarse voxels with the same children and pattern share one matrix. Odd fine
+    sizes are padded with void.
+    """
+    mat = fine.mat
+    pad = [(0, s % 2) for s in mat.shape]
+    mat = np.pad(mat, pad, constant_values=-1)
+    z, y, x = (s // 2 for s in mat.shape)
+    children = mat.reshape(z, 2, y, 2, x, 2).transpose(0, 2, 4, 1, 3, 5).reshape(z, y, x, 8)
+    # child order must follow CORNERS (z, y, x offsets)
+    order = [int(dz * 4 + dy * 2 + dx) for dz, dy, dx in CORNERS]
+    children = children[..., order]
+    cbox = np.ones((z + 1, y + 1, x + 1, 3), bool)  # outside the fine grid: fixed
+    fb = fine.box[::2, ::2, ::2]
+    cbox[:fb.shape[0], :fb.shape[1], :fb.shape[2]] = fb
+    code = _corner_pattern(cbox)
+    key = np.concatenate([children.astype(np.int64), code.astype(np.int64)], axis=-1)
+    solid = (children >= 0).any(axis=-1)
+    uniq, inv = np.unique(key[solid], axis=0, return_inverse=True)
+    cmat = np.full((z, y, x), -1, np.int32)
+    cmat[solid] = inv.ravel()
+    ke_f = np.concatenate([fine.ke, np.zeros((1,) + fine.ke.shape[1:])])  # index -1 -> zeros
+    ke_c = np.empty((len(uniq), 8, 3, 8, 3))
+    keep = _unpack_keep(uniq[:, 8:])
+    for i in range(0, len(uniq), chunk):
+        k = ke_f[uniq[i:i + chunk, :8]]  # (n, 8 sub, 8, 3, 8, 3)
+        kc = np.einsum("sab,nsaicj,scd->nbidj", _P_SUB, k, _P_SUB, optimize=True)
+        kp = keep[i:i + chunk]
+        ke_c[i:i + chunk] = kc * kp[:, :, :, None, None] * kp[:, None, None, :, :]
+    lv = Level(cmat, ke_c, cbox.copy(), cbox)
+    d = _diagonal(lv)
+    lv.fixed = cbox | (d <= 1e-12 * d.max())  # box-fixed, and dofs with no solid left
+    lv.scale = float(d[~lv.fixed].mean())
+    return lv
+
+
+def prolong(xc, fine_nodes, xp=np):
+    """Trilinear interpolation from a coarse node grid to the fine one (2h -> h), per component."""
+    out = xc
+    for ax in range(3):
+        nf = fine_nodes[ax]
+        n2 = 2 * (out.shape[ax] - 1) + 1
+        shape = list(out.shape)
+        shape[ax] = n2
+        f = xp.zeros(shape, dtype=out.dtype)
+        even = [slice(None)] * 4
+        even[ax] = slice(0, n2, 2)
+        f[tuple(even)] = out
+        odd = [slice(None)] * 4
+        odd[ax] = slice(1, n2, 2)
+        lo = [slice(None)] * 4
+        lo[ax] = slice(0, -1)
+        hi = [slice(None)] * 4
+        hi[ax] = slice(1, None)
+        f[tuple(odd)] = 0.5 * (out[tuple(lo)] + out[tuple(hi)])
+        keep = [slice(None)] * 4
+        keep[ax] = slice(0, nf)
+        out = f[tuple(keep)]
+    return out
+
+
+def restrict(xf, coarse_nodes, xp=np):
+    """Transpose of :func:`prolong`."""
+    out = xf
+    for ax in (2, 1, 0):
+        nc = coarse_nodes[ax]
+        n2 = 2 * (nc - 1) + 1
+        pad = [(0, 0)] * 4
+        pad[ax] = (0, n2 - out.shape[ax])
+        f = xp.pad(out, pad) if n2 > out.shape[ax] else out
+        shape = list(f.shape)
+        shape[ax] = nc
+        c = xp.zeros(shape, dtype=f.dtype)
+        even = [slice(None)] * 4
+        even[ax] = slice(0, n2, 2)
+        c += f[tuple(even)]
+        odd = [slice(None)] * 4
+        odd[ax] = slice(1, n2, 2)
+        lo = [slice(None)] * 4
+        lo[ax] = slice(0, nc - 1)
+        hi = [slice(None)] * 4
+        hi[ax] = slice(1, nc)
+        c[tuple(lo)] += 0.5 * f[tuple(odd)]
+        c[tuple(hi)] += 0.5 * f[tuple(odd)]
+        out = c
+    return out
+
+
+class MatrixFreeSolver:
+    """CG on the matrix-free operator, preconditioned by geometric multigrid.
+
+    Parameters
+    ----------
+    mesh : VoxelMesh
+    cell_lame : (ne, 2) float
+        Lame lambda and mu of every cell, Pa.
+    fixed : (nn, 3) bool
+        Fixed dofs of the mesh's nodes (box conditions).
+    scale : float
+        Diagonal of fixed dofs (same as the assembled path).
+    rtol, maxiter : CG tolerance and limit
+    device : {"cpu", "gpu"}
+    precision : {"float64", "mixed"}
+        ``mixed``: multigrid in float32, CG in float64.
+    chebyshev_degree : int
+    """
+
+    def __init__(self, mesh, cell_lame, fixed, *, scale=None, rtol=1e-8, maxiter=500, device="cpu",
+                 precision="float64", chebyshev_degree=2):
+        if device not in ("cpu", "gpu"):
+            raise ConfigError(f"solver.device = {device!r}: use 'cpu' or 'gpu'")
+        if precision not in ("float64", "mixed"):
+            raise ConfigError(f"solver.precision = {precision!r}: use 'float64' or 'mixed'")
+        self.xp = np
+        if device == "gpu":
+            self.xp = _cupy()
+        self.mesh = mesh
+        self.rtol, self.maxiter = float(rtol), int(maxiter)
+        self.degree = int(chebyshev_degree)
+        self.pdtype = np.float32 if precision == "mixed" else np.float64
+        self.stats = SolveStats(f"matrix-free-gmg-{device}-{precision}")
+        t0 = time.perf_counter()
+        Z, Y, X = mesh.shape
+        # per-phase element matrices from the cells' Lame constants
+        pairs, inv = np.unique(np.asarray(cell_lame, float), axis=0, return_inverse=True)
+        k_lam, k_mu = elasticity_parts(HEX8, mesh.spacing)
+        ke_phase = pairs[:, 0, None, None, None, None] * k_lam + pairs[:, 1, None, None, None, None] * k_mu
+        mat_phase = np.full(Z * Y * X, -1, np.int64)
+        mat_phase[mesh.cell_voxel] = inv.ravel()
+        box = np.zeros(((Z + 1) * (Y + 1) * (X + 1), 3), bool)
+        box[mesh.node_grid] = fixed
+        box = box.reshape(Z + 1, Y + 1, X + 1, 3)
+        mat, ke = _fine_level(mat_phase.reshape(Z, Y, X), ke_phase, box)
+        fixed_full = np.ones(((Z + 1) * (Y + 1) * (X + 1), 3), bool)
+        fixed_full[mesh.node_grid] = fixed
+        fine = Level(mat, ke, fixed_full.reshape(Z + 1, Y + 1, X + 1, 3), box)
+        fine.scale = float(scale) if scale is not None else _mean_diag(fine)
+        self.levels = [fine]
+        self._build_hierarchy()
+        self.stats.setup_s = time.perf_counter() - t0
+        log.info("geometric multigrid: %d levels %s, setup %.2f s", len(self.levels),
+                 [lv.mat.shape for lv in self.levels], self.stats.setup_s)
+
+    # -- hierarchy -------------------------------------------------------------------------
+    def _build_hierarchy(self):
+        lv = self.levels[0]
+        while 3 * int(np.prod(lv.node_shape[:3])) > COARSEST_DOF and min(lv.mat.shape) >= 4:
+            lv = _galerkin_level(lv)
+            self.levels.append(lv)
+        for lv in self.levels[:-1]:
+            d = _diagonal(lv)
+            lv.diag_inv = np.where(lv.fixed, 1.0 / lv.scale, 1.0 / np.where(d > 0, d, 1.0))
+            lv.lmax = self._lambda_max(lv)
+        self._coarse_lu = self._factor(self.levels[-1])
+        self._ke64_cache = self.xp.asarray(self.levels[0].ke)
+        for lv in self.levels:  # device and precision of the preconditioner
+            lv.ke = self.xp.asarray(lv.ke.astype(self.pdtype))
+            lv.mat = self.xp.asarray(lv.mat)
+            if lv.diag_inv is not None:
+                lv.diag_inv = self.xp.asarray(lv.diag_inv.astype(self.pdtype))
+            lv.fixed_dev = self.xp.asarray(lv.fixed)
+
+    def _factor(self, lv):
+        class _Grid:  # the coarsest grid as a mesh for the assembled path
+            pass
+
+        g = _Grid()
+        Z, Y, X = lv.mat.shape
+        g.shape = (Z, Y, X)
+        g.element = HEX8
+        g.cell_voxel = np.flatnonzero(lv.mat.ravel() >= 0)
+        touched = np.zeros((Z + 1, Y + 1, X + 1), bool)
+        solid = lv.mat >= 0
+        for dz, dy, dx in CORNERS:
+            touched[dz:dz + Z, dy:dy + Y, dx:dx + X] |= solid
+        g.node_grid = np.flatnonzero(touched)
+        g.n_nodes = g.node_grid.size
+        self._coarse_nodes = g.node_grid
+        A = assemble_voxel_stiffness(g, lv.mat.ravel()[g.cell_voxel], list(lv.ke))
+        A = apply_dirichlet(A, lv.fixed.reshape(-1, 3)[g.node_grid], scale=lv.scale)
+        # A Galerkin coarse matrix can be semi-definite where coarse dofs reach the fine free dofs
+        # only together; those directions prolong to zero, so a tiny shift makes them harmless.
+        A = A + sp.identity(A.shape[0], format="csr") * (1e-10 * lv.scale)
+        return spla.splu(A.tocsc())
+
+    def _lambda_max(self, lv, iters=30):
+        rng = np.random.default_rng(0)
+        v = rng.standard_normal(lv.node_shape)
+        lam = 1.0
+        for _ in range(iters):
+            w = lv.diag_inv * self._apply_level(lv, v, np)
+            lam = float(np.linalg.norm(w) / np.linalg.norm(v))
+            v = w / np.linalg.norm(w)
+        return 1.1 * lam
+
+    # -- operator ----------------------------------------------------------------------------
+    def _apply_level(self, lv, x, xp, ke=None):
+        """``M A M x + scale (I - M) x`` on one level (masks live in the element matrices)."""
+        ke = lv.ke if ke is None else ke
+        fixed = lv.fixed if xp is np else lv.fixed_dev
+        y = apply_numba(np.ascontiguousarray(x), lv.mat, ke) if xp is np else apply_arrays(x, lv.mat, ke, xp)
+        return y + lv.scale * (x * fixed)
+
+    def apply(self, x_grid):
+        """The constrained fine-level operator on a full-grid vector (float64, CPU or GPU)."""
+        lv = self.levels[0]
+        return self._apply_level(lv, x_grid, self.xp, lv.ke if lv.ke.dtype == np.float64 else self._ke64)
+
+    @property
+    def _ke64(self):
+        return self._ke64_cache
+
+    # -- V-cycle -------------------------------------------------------------------------------
+    def _smooth(self, lv, x, b):
+        """Chebyshev polynomial smoothing of D^-1 A on [lmax / 30, lmax]."""
+        xp = self.xp
+        hi, lo = lv.lmax, lv.lmax / 30.0
+        theta, delta = 0.5 * (hi + lo), 0.5 * (hi - lo)
+        sigma = theta / delta
+        rho = 1.0 / sigma
+        r = lv.diag_inv * (b - self._apply_level(lv, x, xp))
+        d = r / theta
+        for _ in range(self.degree):
+            x = x + d
+            r = r - lv.diag_inv * self._apply_level(lv, d, xp)
+            rho_new = 1.0 / (2.0 * sigma - rho)
+            d = rho_new * rho * d + 2.0 * rho_new / delta * r
+            rho = rho_new
+        return x + d
+
+    def _vcycle(self, k, b):
+        xp = self.xp
+        lv = self.levels[k]
+        if k == len(self.levels) - 1:
+            bc = np.asarray(b.get() if xp is not np else b, np.float64).reshape(-1, 3)
+            x = np.zeros_like(bc)  # untouched nodes: identity with zero right-hand side
+            x[self._coarse_nodes] = self._coarse_lu.solve(bc[self._coarse_nodes].ravel()).reshape(-1, 3)
+            return xp.asarray(x.reshape(lv.node_shape).astype(b.dtype))
+        x = self._smooth(lv, xp.zeros_like(b), b)
+        r = b - self._apply_level(lv, x, xp)
+        c = self.levels[k + 1]
+        rc = restrict(r, c.node_shape[:3], xp) * (~c.fixed_dev)
+        x = x + prolong(self._vcycle(k + 1, rc), lv.node_shape[:3], xp) * (~lv.fixed_dev)
+        return self._smooth(lv, x, b)
+
+    def precondition(self, r_grid):
+        return self._vcycle(0, r_grid.astype(self.pdtype)).astype(np.float64)
+
+    # -- solve on mesh dofs ---------------------------------------------------------------------
+    def _to_grid(self, v):
+        lv = self.levels[0]
+        g = np.zeros((int(np.prod(lv.node_shape[:3])), 3))
+        g[self.mesh.node_grid] = np.asarray(v).reshape(-1, 3)
+        return self.xp.asarray(g.reshape(lv.node_shape))
+
+    def _from_grid(self, g):
+        g = g.get() if self.xp is not np else g
+        return np.asarray(g).reshape(-1, 3)[self.mesh.node_grid].ravel()
+
+    def matvec(self, v):
+        """Operator on mesh dofs (3 nn,), for comparison with the assembled matrix."""
+        return self._from_grid(self.apply(self._to_grid(v)))
+
+    def solve(self, b, x0=None):
+        """CG to ``rtol`` (true residual checked); raises ConvergenceError otherwise."""
+        t0 = time.perf_counter()
+        n = b.size
+        bnorm = float(np.linalg.norm(b))
+        if bnorm == 0:
+            self.stats.iterations.append(0)
+            self.stats.residuals.append(0.0)
+            self.stats.solve_s.append(time.perf_counter() - t0)
+            return np.zeros_like(b)
+        A = spla.LinearOperator((n, n), matvec=self.matvec, dtype=np.float64)
+        M = spla.LinearOperator((n, n), matvec=lambda r: self._from_grid(self.precondition(self._to_grid(r))),
+                                dtype=np.float64)
+        count = [0]
+        x, _ = spla.cg(A, b, x0=x0, rtol=self.rtol, atol=0.0, maxiter=self.maxiter, M=M,
+                       callback=lambda _x: count.__setitem__(0, count[0] + 1))
+        res = float(np.linalg.norm(b - self.matvec(x))) / bnorm
+        if not np.isfinite(res) or res > max(10 * self.rtol, 1e-12):
+            raise ConvergenceError(f"matrix-free multigrid CG reached relative residual {res:.2e} after "
+                                   f"{count[0]} iterations (rtol {self.rtol:.1e}); raise [solver] maxiter or "
+                                   "use backend = 'assembled'", iterations=count[0], residual=res)
+        self.stats.iterations.append(count[0])
+        self.stats.residuals.append(res)
+        self.stats.solve_s.append(time.perf_counter() - t0)
+        return x
+
+
+def _diagonal(lv) -> np.ndarray:
+    """Diagonal of the unconstrained level operator, (Z+1, Y+1, X+1, 3)."""
+    Z, Y, X = lv.mat.shape
+    d = np.zeros(lv.node_shape)
+    solid = lv.mat >= 0
+    idx = np.where(solid, lv.mat, 0)
+    for a, (dz, dy, dx) in enumerate(CORNERS):
+        diag_a = np.einsum("mii->mi", lv.ke[:, a, :, a, :])  # (n_mat, 3)
+        d[dz:dz + Z, dy:dy + Y, dx:dx + X] += diag_a[idx] * solid[..., None]
+    return d
+
+
+def _mean_diag(lv) -> float:
+    d = _diagonal(lv)
+    return float(d[~lv.fixed].mean()) if (~lv.fixed).any() else 1.0
+
+
+def _cupy():
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device")
+        return cupy
+    except Exception as exc:  # ImportError, CUDA errors
+        raise ConfigError(f"solver.device = 'gpu' needs CuPy and a CUDA device ({type(exc).__name__}: {exc}); "
+                          "use device = 'cpu'") from None

@@ -1,0 +1,100 @@
+"""Matrix-free voxel operator and geometric multigrid against the assembled path."""
+
+import numpy as np
+import pytest
+
+from segmentation import make_composite
+from solvers import fields
+from solvers.matfree import apply_arrays, apply_numba, prolong, restrict
+from solvers.mesh import voxel_hex_mesh
+from solvers.physics import ElasticProblem, get_material
+from tomomech.errors import ConfigError
+
+MATS = {1: get_material("Li6PS5Cl"), 2: get_material("NMC811")}
+
+
+def composite(n, seed=1):
+    ph, pa = make_composite((n, n, n), active_fraction=0.5, void_fraction=0.1, radius=4, seed=seed)
+    return voxel_hex_mesh(ph, pa, [0.4e-6] * 3)
+
+
+@pytest.mark.parametrize("top", ["free", "fixed", "stack_pressure"])
+def test_operator_equals_assembled_matrix(top):
+    mesh = composite(16)
+    kw = dict(top=top, stack_pressure_Pa=1e7)
+    asm = ElasticProblem(mesh, MATS, solver="direct", **kw)
+    mf = ElasticProblem(mesh, MATS, backend="matrix-free", **kw)
+    x = np.random.default_rng(0).normal(size=asm.n_dof)
+    y_asm = asm.A @ x
+    assert np.abs(mf.solver.matvec(x) - y_asm).max() <= 1e-12 * np.abs(y_asm).max()
+
+
+def test_array_kernel_equals_numba_kernel():
+    """The array-expression operator (the GPU code path, run here with numpy) equals the numba one."""
+    mesh = composite(10)
+    mf = ElasticProblem(mesh, MATS, backend="matrix-free")
+    lv = mf.solver.levels[0]
+    x = np.random.default_rng(1).normal(size=lv.node_shape)
+    ke = np.asarray(lv.ke)
+    a = apply_numba(x, np.asarray(lv.mat), ke)
+    b = apply_arrays(x, np.asarray(lv.mat), ke)
+    assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max()
+
+
+def test_transfers_are_adjoint_on_odd_grids():
+    rng = np.random.default_rng(2)
+    fine, coarse = (9, 8, 7), (5, 5, 4)
+    xc = rng.normal(size=coarse + (3,))
+    xf = rng.normal(size=fine + (3,))
+    assert np.sum(prolong(xc, fine) * xf) == pytest.approx(np.sum(xc * restrict(xf, coarse)), rel=1e-12)
+    # prolongation reproduces linear fields exactly
+    z, y, x = np.indices(coarse, dtype=float)
+    lin = np.stack([2 * z + 3 * y - x] * 3, axis=-1)
+    zf, yf, xf_ = np.indices(fine, dtype=float) / 2
+    assert np.allclose(prolong(lin, fine), np.stack([2 * zf + 3 * yf - xf_] * 3, axis=-1))
+
+
+@pytest.mark.parametrize("precision", ["float64", "mixed"])
+def test_multigrid_cg_equals_assembled_solution(precision):
+    mesh = composite(32)
+    eps = np.where(mesh.cell_phase == 2, -0.017, 0.0)
+    asm = ElasticProblem(mesh, MATS, rtol=1e-10)
+    mf = ElasticProblem(mesh, MATS, backend="matrix-free", rtol=1e-10, precision=precision)
+    ua, um = asm.solve(eps), mf.solve(eps)
+    assert len(mf.solver.levels) >= 2
+    assert np.abs(ua - um).max() <= 1e-7 * np.abs(ua).max()
+    # particle statistics identical between backends
+    sa, sm = asm.cell_stress(ua, eps), mf.cell_stress(um, eps)
+    grp = mesh.cell_particle
+    n = int(grp.max()) + 1
+    va = fields.group_stats(grp, fields.von_mises(sa), n)["mean"][1:]
+    vm = fields.group_stats(grp, fields.von_mises(sm), n)["mean"][1:]
+    ok = np.isfinite(va)
+    assert np.allclose(vm[ok], va[ok], rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap (issue 8): the V-cycle needs 12 -> 17 iterations from 32^3 to "
+                                       "64^3 on this composite, the target is at most +30 %")
+def test_iterations_nearly_flat():
+    its = {}
+    for n in (32, 64):
+        mesh = composite(n)
+        mf = ElasticProblem(mesh, MATS, backend="matrix-free")
+        mf.solve(np.where(mesh.cell_phase == 2, -0.017, 0.0))
+        its[n] = mf.solver.stats.iterations[0]
+    assert its[64] <= 1.3 * its[32]
+
+
+def test_gpu_without_device_is_a_clear_error():
+    mesh = composite(8)
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy present: the GPU path is exercised on a GPU machine")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match="needs CuPy and a CUDA device"):
+        ElasticProblem(mesh, MATS, backend="matrix-free", device="gpu")
+    with pytest.raises(ConfigError, match="need backend = 'matrix-free'"):
+        ElasticProblem(mesh, MATS, precision="mixed")
