@@ -200,8 +200,8 @@ class CyclingConfig:
 @dataclass(frozen=True)
 class SolverConfig:
     """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``,
-    ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 1.5 M dof
-    to save memory); ``backend = "assembled" | "matrix-free" | "auto"`` (matrix-free: no global
+    ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 3 M dof
+    to save memory: 3 M dof); ``backend = "assembled" | "matrix-free" | "auto"`` (matrix-free: no global
     matrix, geometric multigrid; experimental), ``device = "cpu" | "gpu"`` and
     ``precision = "float64" | "mixed"`` for the matrix-free backend."""
 

@@ -191,7 +191,7 @@ def run_case(case: Case, out_dir: str) -> dict:
     from pipeline.run import run
     from segmentation import make_composite
 
-    folder = Path(out_dir) / "cases" / case.name
+    folder = Path(out_dir).resolve() / "cases" / case.name
     t0 = time.perf_counter()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int | None = None, 
 
     from dask.distributed import Client, LocalCluster, as_completed
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # workers may run elsewhere: absolute paths only
     out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in study.cases if not is_done(c, out)]
     skipped = len(study.cases) - len(todo)
@@ -259,7 +259,8 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int | None = None, 
             client = Client(scheduler)
         else:
             n = workers or os.cpu_count() or 1
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.WARNING)
             client = Client(cluster)
         try:
             futures = [client.submit(run_case, c, str(out), pure=False, key=f"case-{c.name}") for c in todo]
@@ -303,6 +304,8 @@ def _case_row(case: Case, folder: Path, swept_keys) -> tuple[dict, dict | None]:
         for sk, v in case.swept.items():
             if sk == k or (k == "synthetic" and sk.startswith("synthetic.")):
                 row[sk] = _short(v) if isinstance(v, list) else v
+    if row["status"] == "done" and not (folder / "summary.json").exists():
+        row.update(status="failed", error="summary.json missing: the case folder is incomplete")
     if row["status"] != "done":
         return row, None
     summary = io.read_json(folder / "summary.json")

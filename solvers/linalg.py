@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 #: below this many unknowns ``method="auto"`` factorises directly
 DIRECT_LIMIT = 20_000
 #: above this many unknowns ``aggregation="auto"`` uses plain (unsmoothed) aggregation:
-#: smoothed aggregation needs about 2.2 kB per unknown in all (5.8 GB at 2.65 M dof),
-#: plain aggregation about half, at 1.5-2x the CG iterations (benchmarks/elastic_step.py)
-SMOOTHED_LIMIT = 1_500_000
+#: smoothed aggregation needs about 2.2 kB per unknown in all (5.8 GB at 2.65 M dof, 13.5 GB at 6.2 M),
+#: plain aggregation about half (7.6 GB at 6.2 M), at about 2x the CG iterations (benchmarks/elastic_step.py)
+SMOOTHED_LIMIT = 3_000_000
 
 
 @dataclass

@@ -68,7 +68,8 @@ def test_four_case_study_aggregates_resumes_and_reproduces(study_file, tmp_path)
     assert (tmp_path / "again" / "study.csv").read_text() == first
 
 
-def test_broken_case_is_reported_and_others_finish(tmp_path):
+def test_broken_case_is_reported_and_others_finish(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative study folder, as users type it
     (tmp_path / "base.toml").write_text(BASE)
     f = tmp_path / "study.toml"
     f.write_text("""
@@ -80,8 +81,9 @@ shape = [12, 12, 12]
 void_fraction = 0.1
 radius = 3.0
 """)
-    res = run_study(load_study(f), tmp_path / "res", workers=2)
+    res = run_study(load_study("study.toml"), "res", workers=2)
     assert res["done"] == 1 and len(res["failed"]) == 1
+    assert (tmp_path / "res" / "cases").is_dir() and not (tmp_path / "res" / "cases" / "results").exists()
     assert "smaller than min_particle_voxels" in next(iter(res["failed"].values()))
     table = io.read_csv(tmp_path / "res" / "study.csv")
     assert sorted(table["status"]) == ["done", "failed"]
