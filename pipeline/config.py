@@ -201,7 +201,7 @@ class CyclingConfig:
 class SolverConfig:
     """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``,
     ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 3 M dof
-    to save memory: 3 M dof); ``backend = "assembled" | "matrix-free" | "auto"`` (matrix-free: no global
+    to save memory); ``backend = "assembled" | "matrix-free" | "auto"`` (matrix-free: no global
     matrix, geometric multigrid; experimental), ``device = "cpu" | "gpu"`` and
     ``precision = "float64" | "mixed"`` for the matrix-free backend."""
 

@@ -69,8 +69,46 @@ class SegmentationWidget(widgets.Container):
                      self.split, self.depth, self.live, self.run_button, self.config_path, self.save_button])
         self.run_button.changed.connect(self.preview)
         self.save_button.changed.connect(self.save_config)
+        self._histogram()
+        self.image.changed.connect(self._draw_histogram)
+        for w in (self.method, self.t1, self.t2):
+            w.changed.connect(self._draw_histogram)
         for w in (self.method, self.denoise, self.strength, self.t1, self.t2, self.min_vox, self.split, self.depth):
             w.changed.connect(self._maybe_preview)
+
+    def _histogram(self):
+        """A grey-value histogram with the current thresholds (multi-Otsu or manual)."""
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.5, 2.0), tight_layout=True)
+        self.axes = self.figure.add_subplot(111)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.native.layout().addWidget(self.canvas)
+        self._draw_histogram()
+
+    def thresholds(self):
+        """The thresholds the preview uses: multi-Otsu's, or the two spin boxes."""
+        layer = self.image.value
+        if layer is None:
+            return []
+        if self.method.value == "thresholds":
+            return [self.t1.value, self.t2.value]
+        from segmentation import classify_multiotsu, denoise
+
+        image = denoise(np.asarray(layer.data), self.denoise.value, self.strength.value)
+        return list(classify_multiotsu(image, 3)[1])
+
+    def _draw_histogram(self, *_):
+        self.axes.clear()
+        layer = self.image.value
+        if layer is not None:
+            data = np.asarray(layer.data).ravel()
+            self.axes.hist(data[:: max(1, data.size // 200_000)], bins=128, color="0.4")
+            for t in self.thresholds():
+                self.axes.axvline(t, color="C3")
+        self.axes.set_yticks([])
+        self.canvas.draw_idle()
 
     def _images(self, _w=None):
         return [layer for layer in self.viewer.layers if layer.__class__.__name__ == "Image"]

@@ -78,6 +78,7 @@ def test_segmentation_widget_equals_library(make_napari_viewer, tmp_path):
     w.min_vox.value = 5
     w.denoise.value = "median"
     got_phases, got_particles = w.preview()
+    assert len(w.axes.lines) == 2 and len(w.thresholds()) == 2  # histogram with the multi-Otsu thresholds
     expect = segment_stage(grey, SegmentationConfig(denoise="median", min_particle_voxels=5), (0.5,) * 3)
     assert np.array_equal(got_phases, expect[0]) and np.array_equal(got_particles, expect[1])
     assert np.array_equal(viewer.layers["particles (preview)"].data, expect[1])
