@@ -344,24 +344,22 @@ def write_mesh(path, points_zyx, cells, cell_type: str, cell_data: dict[str, np.
             meshio.write(tmp, m, file_format=fmt)
 
 
-def _time_series_writer_class():
+def _time_series_writer(filename):
+    """meshio's TimeSeriesWriter, opening its HDF5 file beside the XDMF file.
+
+    meshio 5.3.5 opens it relative to the working directory; the XDMF file keeps
+    the relative reference, so the pair can be moved together.
+    """
     import h5py
     import meshio
 
     class Writer(meshio.xdmf.TimeSeriesWriter):
-        """meshio's writer opens its HDF5 file relative to the working directory
-        (meshio 5.3.5); open it beside the XDMF file, keep the relative reference."""
-
         def __enter__(self):
             self.h5_filename = self.filename.stem + ".h5"
             self.h5_file = h5py.File(self.filename.parent / self.h5_filename, "w")
             return self
 
-    return Writer
-
-
-def _TimeSeriesWriter(filename):
-    return _time_series_writer_class()(filename)
+    return Writer(filename)
 
 
 @contextlib.contextmanager
@@ -372,7 +370,7 @@ def time_series_writer(path, points_zyx, cells, cell_type: str):
     given in (z, y, x) components is written in (x, y, z).
     """
     path = Path(path)
-    with atomic_dir(path.parent) as tmp, _TimeSeriesWriter(tmp / path.name) as w:
+    with atomic_dir(path.parent) as tmp, _time_series_writer(tmp / path.name) as w:
         w.write_points_cells(_meshio_points(points_zyx), [(cell_type, np.asarray(cells))])
 
         def write(t, point_data, cell_data):

@@ -60,11 +60,10 @@ def make_composite(
     pts = np.stack([rng.integers(0, s, n_seeds) for s in shape], axis=1)
     seeds[tuple(pts.T)] = True
     dist, idx = ndi.distance_transform_edt(~seeds, return_indices=True)
-    cut = np.quantile(dist, active_fraction)
-    order = np.argsort(dist, axis=None, kind="stable")
+    order = np.argsort(dist, axis=None, kind="stable")  # the closest voxels to any seed
     active = np.zeros(n_vox, bool)
     active[order[: int(round(active_fraction * n_vox))]] = True
-    active = active.reshape(shape) & (dist <= cut + 1)
+    active = active.reshape(shape)
 
     seed_id = np.zeros(shape, np.int32)
     seed_id[tuple(pts.T)] = np.arange(1, n_seeds + 1, dtype=np.int32)
