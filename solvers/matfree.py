@@ -296,6 +296,7 @@ class MatrixFreeSolver:
         self.mesh = mesh
         self.rtol, self.maxiter = float(rtol), int(maxiter)
         self.degree = int(chebyshev_degree)
+        self.chebyshev_ratio = 30.0  # smooth the upper part [lmax / ratio, lmax] of the spectrum
         self.pdtype = np.float32 if precision == "mixed" else np.float64
         self.stats = SolveStats(f"matrix-free-gmg-{device}-{precision}")
         t0 = time.perf_counter()
@@ -393,7 +394,7 @@ class MatrixFreeSolver:
     def _smooth(self, lv, x, b):
         """Chebyshev polynomial smoothing of D^-1 A on [lmax / 30, lmax]."""
         xp = self.xp
-        hi, lo = lv.lmax, lv.lmax / 30.0
+        hi, lo = lv.lmax, lv.lmax / self.chebyshev_ratio
         theta, delta = 0.5 * (hi + lo), 0.5 * (hi - lo)
         sigma = theta / delta
         rho = 1.0 / sigma
