@@ -79,3 +79,23 @@ def _gauss_hex(order: int = 2) -> tuple[np.ndarray, np.ndarray]:
 
 
 HEX8 = Element("hexahedron", _HEX_ZYX, _hex_shape, _hex_grad, _gauss_hex(2))
+
+
+# VTK tetra, reference nodes in (x, y, z): (0,0,0) (1,0,0) (0,1,0) (0,0,1)
+_TET_XYZ = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
+_TET_ZYX = _TET_XYZ[:, ::-1].copy()
+
+
+def _tet_shape(xi: np.ndarray) -> np.ndarray:
+    xi = np.atleast_2d(xi)  # (z, y, x) reference coordinates
+    return np.column_stack([1.0 - xi.sum(axis=1), xi[:, 2], xi[:, 1], xi[:, 0]])
+
+
+def _tet_grad(xi: np.ndarray) -> np.ndarray:
+    xi = np.atleast_2d(xi)
+    g = np.array([[-1.0, -1.0, -1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # d/d(z, y, x)
+    return np.broadcast_to(g, (xi.shape[0], 4, 3)).copy()
+
+
+#: linear tetrahedron; one-point rule (exact for its constant-strain stiffness)
+TET4 = Element("tetra", _TET_ZYX, _tet_shape, _tet_grad, (np.full((1, 3), 0.25), np.array([1.0 / 6.0])))
