@@ -39,6 +39,7 @@ class TetMesh:
     cell_particle : (ne,) int32
     cell_voxel : (ne,) int64, the voxel each tet came from (voxel-tet meshes)
     shape : (Z, Y, X) of the voxel grid
+    spacing : (3,) voxel size, metres (the box is shape * spacing)
     """
 
     points: np.ndarray
@@ -47,6 +48,7 @@ class TetMesh:
     cell_particle: np.ndarray
     cell_voxel: np.ndarray
     shape: tuple
+    spacing: np.ndarray
     element: Element = TET4
 
     @property
@@ -83,4 +85,4 @@ def voxel_tet_mesh(phases, particles, spacing_m) -> TetMesh:
     rep = np.repeat
     return TetMesh(points=pts, cells=tets, cell_phase=rep(hexm.cell_phase, 6),
                    cell_particle=rep(hexm.cell_particle, 6), cell_voxel=rep(hexm.cell_voxel, 6),
-                   shape=hexm.shape)
+                   shape=hexm.shape, spacing=hexm.spacing)

@@ -16,9 +16,11 @@ import numpy as np
 
 from solvers.fem.assembly import (
     apply_dirichlet,
+    assemble_elasticity,
     assemble_voxel_stiffness,
     centroid_gradients,
     elasticity_matrix,
+    element_gradients,
     gradient_integral,
     lame,
 )
@@ -34,7 +36,21 @@ TOP_CONDITIONS = ("free", "fixed", "stack_pressure")
 MATRIX_FREE_DOF = 1_500_000
 
 
-def box_constraints(mesh: VoxelMesh, top: str = "free") -> np.ndarray:
+def box_faces(mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes on the low and high box faces, two (nn, 3) bool arrays (axes z, y, x).
+
+    Voxel meshes use their integer node grid; other meshes compare coordinates
+    with the box extent to a tolerance of 0.05 voxel.
+    """
+    if isinstance(mesh, VoxelMesh):
+        idx = mesh.node_index.T
+        return idx == 0, idx == np.asarray(mesh.shape)[None, :]
+    extent = np.asarray(mesh.shape) * mesh.spacing
+    tol = 0.05 * np.asarray(mesh.spacing)
+    return mesh.points <= tol, mesh.points >= extent - tol
+
+
+def box_constraints(mesh, top: str = "free") -> np.ndarray:
     """Fixed displacement components of the box conditions.
 
     Returns
@@ -43,14 +59,11 @@ def box_constraints(mesh: VoxelMesh, top: str = "free") -> np.ndarray:
     """
     if top not in TOP_CONDITIONS:
         raise ConfigError(f"mechanics.top = {top!r}: use one of {TOP_CONDITIONS}")
-    iz, iy, ix = mesh.node_index
-    Z, Y, X = mesh.shape
+    lo, hi = box_faces(mesh)
     fixed = np.zeros((mesh.n_nodes, 3), bool)
-    fixed[:, 0] = iz == 0
-    if top == "fixed":
-        fixed[:, 0] |= iz == Z
-    fixed[:, 1] = (iy == 0) | (iy == Y)
-    fixed[:, 2] = (ix == 0) | (ix == X)
+    fixed[:, 0] = lo[:, 0] | (hi[:, 0] if top == "fixed" else False)
+    fixed[:, 1] = lo[:, 1] | hi[:, 1]
+    fixed[:, 2] = lo[:, 2] | hi[:, 2]
     return fixed
 
 
@@ -99,12 +112,20 @@ class ElasticProblem:
         self.cell_material = lut[mesh.cell_phase]
         self._K = np.array([self.materials[p].K for p in self.phase_codes])
         self._lame = np.array([lame(self.materials[p].E, self.materials[p].nu) for p in self.phase_codes])
-        self._g = gradient_integral(mesh.element, mesh.spacing)
-        self._gc = centroid_gradients(mesh.element, mesh.spacing)
+        self.structured = isinstance(mesh, VoxelMesh)
+        if self.structured:  # every voxel alike: one gradient table for all cells
+            self._g = gradient_integral(mesh.element, mesh.spacing)[None]
+            self._gc = centroid_gradients(mesh.element, mesh.spacing)[None]
+        else:  # unstructured cells (tetrahedra): per-cell tables
+            dn, w = element_gradients(mesh.element, mesh.points, mesh.cells)
+            self._g = np.einsum("eq,eqai->eai", w, dn)
+            self._gc = np.einsum("eq,eqai->eai", w, dn) / w.sum(axis=1)[:, None, None]
         self.fixed = box_constraints(mesh, top)
         self.timings: dict[str, float] = {}
         if backend == "auto":
-            backend = "matrix-free" if 3 * mesh.n_nodes > MATRIX_FREE_DOF else "assembled"
+            backend = "matrix-free" if 3 * mesh.n_nodes > MATRIX_FREE_DOF and self.structured else "assembled"
+        if backend == "matrix-free" and not self.structured:
+            raise ConfigError("solver.backend = 'matrix-free' works on voxel-hex meshes only")
         if backend not in ("assembled", "matrix-free"):
             raise ConfigError(f"solver.backend = {backend!r}: use 'assembled', 'matrix-free' or 'auto'")
         self.backend = backend
@@ -119,8 +140,13 @@ class ElasticProblem:
             if device != "cpu" or precision != "float64":
                 raise ConfigError("solver.device = 'gpu' and precision = 'mixed' need backend = 'matrix-free'")
             t0 = time.perf_counter()
-            kes = [elasticity_matrix(mesh.element, mesh.spacing, m.E, m.nu) for m in self.materials.values()]
-            A = assemble_voxel_stiffness(mesh, self.cell_material, kes)
+            if self.structured:
+                kes = [elasticity_matrix(mesh.element, mesh.spacing, m.E, m.nu) for m in self.materials.values()]
+                A = assemble_voxel_stiffness(mesh, self.cell_material, kes)
+            else:
+                lam, mu = self._lame[self.cell_material].T
+                A = assemble_elasticity(mesh.element, mesh.points, mesh.cells, lam, mu).tobsr(blocksize=(3, 3))
+                A.sort_indices()
             self.A = apply_dirichlet(A, self.fixed)
             self.timings["assembly_s"] = time.perf_counter() - t0
             B = rigid_body_modes(mesh.points)
@@ -148,21 +174,32 @@ class ElasticProblem:
         mesh = self.mesh
         s = 3.0 * self._K[self.cell_material] * np.asarray(eigenstrain, float)  # eigenstress, Pa
         f = np.zeros((mesh.n_nodes, 3))
+        g = np.broadcast_to(self._g, (mesh.n_cells,) + self._g.shape[1:])
         for a in range(mesh.element.n_nodes):
             for i in range(3):
-                f[:, i] += np.bincount(mesh.cells[:, a], weights=s * self._g[a, i], minlength=mesh.n_nodes)
+                f[:, i] += np.bincount(mesh.cells[:, a], weights=s * g[:, a, i], minlength=mesh.n_nodes)
         if self.top == "stack_pressure" and self.stack_pressure_Pa != 0.0:
-            Z = mesh.shape[0]
-            vz = np.unravel_index(mesh.cell_voxel, mesh.shape)[0]
-            top_cells = mesh.cells[vz == Z - 1]
-            area = mesh.spacing[1] * mesh.spacing[2]
-            top_local = np.flatnonzero(mesh.element.nodes[:, 0] == 1)
-            nodes = top_cells[:, top_local].ravel()
+            nodes, weights = self._top_face_nodes()
             if nodes.size == 0:
                 raise MeshError("stack_pressure needs solid on the top face of the box")
-            f[:, 0] -= np.bincount(nodes, minlength=mesh.n_nodes) * self.stack_pressure_Pa * area / 4
+            f[:, 0] -= np.bincount(nodes, weights=weights, minlength=mesh.n_nodes) * self.stack_pressure_Pa
         f[self.fixed] = 0.0
         return f.ravel()
+
+    def _top_face_nodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Nodes of the cell faces on the top of the box and their tributary areas (m^2)."""
+        mesh = self.mesh
+        if self.structured:
+            vz = np.unravel_index(mesh.cell_voxel, mesh.shape)[0]
+            top_local = np.flatnonzero(mesh.element.nodes[:, 0] == 1)
+            nodes = mesh.cells[vz == mesh.shape[0] - 1][:, top_local].ravel()
+            return nodes, np.full(nodes.size, mesh.spacing[1] * mesh.spacing[2] / 4)
+        _, hi = box_faces(mesh)
+        tris = np.concatenate([mesh.cells[:, f] for f in ([0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3])])
+        tris = tris[hi[tris, 0].all(axis=1)]
+        p = mesh.points[tris]
+        area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+        return tris.ravel(), np.repeat(area / 3, 3)
 
     def solve(self, eigenstrain: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
         """Displacement for the given cell eigenstrains, (nn, 3) in metres."""
@@ -171,7 +208,8 @@ class ElasticProblem:
 
     def cell_strain(self, u: np.ndarray) -> np.ndarray:
         """Total strain at the cell centres (= cell means for voxels), (ne, 3, 3)."""
-        gu = np.einsum("eai,aj->eij", np.asarray(u)[self.mesh.cells], self._gc)
+        gu = np.einsum("eai,eaj->eij", np.asarray(u)[self.mesh.cells],
+                       np.broadcast_to(self._gc, (self.mesh.n_cells,) + self._gc.shape[1:]))
         return 0.5 * (gu + gu.transpose(0, 2, 1))
 
     def cell_stress(self, u: np.ndarray, eigenstrain: np.ndarray) -> np.ndarray:

@@ -76,3 +76,47 @@ def test_tet_block_confined_swelling_exact():
     u = np.zeros(3 * tm.n_nodes)
     u[free] = spla.spsolve(A[free][:, free].tocsc(), f.ravel()[free])
     assert np.abs(u).max() < 1e-20
+
+
+def test_elastic_problem_on_tets_exact_blocks():
+    """The same ElasticProblem on voxel-tets: confined swelling and stack pressure are exact."""
+    from solvers.physics import ElasticProblem, Material
+
+    se, ap = Material("se", 22.0, 0.3), Material("ap", 140.0, 0.25)
+    ph = np.full((6, 5, 4), 1, np.uint8)
+    ph[3:] = 2
+    tm = voxel_tet_mesh(ph, (ph == 2).astype(np.int32), SPACING)
+    prob = ElasticProblem(tm, {1: se, 2: ap}, top="stack_pressure", stack_pressure_Pa=5e6, solver="direct")
+    zero = np.zeros(tm.n_cells)
+    sig = prob.cell_stress(prob.solve(zero), zero)
+    nu = np.where(tm.cell_phase == 2, ap.nu, se.nu)
+    assert np.allclose(sig[:, 0, 0], -5e6, rtol=1e-9)
+    assert np.allclose(sig[:, 1, 1], -5e6 * nu / (1 - nu), rtol=1e-9)
+    tm2 = voxel_tet_mesh(np.full((4, 4, 4), 2, np.uint8), np.ones((4, 4, 4), np.int32), SPACING)
+    prob2 = ElasticProblem(tm2, {2: ap}, top="fixed", solver="direct")
+    eps = np.full(tm2.n_cells, -0.01)
+    sig2 = prob2.cell_stress(prob2.solve(eps), eps)
+    assert np.allclose(sig2, 3 * ap.K * 0.01 * np.eye(3), rtol=0, atol=1e-9 * 3 * ap.K * 0.01)
+
+
+def test_tet_misfit_sphere_equal_moduli_matches_eshelby():
+    """Voxel-tet sphere (R = 6, phi = 2 %): interior hydrostatic stress within 1 % of PHYSICS.md (a)."""
+    from scipy import ndimage as ndi
+
+    from solvers import fields
+    from solvers.physics import ElasticProblem, Material
+    from tests.validation.closed_forms import eshelby_pressure
+
+    n, R = 36, 6
+    z, y, x = np.indices((n, n, n)) + 0.5
+    ph = np.where((z - n / 2) ** 2 + (y - n / 2) ** 2 + (x - n / 2) ** 2 < R**2, 2, 1).astype(np.uint8)
+    tm = voxel_tet_mesh(ph, (ph == 2).astype(np.int32), [1e-6] * 3)
+    m = Material("m", 22.0, 0.3)
+    prob = ElasticProblem(tm, {1: m, 2: m})
+    eps = np.where(tm.cell_phase == 2, -0.05 / 3, 0.0)
+    hyd = fields.hydrostatic(prob.cell_stress(prob.solve(eps), eps))
+    depth = ndi.distance_transform_edt(ph == 2).ravel()[tm.cell_voxel]
+    interior = float(hyd[(tm.cell_phase == 2) & (depth > 2)].mean())
+    exact = -eshelby_pressure(-0.05 / 3, 22e9, 0.3, 22e9, 0.3)
+    print(f"voxel-tet interior {interior / 1e6:.1f} MPa vs Eshelby {exact / 1e6:.1f} MPa")
+    assert abs(interior / exact - 1) < 0.01
