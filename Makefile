@@ -2,7 +2,10 @@
 PYTHON ?= python3
 # Xvfb and the X/GL libraries Qt 6 needs for headless napari (tests and --screenshot)
 APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 libxcb-render-util0 \
-	libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0 libxcb-xinerama0 libxcb-randr0 libegl1 libgl1 libfontconfig1 libdbus-1-3
+	libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0 libxcb-xinerama0 libxcb-randr0 libegl1 libgl1 libfontconfig1 libdbus-1-3 \
+	libcgal-dev libeigen3-dev
+# pygalmesh (GPL-3, optional extra `mesh`) has no wheel: built once (about 6 min) into this cache
+WHEELS ?= $(HOME)/.cache/tomomech-wheels
 DEPS_STAMP := .deps-installed
 
 .PHONY: run test deps lint bench
@@ -11,6 +14,9 @@ $(DEPS_STAMP): pyproject.toml Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@$(PYTHON) -c "import pygalmesh" 2>/dev/null || { \
+	  ls $(WHEELS)/pygalmesh-*.whl >/dev/null 2>&1 || $(PYTHON) -m pip wheel -q --no-deps pygalmesh -w $(WHEELS); \
+	  $(PYTHON) -m pip install -q --disable-pip-version-check --no-index --find-links $(WHEELS) pygalmesh; }
 	@touch $@
 
 deps: $(DEPS_STAMP)

@@ -143,3 +143,34 @@ def group_stats(groups: np.ndarray, values: np.ndarray, n_groups: int, *,
             out[f"p{q:g}"] = np.where(empty, np.nan, sv[np.clip(pos, 0, max(sv.size - 1, 0))]
                                       if sv.size else np.nan)
     return out
+
+
+def tet_interface_faces(mesh) -> dict[str, np.ndarray]:
+    """AP|SE triangles of a tetrahedral mesh with their unit normals (from the particle outwards).
+
+    Returns
+    -------
+    dict of (nf,) arrays: ``ap_cell``, ``se_cell``, ``particle``, ``area`` (m^2), ``normal`` (nf, 3).
+    """
+    cells = mesh.cells
+    local = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+    tri = np.sort(cells[:, local].reshape(-1, 3), axis=1)
+    owner = np.repeat(np.arange(mesh.n_cells), 4)
+    _, inv, counts = np.unique(tri, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    order = np.argsort(inv, kind="stable")
+    shared = counts[inv[order]] == 2
+    pairs = order[shared].reshape(-1, 2)  # the two (cell, face) entries of each interior triangle
+    a, b = owner[pairs[:, 0]], owner[pairs[:, 1]]
+    pa, pb = mesh.cell_phase[a], mesh.cell_phase[b]
+    sel = ((pa == ACTIVE) & (pb == ELECTROLYTE)) | ((pa == ELECTROLYTE) & (pb == ACTIVE))
+    ap = np.where(pa == ACTIVE, a, b)[sel]
+    se = np.where(pa == ACTIVE, b, a)[sel]
+    t = tri[pairs[sel, 0]]
+    p = mesh.points[t]
+    n = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    area = 0.5 * np.linalg.norm(n, axis=1)
+    n /= (2 * area)[:, None]
+    out_dir = mesh.points[cells[se]].mean(axis=1) - mesh.points[cells[ap]].mean(axis=1)
+    n *= np.sign(np.einsum("fi,fi->f", n, out_dir))[:, None]
+    return {"ap_cell": ap, "se_cell": se, "particle": mesh.cell_particle[ap], "area": area, "normal": n}
