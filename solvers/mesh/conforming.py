@@ -23,7 +23,7 @@ PHASE_VOLUME_RTOL = 0.05
 
 def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: float = 1.0,
                         max_facet_distance_voxels: float = 0.25, lloyd: bool = False, odt: bool = False,
-                        perturb: bool = False, exude: bool = False, seed: int = 0) -> TetMesh:
+                        perturb: bool = True, exude: bool = True, seed: int = 0) -> TetMesh:
     """Mesh the electrolyte and every particle with conforming linear tetrahedra.
 
     Parameters
@@ -35,7 +35,7 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     max_facet_distance_voxels : float
         Maximal distance of a surface facet to the labelled surface, in voxels.
     lloyd, odt, perturb, exude : bool
-        CGAL optimisers.
+        CGAL optimisers; perturb and exude (on by default) remove slivers.
     seed : int
         CGAL's random seed (same seed, same mesh).
 
@@ -60,23 +60,27 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     labels = np.where(phases == ELECTROLYTE, 1, np.where(phases == ACTIVE, particles.astype(np.int64) + 1, 0))
     if labels.max() > np.iinfo(np.uint16).max:
         raise MeshError("more than 65 534 particles: crop the volume for conforming meshing")
+    # CGAL works in voxel units (its tolerances do not like micrometres in metres); scale back after
     m = pygalmesh.generate_from_array(
-        np.ascontiguousarray(labels.astype(np.uint16)), tuple(sp), max_cell_circumradius=max_cell_size_voxels * h,
-        max_facet_distance=max_facet_distance_voxels * h, lloyd=lloyd, odt=odt, perturb=perturb, exude=exude,
+        np.ascontiguousarray(labels.astype(np.uint16)), tuple(sp / h), max_cell_circumradius=max_cell_size_voxels,
+        max_facet_distance=max_facet_distance_voxels, lloyd=lloyd, odt=odt, perturb=perturb, exude=exude,
         verbose=False, seed=seed)
     tets = m.get_cells_type("tetra").astype(np.int64)
     ref = np.asarray(m.get_cell_data("medit:ref", "tetra")).astype(np.int64)
     used, tets = np.unique(tets, return_inverse=True)
     tets = tets.reshape(-1, 4)
-    pts = np.asarray(m.points, float)[used]
+    if tets.size == 0:
+        raise MeshError("CGAL returned no tetrahedra: check the labels and the cell size")
+    pts = np.asarray(m.points, float)[used] * h
     flip = _volumes(pts[tets][..., ::-1]) < 0
     tets[flip] = tets[flip][:, [0, 2, 1, 3]]
     cell_phase = np.where(ref == 1, ELECTROLYTE, ACTIVE).astype(np.uint8)
     cell_particle = np.where(ref >= 2, ref - 1, 0).astype(np.int32)
     cen = pts[tets].mean(axis=1)
-    ijk = np.clip((cen / sp).astype(np.int64), 0, np.array(phases.shape) - 1)
+    ijk = np.clip(np.rint(cen / sp).astype(np.int64), 0, np.array(phases.shape) - 1)  # voxel centres at i*h
     mesh = TetMesh(points=pts, cells=tets, cell_phase=cell_phase, cell_particle=cell_particle,
-                   cell_voxel=np.ravel_multi_index(tuple(ijk.T), phases.shape), shape=phases.shape, spacing=sp)
+                   cell_voxel=np.ravel_multi_index(tuple(ijk.T), phases.shape), shape=phases.shape, spacing=sp,
+                   extent=(np.array(phases.shape) - 1) * sp)
     report = mesh_quality(mesh, phases, particles)
     log.info("conforming mesh: %d tets, min dihedral %.1f deg, phase volume errors %s", mesh.n_cells,
              report["min_dihedral_deg"], report["phase_volume_rel_error"])
@@ -120,11 +124,18 @@ def mesh_quality(mesh: TetMesh, phases: np.ndarray, particles: np.ndarray) -> di
     """Quality report; raises MeshError when a particle vanished or a phase volume is off."""
     vox = float(np.prod(mesh.spacing))
     vol = np.abs(mesh.cell_volumes())
+    # CGAL's box runs between the outer voxel centres: boundary voxels count half per face
+    w = np.ones(phases.shape)
+    for ax, n in enumerate(phases.shape):
+        sl = [slice(None)] * 3
+        for i in (0, n - 1):
+            sl[ax] = i
+            w[tuple(sl)] *= 0.5
     report = {"cells": mesh.n_cells, "min_dihedral_deg": float(dihedral_angles(mesh.points, mesh.cells).min()),
               "radius_ratio_min": float(radius_ratio(mesh.points, mesh.cells).min()),
               "cells_per_phase": {}, "phase_volume_rel_error": {}}
     for code, name in ((ELECTROLYTE, "electrolyte"), (ACTIVE, "active")):
-        target = float((phases == code).sum()) * vox
+        target = float(w[phases == code].sum()) * vox
         got = float(vol[mesh.cell_phase == code].sum())
         report["cells_per_phase"][name] = int((mesh.cell_phase == code).sum())
         report["phase_volume_rel_error"][name] = (got - target) / target if target else 0.0

@@ -39,7 +39,9 @@ class TetMesh:
     cell_particle : (ne,) int32
     cell_voxel : (ne,) int64, the voxel each tet came from (voxel-tet meshes)
     shape : (Z, Y, X) of the voxel grid
-    spacing : (3,) voxel size, metres (the box is shape * spacing)
+    spacing : (3,) voxel size, metres
+    extent : (3,) box size, metres; the box is [0, extent] (voxel-tet: shape * spacing;
+        conforming CGAL meshes place voxel centres on integer coordinates: (shape - 1) * spacing)
     """
 
     points: np.ndarray
@@ -49,6 +51,7 @@ class TetMesh:
     cell_voxel: np.ndarray
     shape: tuple
     spacing: np.ndarray
+    extent: np.ndarray
     element: Element = TET4
 
     @property
@@ -85,4 +88,4 @@ def voxel_tet_mesh(phases, particles, spacing_m) -> TetMesh:
     rep = np.repeat
     return TetMesh(points=pts, cells=tets, cell_phase=rep(hexm.cell_phase, 6),
                    cell_particle=rep(hexm.cell_particle, 6), cell_voxel=rep(hexm.cell_voxel, 6),
-                   shape=hexm.shape, spacing=hexm.spacing)
+                   shape=hexm.shape, spacing=hexm.spacing, extent=np.asarray(hexm.shape) * hexm.spacing)

@@ -45,7 +45,7 @@ def box_faces(mesh) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(mesh, VoxelMesh):
         idx = mesh.node_index.T
         return idx == 0, idx == np.asarray(mesh.shape)[None, :]
-    extent = np.asarray(mesh.shape) * mesh.spacing
+    extent = np.asarray(mesh.extent)
     tol = 0.05 * np.asarray(mesh.spacing)
     return mesh.points <= tol, mesh.points >= extent - tol
 
