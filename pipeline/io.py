@@ -103,26 +103,30 @@ def read_json(path):
 
 
 def write_csv(path, columns: dict[str, np.ndarray]) -> None:
-    """Write equal-length columns as CSV (floats with 6 significant digits)."""
+    """Write equal-length columns as CSV (floats with 6 significant digits, NaN empty), vectorised."""
     names = list(columns)
-    n = len(next(iter(columns.values()))) if columns else 0
-    cols = [np.asarray(columns[k]) for k in names]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(names)
-        fmt = [_formatter(c) for c in cols]
-        for i in range(n):
-            w.writerow([f(c[i]) for f, c in zip(fmt, cols)])
+    cols = [_format_column(np.asarray(columns[k])) for k in names]
+    n = len(cols[0]) if cols else 0
+    body = np.full(n, "", dtype=object)
+    for j, c in enumerate(cols):  # one vectorised string join per column
+        body = body + ("," if j else "") + c
+    with atomic_path(path) as tmp:
+        tmp.write_text(",".join(names) + "\n" + "".join(line + "\n" for line in body))
 
 
-def _formatter(col):
+def _format_column(col: np.ndarray) -> np.ndarray:
+    """Column as an object array of strings (CSV-quoted where needed)."""
     if col.dtype == bool:
-        return lambda v: "true" if v else "false"
+        return np.where(col, "true", "false").astype(object)
     if np.issubdtype(col.dtype, np.integer):
-        return lambda v: str(int(v))
+        return col.astype(str).astype(object)
     if np.issubdtype(col.dtype, np.floating):
-        return lambda v: "" if not np.isfinite(v) else f"{float(v):.6g}"
-    return str
+        out = np.char.mod("%.6g", col).astype(object)
+        out[~np.isfinite(col)] = ""
+        return out
+    text = col.astype(str)
+    quote = np.char.find(text, ",") >= 0
+    return np.where(quote, np.char.add(np.char.add('"', np.char.replace(text, '"', '""')), '"'), text).astype(object)
 
 
 def read_csv(path) -> dict[str, np.ndarray]:
