@@ -140,17 +140,14 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     """
     from segmentation import particle_geometry
     from solvers import fields
-    from solvers.mesh import coarsen_labels, voxel_hex_mesh
     from solvers.physics import ElasticProblem
     from solvers.physics.transient import Galvanostatic, galvanostatic_states, swell_states
 
     t = {}
     t0 = time.perf_counter()
-    ph, pa = coarsen_labels(phases, particles, cfg.mesh.coarsen)
+    mesh = mesh_stage(phases, particles, spacing_um, cfg, out)
     sp_um = np.asarray(spacing_um, float) * cfg.mesh.coarsen
-    mesh = voxel_hex_mesh(ph, pa, sp_um * 1e-6)
     t["mesh_s"] = time.perf_counter() - t0
-    write_mesh_files(mesh, out, vtu=cfg.mesh.vtu)
     log.info("mesh: %d hexes, %d nodes, %d dof", mesh.n_cells, mesh.n_nodes, 3 * mesh.n_nodes)
 
     active, electrolyte = cfg.materials.resolve()
@@ -226,6 +223,16 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     }
     io.write_json(out / "summary.json", summary)
     return summary
+
+
+def mesh_stage(phases, particles, spacing_um, cfg: Config, out: Path):
+    """Coarsen, mesh with voxel hexes and write mesh.xdmf (and mesh.vtu); returns the VoxelMesh."""
+    from solvers.mesh import coarsen_labels, voxel_hex_mesh
+
+    ph, pa = coarsen_labels(phases, particles, cfg.mesh.coarsen)
+    mesh = voxel_hex_mesh(ph, pa, np.asarray(spacing_um, float) * cfg.mesh.coarsen * 1e-6)
+    write_mesh_files(mesh, out, vtu=cfg.mesh.vtu)
+    return mesh
 
 
 def write_mesh_files(mesh, out: Path, vtu: bool = False) -> None:
@@ -325,11 +332,7 @@ def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress:
                                 ("mesh", "materials", "mechanics", "cycling", "solver", "statistics")))
     summary = None
     if "mesh" in stages and "solve" not in stages:
-        from solvers.mesh import coarsen_labels, voxel_hex_mesh
-
-        ph, pa = coarsen_labels(phases, particles, cfg.mesh.coarsen)
-        write_mesh_files(voxel_hex_mesh(ph, pa, np.asarray(spacing) * cfg.mesh.coarsen * 1e-6), out,
-                         vtu=cfg.mesh.vtu)
+        mesh_stage(phases, particles, spacing, cfg, out)
     if "solve" in stages:
         if not force and ws.fresh("solve", solve_key):
             cached["solve"] = True

@@ -124,37 +124,46 @@ class LinearSolver:
 
     def solve(self, b: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
         """Solve ``A x = b`` to ``rtol``; raise ConvergenceError otherwise."""
-        t0 = time.perf_counter()
-        bnorm = float(np.linalg.norm(b))
-        if bnorm == 0.0:
-            self._record(0, 0.0, t0)
-            return np.zeros_like(b)
         if self.stats.method == "direct":
-            x = self._lu.solve(b)
-            it = 1
-        else:
-            count = [0]
+            return checked_solve(self.stats, lambda v: self.A @ v, b, self.rtol,
+                                 lambda: (self._lu.solve(b), 1), MECHANISM_HINT)
+        return checked_solve(self.stats, lambda v: self.A @ v, b, self.rtol,
+                             lambda: counted_cg(self.A, b, M=self._M, x0=x0, rtol=self.rtol, maxiter=self.maxiter),
+                             MECHANISM_HINT)
 
-            def cb(_xk):
-                count[0] += 1
 
-            x, info = spla.cg(self.A, b, x0=x0, rtol=self.rtol, atol=0.0, maxiter=self.maxiter,
-                              M=self._M, callback=cb)
-            it = count[0]
-        res = float(np.linalg.norm(b - self.A @ x)) / bnorm
-        # CG's own test uses the preconditioned recurrence; allow round-off on the true residual
-        if not np.isfinite(res) or res > max(10 * self.rtol, 1e-12):
-            raise ConvergenceError(
-                f"{self.stats.method} solve reached relative residual {res:.2e} after {it} "
-                f"iterations, above rtol={self.rtol:.1e}; the mesh may contain a mechanism "
-                "(free rigid motion) or the materials are extreme: check [mechanics] and "
-                "[materials], or raise [solver] maxiter",
-                iterations=it, residual=res,
-            )
-        self._record(it, res, t0)
-        return x
+MECHANISM_HINT = ("the mesh may contain a mechanism (free rigid motion) or the materials are extreme: "
+                  "check [mechanics] and [materials], or raise [solver] maxiter")
 
-    def _record(self, it: int, res: float, t0: float) -> None:
-        self.stats.iterations.append(int(it))
-        self.stats.residuals.append(float(res))
-        self.stats.solve_s.append(time.perf_counter() - t0)
+
+def counted_cg(A, b, *, M, x0=None, rtol: float, maxiter: int) -> tuple[np.ndarray, int]:
+    """Preconditioned CG (scipy) returning the solution and the iterations it took."""
+    count = [0]
+
+    def cb(_xk):
+        count[0] += 1
+
+    x, _ = spla.cg(A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=maxiter, M=M, callback=cb)
+    return x, count[0]
+
+
+def checked_solve(stats: SolveStats, matvec, b: np.ndarray, rtol: float, solve, hint: str) -> np.ndarray:
+    """Run ``solve() -> (x, iterations)``, check the true residual, record it in ``stats``.
+
+    Raises ConvergenceError (with ``hint`` on what to do) when ``||b - A x|| / ||b||``
+    exceeds ``rtol`` beyond round-off: CG's own test uses the preconditioned recurrence.
+    """
+    t0 = time.perf_counter()
+    bnorm = float(np.linalg.norm(b))
+    if bnorm == 0.0:
+        x, it, res = np.zeros_like(b), 0, 0.0
+    else:
+        x, it = solve()
+        res = float(np.linalg.norm(b - matvec(x))) / bnorm
+        if not np.isfinite(res) or res > max(10 * rtol, 1e-12):
+            raise ConvergenceError(f"{stats.method} solve reached relative residual {res:.2e} after {it} "
+                                   f"iterations, above rtol={rtol:.1e}; {hint}", iterations=it, residual=res)
+    stats.iterations.append(int(it))
+    stats.residuals.append(float(res))
+    stats.solve_s.append(time.perf_counter() - t0)
+    return x

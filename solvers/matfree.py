@@ -26,8 +26,9 @@ import scipy.sparse.linalg as spla
 
 from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_parts
 from solvers.fem.elements import HEX8
-from solvers.linalg import SolveStats
-from tomomech.errors import ConfigError, ConvergenceError
+from solvers.linalg import SolveStats, checked_solve, counted_cg
+from solvers.mesh.voxel import nodes_of
+from tomomech.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ class MatrixFreeSolver:
             lv.diag_inv = np.where(lv.fixed, 1.0 / lv.scale, 1.0 / np.where(d > 0, d, 1.0))
             lv.lmax = self._lambda_max(lv)
         self._coarse_lu = self._factor(self.levels[-1])
-        self._ke64_cache = self.xp.asarray(self.levels[0].ke)
+        self._ke_fine64 = self.xp.asarray(self.levels[0].ke)  # the operator CG sees stays float64
         for lv in self.levels:  # device and precision of the preconditioner
             lv.ke = self.xp.asarray(lv.ke.astype(self.pdtype))
             lv.mat = self.xp.asarray(lv.mat)
@@ -349,11 +350,7 @@ class MatrixFreeSolver:
         g.shape = (Z, Y, X)
         g.element = HEX8
         g.cell_voxel = np.flatnonzero(lv.mat.ravel() >= 0)
-        touched = np.zeros((Z + 1, Y + 1, X + 1), bool)
-        solid = lv.mat >= 0
-        for dz, dy, dx in CORNERS:
-            touched[dz:dz + Z, dy:dy + Y, dx:dx + X] |= solid
-        g.node_grid = np.flatnonzero(touched)
+        g.node_grid = np.flatnonzero(nodes_of(lv.mat >= 0))
         g.n_nodes = g.node_grid.size
         self._coarse_nodes = g.node_grid
         A = assemble_voxel_stiffness(g, lv.mat.ravel()[g.cell_voxel], list(lv.ke))
@@ -383,12 +380,7 @@ class MatrixFreeSolver:
 
     def apply(self, x_grid):
         """The constrained fine-level operator on a full-grid vector (float64, CPU or GPU)."""
-        lv = self.levels[0]
-        return self._apply_level(lv, x_grid, self.xp, lv.ke if lv.ke.dtype == np.float64 else self._ke64)
-
-    @property
-    def _ke64(self):
-        return self._ke64_cache
+        return self._apply_level(self.levels[0], x_grid, self.xp, self._ke_fine64)
 
     # -- V-cycle -------------------------------------------------------------------------------
     def _smooth(self, lv, x, b):
@@ -443,29 +435,13 @@ class MatrixFreeSolver:
 
     def solve(self, b, x0=None):
         """CG to ``rtol`` (true residual checked); raises ConvergenceError otherwise."""
-        t0 = time.perf_counter()
         n = b.size
-        bnorm = float(np.linalg.norm(b))
-        if bnorm == 0:
-            self.stats.iterations.append(0)
-            self.stats.residuals.append(0.0)
-            self.stats.solve_s.append(time.perf_counter() - t0)
-            return np.zeros_like(b)
         A = spla.LinearOperator((n, n), matvec=self.matvec, dtype=np.float64)
         M = spla.LinearOperator((n, n), matvec=lambda r: self._from_grid(self.precondition(self._to_grid(r))),
                                 dtype=np.float64)
-        count = [0]
-        x, _ = spla.cg(A, b, x0=x0, rtol=self.rtol, atol=0.0, maxiter=self.maxiter, M=M,
-                       callback=lambda _x: count.__setitem__(0, count[0] + 1))
-        res = float(np.linalg.norm(b - self.matvec(x))) / bnorm
-        if not np.isfinite(res) or res > max(10 * self.rtol, 1e-12):
-            raise ConvergenceError(f"matrix-free multigrid CG reached relative residual {res:.2e} after "
-                                   f"{count[0]} iterations (rtol {self.rtol:.1e}); raise [solver] maxiter or "
-                                   "use backend = 'assembled'", iterations=count[0], residual=res)
-        self.stats.iterations.append(count[0])
-        self.stats.residuals.append(res)
-        self.stats.solve_s.append(time.perf_counter() - t0)
-        return x
+        return checked_solve(self.stats, self.matvec, b, self.rtol,
+                             lambda: counted_cg(A, b, M=M, x0=x0, rtol=self.rtol, maxiter=self.maxiter),
+                             "raise [solver] maxiter or use backend = 'assembled'")
 
 
 def _diagonal(lv) -> np.ndarray:

@@ -85,6 +85,15 @@ class VoxelMesh:
         return float(np.prod(self.spacing))
 
 
+def nodes_of(cells: np.ndarray) -> np.ndarray:
+    """(Z+1, Y+1, X+1) bool: the grid nodes that are a corner of at least one True voxel."""
+    Z, Y, X = cells.shape
+    on = np.zeros((Z + 1, Y + 1, X + 1), bool)
+    for dz, dy, dx in HEX8.nodes.astype(int):
+        on[dz:dz + Z, dy:dy + Y, dx:dx + X] |= cells
+    return on
+
+
 def coarsen_labels(phases: np.ndarray, particles: np.ndarray, block: int):
     """Merge ``block``^3 voxels into one, by phase majority.
 
@@ -169,10 +178,8 @@ def voxel_hex_mesh(phases: np.ndarray, particles: np.ndarray, spacing_m) -> Voxe
     kept_pa = np.where(main & (phases == ACTIVE), particles, 0).astype(np.int32)
 
     Z, Y, X = phases.shape
-    node_on = np.zeros((Z + 1, Y + 1, X + 1), bool)
+    node_on = nodes_of(main)
     corners = HEX8.nodes.astype(int)
-    for dz, dy, dx in corners:
-        node_on[dz:dz + Z, dy:dy + Y, dx:dx + X] |= main
     node_id = np.full(node_on.shape, -1, np.int64)
     node_id[node_on] = np.arange(int(node_on.sum()))
     cz, cy, cx = np.nonzero(main)

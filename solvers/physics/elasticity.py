@@ -119,7 +119,7 @@ class ElasticProblem:
         else:  # unstructured cells (tetrahedra): per-cell tables
             dn, w = element_gradients(mesh.element, mesh.points, mesh.cells)
             self._g = np.einsum("eq,eqai->eai", w, dn)
-            self._gc = np.einsum("eq,eqai->eai", w, dn) / w.sum(axis=1)[:, None, None]
+            self._gc = self._g / w.sum(axis=1)[:, None, None]  # cell-mean gradients
         self.fixed = box_constraints(mesh, top)
         self.timings: dict[str, float] = {}
         if backend == "auto":

@@ -21,12 +21,17 @@ soc_end = 0.5
 """
 
 
+def write_study(folder, body: str, base: str = BASE, name: str = "study.toml"):
+    """A base config and a study file naming it, in ``folder``."""
+    (folder / "base.toml").write_text(base)
+    f = folder / name
+    f.write_text('base = "base.toml"\n' + body)
+    return f
+
+
 @pytest.fixture
 def study_file(tmp_path):
-    (tmp_path / "base.toml").write_text(BASE)
-    f = tmp_path / "study.toml"
-    f.write_text("""
-base = "base.toml"
+    return write_study(tmp_path, """
 [synthetic]
 shape = [14, 14, 14]
 active_fraction = 0.4
@@ -35,7 +40,6 @@ radius = 3.0
 seed = 4
 voxel_size_um = 0.5
 """)
-    return f
 
 
 def test_four_case_study_aggregates_resumes_and_reproduces(study_file, tmp_path):
@@ -70,10 +74,7 @@ def test_four_case_study_aggregates_resumes_and_reproduces(study_file, tmp_path)
 
 def test_broken_case_is_reported_and_others_finish(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative study folder, as users type it
-    (tmp_path / "base.toml").write_text(BASE)
-    f = tmp_path / "study.toml"
-    f.write_text("""
-base = "base.toml"
+    write_study(tmp_path, """
 [sweep]
 "segmentation.min_particle_voxels" = [5, 1000000]
 [synthetic]
@@ -91,15 +92,12 @@ radius = 3.0
 
 def test_crop_and_sweep_expansion(tmp_path, label_stack):
     path, _ = label_stack
-    (tmp_path / "base.toml").write_text(f'[input]\npath = "{path}"\n[segmentation]\nmethod = "labels"\n')
-    f = tmp_path / "s.toml"
-    f.write_text("""
-base = "base.toml"
+    f = write_study(tmp_path, """
 [sweep]
 "materials.electrolyte.E_GPa" = [10.0, 30.0]
 [crops]
 size = [10, 10, 10]
-""")
+""", base=f'[input]\npath = "{path}"\n[segmentation]\nmethod = "labels"\n', name="s.toml")
     study = load_study(f)
     assert len(study.cases) == 2 * 8
     crops = {json.dumps(c.swept["input.crop"]) for c in study.cases}
