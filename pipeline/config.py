@@ -154,6 +154,32 @@ class MechanicsConfig:
 
 
 @dataclass(frozen=True)
+class InterfaceConfig:
+    """[interface]: the AP|SE interface, ``model = "bonded"`` (default) or ``"cohesive"``.
+
+    Cohesive (PHYSICS.md section 1): bilinear traction-separation law with
+    ``strength_MPa`` (normal strength; shear strength = strength / mode_mixity),
+    ``fracture_energy_J_m2`` (G_c), ``penalty_stiffness`` in GPa/um (1e15 Pa/m;
+    0 = auto: 100 x the harmonic mean of the two Young's moduli / voxel size) and
+    ``mode_mixity`` (weight of the tangential opening). AP|SE adhesion has not
+    been measured: the defaults (100 MPa, 1 J/m^2) are placeholders to sweep.
+    """
+
+    model: str = "bonded"
+    strength_MPa: float = 100.0
+    fracture_energy_J_m2: float = 1.0
+    penalty_stiffness: float = 0.0
+    mode_mixity: float = 1.0
+
+    def __post_init__(self):
+        _check_choice("interface.model", self.model, ("bonded", "cohesive"))
+        _check_positive("interface.strength_MPa", self.strength_MPa)
+        _check_positive("interface.fracture_energy_J_m2", self.fracture_energy_J_m2)
+        _check_positive("interface.penalty_stiffness", self.penalty_stiffness, allow_zero=True)
+        _check_positive("interface.mode_mixity", self.mode_mixity)
+
+
+@dataclass(frozen=True)
 class CyclingConfig:
     """[cycling]: what the active phase goes through.
 
@@ -256,6 +282,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     materials: MaterialsConfig = field(default_factory=MaterialsConfig)
     mechanics: MechanicsConfig = field(default_factory=MechanicsConfig)
+    interface: InterfaceConfig = field(default_factory=InterfaceConfig)
     cycling: CyclingConfig = field(default_factory=CyclingConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
@@ -263,6 +290,9 @@ class Config:
 
     def __post_init__(self):
         active, _ = self.materials.resolve()
+        if self.interface.model == "cohesive" and self.solver.backend == "matrix-free":
+            raise ConfigError("interface.model = 'cohesive' needs solver.backend = 'assembled' or 'auto' "
+                              "(the matrix-free multigrid covers bonded interfaces only)")
         if self.cycling.mode == "galvanostatic":
             for k in ("D_m2_s", "c_max_mol_m3"):
                 if getattr(active, k) is None:

@@ -27,7 +27,14 @@ import numpy as np
 
 from pipeline import io
 from pipeline.config import Config, dump_config
-from pipeline.stats import particle_step_table, stack_tables, step_summary
+from pipeline.stats import (
+    cell_face_max,
+    interface_damage_summary,
+    interface_damage_table,
+    particle_step_table,
+    stack_tables,
+    step_summary,
+)
 from tomomech import __version__
 from tomomech.errors import ConfigError, InputError
 
@@ -140,7 +147,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     """
     from segmentation import particle_geometry
     from solvers import fields
-    from solvers.physics import ElasticProblem
+    from solvers.physics import CohesiveLaw, CohesiveProblem, ElasticProblem, default_penalty
     from solvers.physics.transient import Galvanostatic, galvanostatic_states, swell_states
 
     t = {}
@@ -151,15 +158,23 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     log.info("mesh: %d hexes, %d nodes, %d dof", mesh.n_cells, mesh.n_nodes, 3 * mesh.n_nodes)
 
     active, electrolyte = cfg.materials.resolve()
-    prob = ElasticProblem(mesh, {1: electrolyte, 2: active}, top=cfg.mechanics.top,
-                          stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6,
-                          solver=cfg.solver.method, rtol=cfg.solver.rtol, maxiter=cfg.solver.maxiter,
-                          aggregation=cfg.solver.aggregation, backend=cfg.solver.backend,
-                          device=cfg.solver.device, precision=cfg.solver.precision)
-    t.update(prob.timings)
     geom = particle_geometry(mesh.phases, mesh.particles, sp_um, shell_voxels=cfg.statistics.shell_voxels)
     faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing,
                                    sigma_voxels=cfg.statistics.normal_smoothing_voxels)
+    opts = dict(top=cfg.mechanics.top, stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6,
+                solver=cfg.solver.method, rtol=cfg.solver.rtol, maxiter=cfg.solver.maxiter,
+                aggregation=cfg.solver.aggregation)
+    cohesive = cfg.interface.model == "cohesive"
+    if cohesive:
+        ic = cfg.interface
+        k0 = ic.penalty_stiffness * 1e15 or default_penalty(active.E, electrolyte.E, float(mesh.spacing.min()))
+        law = CohesiveLaw(strength_Pa=ic.strength_MPa * 1e6, fracture_energy_J_m2=ic.fracture_energy_J_m2,
+                          penalty_Pa_m=k0, mode_mixity=ic.mode_mixity)
+        prob = CohesiveProblem(mesh, {1: electrolyte, 2: active}, faces, law, **opts)
+    else:
+        prob = ElasticProblem(mesh, {1: electrolyte, 2: active}, backend=cfg.solver.backend,
+                              device=cfg.solver.device, precision=cfg.solver.precision, **opts)
+    t.update(prob.timings)
     cell_of = np.full(mesh.phases.size, -1, np.int64)
     cell_of[mesh.cell_voxel] = np.arange(mesh.n_cells)
     fa, fs = cell_of[faces["ap_voxel"]], cell_of[faces["se_voxel"]]
@@ -173,13 +188,17 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                                  cycles=cyc.cycles, steps=cyc.steps_per_half_cycle(),
                                  stress_assisted=cyc.stress_assisted, temperature_K=cyc.temperature_K)
         states = galvanostatic_states(prob, active, faces, protocol, solver=cfg.solver.method,
-                                      output_every=cyc.output_every)
+                                      output_every=cyc.output_every,
+                                      flux_mask=(lambda _st: prob.face_damage() < 1.0) if cohesive else None)
         n_steps = protocol.steps * cyc.cycles
     is_active = mesh.cell_phase == 2
     tables, summaries = [], []
     t_solve = 0.0
     warned = False
-    with io.time_series_writer(out / "fields.xdmf", mesh.points * 1e6, mesh.cells, mesh.element.name) as write:
+    n_hist = 0
+    # cohesive runs write the split mesh: debonded faces open visibly
+    with io.time_series_writer(out / "fields.xdmf", prob.mesh.points * 1e6, prob.mesh.cells,
+                               mesh.element.name) as write:
         ts = time.perf_counter()
         for st in states:
             t_solve += time.perf_counter() - ts
@@ -200,9 +219,17 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                 warned = True
             s.update(time_s=st.time_s, half_cycle=st.cycle, solver_iterations=st.iterations,
                      coupling_iterations=st.coupling_iterations, theta_outside_0_1_fraction=outside)
+            cell_extra = {}
+            if cohesive:
+                fd = prob.face_damage()
+                tables[-1].update(interface_damage_table(geom, prob, fd))
+                s.update(interface_damage_summary(prob, fd, mesh, faces))
+                s["nonlinear_iterations"] = int(sum(h["nonlinear_iterations"] for h in prob.history[n_hist:]))
+                n_hist = len(prob.history)
+                cell_extra["interface_damage"] = cell_face_max(fd, fa, mesh.n_cells)
             summaries.append(s)
             write(st.time_s if cyc.mode == "galvanostatic" else st.step, {"displacement_um": st.u * 1e6},
-                  {"phase": mesh.cell_phase, "particle": mesh.cell_particle, "soc": st.theta_cell,
+                  {**cell_extra, "phase": mesh.cell_phase, "particle": mesh.cell_particle, "soc": st.theta_cell,
                    "von_mises_MPa": fields.von_mises(sig) * 1e-6,
                    "hydrostatic_MPa": fields.hydrostatic(sig) * 1e-6,
                    "max_principal_MPa": fields.max_principal(sig) * 1e-6,
@@ -218,6 +245,10 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         "mesh": {"kind": cfg.mesh.kind, "cells": mesh.n_cells, "nodes": mesh.n_nodes,
                  "dof": prob.n_dof, "removed_floating_voxels": mesh.removed_voxels},
         "solver": prob.solver.stats.as_dict(),
+        "interface": {"model": cfg.interface.model} if not cohesive else {
+            "model": "cohesive", "penalty_Pa_m": prob.law.penalty_Pa_m, "delta_0_m": prob.law.delta_0,
+            "delta_f_m": prob.law.delta_f, "preconditioner_rebuilds": prob.rebuilds,
+            "step_cuts": int(sum(h["cuts"] for h in prob.history))},
         "timings_s": {k: round(v, 3) for k, v in t.items()},
         "steps": summaries,
     }

@@ -140,20 +140,28 @@ class ElasticProblem:
             if device != "cpu" or precision != "float64":
                 raise ConfigError("solver.device = 'gpu' and precision = 'mixed' need backend = 'matrix-free'")
             t0 = time.perf_counter()
-            if self.structured:
-                kes = [elasticity_matrix(mesh.element, mesh.spacing, m.E, m.nu) for m in self.materials.values()]
-                A = assemble_voxel_stiffness(mesh, self.cell_material, kes)
-            else:
-                lam, mu = self._lame[self.cell_material].T
-                A = assemble_elasticity(mesh.element, mesh.points, mesh.cells, lam, mu).tobsr(blocksize=(3, 3))
-                A.sort_indices()
-            self.A = apply_dirichlet(A, self.fixed)
+            self.A = self._finish_matrix(self._assemble())
             self.timings["assembly_s"] = time.perf_counter() - t0
             B = rigid_body_modes(mesh.points)
             B[self.fixed.ravel()] = 0.0
             self.solver = LinearSolver(self.A, method=solver, near_nullspace=B, rtol=rtol, maxiter=maxiter,
                                        aggregation=aggregation)
         self.timings["setup_s"] = self.solver.stats.setup_s
+
+    def _assemble(self):
+        """Global stiffness without boundary conditions (BSR, 3x3 blocks)."""
+        mesh = self.mesh
+        if self.structured:
+            kes = [elasticity_matrix(mesh.element, mesh.spacing, m.E, m.nu) for m in self.materials.values()]
+            return assemble_voxel_stiffness(mesh, self.cell_material, kes)
+        lam, mu = self._lame[self.cell_material].T
+        A = assemble_elasticity(mesh.element, mesh.points, mesh.cells, lam, mu).tobsr(blocksize=(3, 3))
+        A.sort_indices()
+        return A
+
+    def _finish_matrix(self, A):
+        """The matrix that is solved: ``A`` with the box conditions applied."""
+        return apply_dirichlet(A, self.fixed)
 
     @property
     def n_dof(self) -> int:

@@ -159,3 +159,4 @@ def test_time_step_convergence_of_peak_stress(config_file):
     print("peak von Mises at the end of charge by steps:", {k: round(v, 2) for k, v in peaks.items()})
     assert abs(peaks[5] / peaks[20] - 1) > abs(peaks[10] / peaks[20] - 1)  # converging in dt
     assert abs(peaks[10] / peaks[20] - 1) < 0.02
+

@@ -1,0 +1,176 @@
+"""Cohesive AP|SE interface (PHYSICS.md section 1 and 3(d)).
+
+Energy of full separation, the bonded limit, irreversibility with contact,
+and the onset of delamination of a shrinking sphere against 3(d).
+"""
+
+import numpy as np
+import pytest
+
+from solvers import fields
+from solvers.mesh import voxel_hex_mesh
+from solvers.physics import CohesiveLaw, CohesiveProblem, ElasticProblem, Material, default_penalty
+from tests.validation.closed_forms import shell_pressure
+
+H = 1e-6
+MATS = {1: Material("SE", 22.0, 0.3), 2: Material("AP", 140.0, 0.3)}
+K0 = default_penalty(140e9, 22e9, H)
+
+
+def sphere(R, n):
+    z, y, x = np.indices((n, n, n)) + 0.5
+    r = np.sqrt((z - n / 2) ** 2 + (y - n / 2) ** 2 + (x - n / 2) ** 2)
+    ph = np.where(r < R, 2, 1).astype(np.uint8)
+    return ph, (ph == 2).astype(np.int32)
+
+
+def problem(ph, pa, law, **kw):
+    mesh = voxel_hex_mesh(ph, pa, [H] * 3)
+    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+    return mesh, CohesiveProblem(mesh, MATS, faces, law, **kw)
+
+
+@pytest.mark.parametrize("direction", [(1.0, 0.0, 0.0), (1.0, 1.0, 0.0), (0.0, 0.0, 1.0)],
+                         ids=["mode-I", "mixed", "mode-II"])
+def test_single_element_dissipates_fracture_energy(direction):
+    """An AP layer on an SE layer (2x2x2 voxels, four faces), pulled apart along a fixed direction."""
+    law = CohesiveLaw(strength_Pa=100e6, fracture_energy_J_m2=1.0, penalty_Pa_m=K0)
+    ph = np.ones((2, 2, 2), np.uint8)
+    ph[1] = 2
+    mesh, prob = problem(ph, (ph == 2).astype(np.int32), law)
+    it = prob.interface
+    assert it.n_faces == 4
+    np.testing.assert_allclose(it.point_normal, [[-1.0, 0, 0]] * 16, atol=1e-12)  # AP on top: n points down
+    area = it.point_area.sum()
+    # AP moves by -s * e: the opening u_SE - u_AP = s * e, e has a positive normal component (or is tangential)
+    e = np.asarray(direction) / np.linalg.norm(direction)
+    e_open = np.array([-e[0], e[1], e[2]])  # z flipped: opening along +n = -z means moving AP up (+z)
+    s_end = 1.5 * law.delta_f  # the effective opening is s for beta = 1
+    s = np.concatenate([np.linspace(0, 2 * law.delta_0, 400), np.linspace(2 * law.delta_0, s_end, 20000)[1:]])
+    kappa = np.zeros(it.n_points)
+    work, peak = 0.0, 0.0
+    f_prev = 0.0
+    for k in range(1, s.size):
+        u = np.zeros((prob.mesh.n_nodes, 3))
+        u[it.pair_ap] = -s[k] * e_open
+        t, _, kappa = prob.law_state(prob.openings(u), kappa)
+        f = float(np.einsum("pi,i,p->", t, e_open, it.point_area))  # force conjugate to s
+        work += 0.5 * (f + f_prev) * (s[k] - s[k - 1])
+        f_prev = f
+        peak = max(peak, float(np.linalg.norm(t[0])))
+    dissipated = work  # at full separation no elastic energy is left
+    assert prob.damage.max() == 0.0  # law_state does not commit
+    assert np.all(law.damage(kappa) == 1.0)
+    print(f"{direction}: dissipated / (G_c A) = {dissipated / (law.fracture_energy_J_m2 * area):.5f}")
+    assert dissipated == pytest.approx(law.fracture_energy_J_m2 * area, rel=0.02)
+    assert peak == pytest.approx(law.strength_Pa, rel=1e-3)
+
+
+def test_opening_forces_are_the_gradient_of_the_interface_energy():
+    """Nodal forces equal the work-conjugate of the openings (checked by finite differences of the work)."""
+    law = CohesiveLaw(strength_Pa=50e6, fracture_energy_J_m2=2.0, penalty_Pa_m=K0)
+    ph, pa = sphere(2.5, 8)
+    _, prob = problem(ph, pa, law, solver="direct")
+    rng = np.random.default_rng(0)
+    u = rng.normal(scale=1e-11, size=3 * prob.mesh.n_nodes)
+    du = rng.normal(scale=1e-15, size=u.size)
+    f = prob.interface_forces(u)
+
+    def energy(v):  # undamaged law is linear: E = 1/2 sum A delta . K delta
+        t = prob.tractions(v)
+        return 0.5 * float(np.einsum("pi,pi,p->", t, prob.openings(v), prob.interface.point_area))
+
+    law_lin = CohesiveLaw(strength_Pa=1e12, fracture_energy_J_m2=1e9, penalty_Pa_m=K0)
+    prob.law = law_lin
+    f = prob.interface_forces(u)
+    assert energy(u + du) - energy(u - du) == pytest.approx(2 * f @ du, rel=1e-6)
+
+
+def test_very_strong_interface_gives_the_bonded_result():
+    """Strength far above any traction: no damage, and stresses converge to the bonded ones as 1 / K0."""
+    ph, pa = sphere(4, 16)
+    mesh = voxel_hex_mesh(ph, pa, [H] * 3)
+    eps = np.where(mesh.cell_phase == 2, -0.05 / 3, 0.0)
+    bonded = ElasticProblem(mesh, MATS)
+    sb = bonded.cell_stress(bonded.solve(eps), eps)
+    hb = fields.hydrostatic(sb)[mesh.cell_phase == 2].mean()
+    errs = []
+    for factor in (1.0, 100.0):
+        law = CohesiveLaw(strength_Pa=1e12, fracture_energy_J_m2=1e9, penalty_Pa_m=K0 * factor)
+        _, prob = problem(ph, pa, law)
+        u = prob.solve(eps)
+        assert prob.damage.max() == 0.0
+        sc = prob.cell_stress(u, eps)
+        errs.append(abs(fields.hydrostatic(sc)[mesh.cell_phase == 2].mean() / hb - 1))
+        np.testing.assert_allclose(sc, sb, atol=0.05 * np.abs(sb).max() / factor)
+    print(f"particle mean hydrostatic {hb / 1e6:.1f} MPa bonded; cohesive relative errors {errs}")
+    assert errs[0] < 0.01  # the default penalty adds a 1/100-voxel compliance
+    assert errs[1] < errs[0] / 30  # and the error falls like 1 / K0
+
+
+@pytest.mark.slow
+def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate():
+    """Shrink until the interface is damaged, swell back and beyond: damage never heals, contact holds.
+
+    The interface is tough enough for stable damage growth (PHYSICS.md 3(d)); full debonding of a
+    whole particle, where only the residual stiffness holds it, is left to the pipeline tests.
+    """
+    law = CohesiveLaw(strength_Pa=60e6, fracture_energy_J_m2=1.0, penalty_Pa_m=K0)
+    ph, pa = sphere(3, 12)
+    mesh, prob = problem(ph, pa, law, solver="direct")
+    path = np.concatenate([np.linspace(0, -0.02, 5)[1:], np.linspace(-0.02, 0.02, 5)[1:]])
+    d_prev = prob.damage
+    damaged = 0.0
+    for dv in path:
+        eps = np.where(mesh.cell_phase == 2, dv / 3, 0.0)
+        u = prob.solve(eps)
+        d = prob.damage
+        assert np.all(d >= d_prev)
+        d_prev = d
+        damaged = max(damaged, float(np.mean(prob.face_damage() > 0.9)))
+    assert damaged > 0.3, "the weak interface should be badly damaged on charge"
+    # swollen by +2 %: the damaged faces are pressed shut
+    n = prob.interface.point_normal
+    dn = np.einsum("pi,pi->p", prob.openings(u), n)
+    tn = np.einsum("pi,pi->p", prob.tractions(u), n)
+    closed = prob.damage > 0.9
+    assert np.median(tn[closed]) < 0, "damaged faces carry compression in contact"
+    # penetration is only the penalty compliance |t_n| / K0, far below a voxel
+    assert dn.min() > -1e-3 * H
+    np.testing.assert_allclose(dn[dn < 0], tn[dn < 0] / K0, rtol=1e-9)
+    print(f"faces with d > 0.9: {damaged:.2f}; deepest penetration {-dn.min() / H:.1e} voxel")
+
+
+def onset(R, n, step=0.0005, start=0.004, stop=0.0131):
+    """dV/V (positive number) at first damage and at half of the interface area damaged."""
+    law = CohesiveLaw(strength_Pa=100e6, fracture_energy_J_m2=10.0, penalty_Pa_m=K0)
+    ph, pa = sphere(R, n)
+    mesh, prob = problem(ph, pa, law, solver="amg")
+    area = prob.interface.point_area
+    first, half, prev = None, None, (0.0, 0.0)
+    for dv in np.arange(start, stop, step):
+        prob.solve(np.where(mesh.cell_phase == 2, -dv / 3, 0.0))
+        frac = float(area[prob.damage > 0].sum() / area.sum())
+        if first is None and frac > 0:
+            first = dv
+        if frac >= 0.5:
+            half = prev[0] + (0.5 - prev[1]) * (dv - prev[0]) / (frac - prev[1])
+            break
+        prev = (dv, frac)
+    phi = float((ph == 2).mean())
+    ref = {o: 3 * law.strength_Pa / abs(shell_pressure(1.0, phi, 140e9, 0.3, 22e9, 0.3, o)) for o in ("free", "fixed")}
+    return first, half, ref
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="voxel-hex staircase: half-damage onset 23 % below 3(d) at R = 4 (see README)")
+def test_delamination_onset_matches_closed_form_on_two_radii():
+    out = {}
+    for R, n in ((4, 24), (6, 36)):
+        first, half, ref = onset(R, n)
+        mid = 0.5 * (ref["free"] + ref["fixed"])
+        out[R] = half
+        print(f"R = {R}: first damage at dV/V = {100 * first:.3f} %, half damaged at {100 * half:.3f} %; "
+              f"3(d) fixed/free outer shell {100 * ref['fixed']:.3f} / {100 * ref['free']:.3f} %")
+        assert half == pytest.approx(mid, rel=0.15)
+    assert out[4] == pytest.approx(out[6], rel=0.10)
