@@ -129,20 +129,22 @@ class LinearSolver:
         self.stats.setup_s += dt
         log.info("linear solver %s set up in %.2f s (%d unknowns)", self.method, dt, A.shape[0])
 
-    def solve(self, b: np.ndarray, x0: np.ndarray | None = None, A=None, rtol: float | None = None) -> np.ndarray:
+    def solve(self, b: np.ndarray, x0: np.ndarray | None = None, A=None, rtol: float | None = None,
+              maxiter: int | None = None) -> np.ndarray:
         """Solve ``A x = b`` to ``rtol``; raise ConvergenceError otherwise.
 
         With ``A`` given (a matrix near the one this solver was set up for,
         e.g. the secant stiffness of a damaged interface), CG solves that
         matrix preconditioned by this solver's factorisation or AMG cycle,
-        to ``rtol`` (default the solver's).
+        to ``rtol`` in at most ``maxiter`` iterations (default the solver's).
         """
         if A is not None:
             rtol = self.rtol if rtol is None else float(rtol)
+            maxiter = self.maxiter if maxiter is None else int(maxiter)
             M = self._M if self.method != "direct" else spla.LinearOperator(
                 self.A.shape, matvec=self._lu.solve, dtype=float)
             return checked_solve(self.stats, lambda v: A @ v, b, rtol,
-                                 lambda: counted_cg(A, b, M=M, x0=x0, rtol=rtol, maxiter=self.maxiter),
+                                 lambda: counted_cg(A, b, M=M, x0=x0, rtol=rtol, maxiter=maxiter),
                                  MECHANISM_HINT)
         if self.method == "direct":
             return checked_solve(self.stats, lambda v: self.A @ v, b, self.rtol,

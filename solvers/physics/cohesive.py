@@ -471,6 +471,7 @@ class CohesiveProblem(ElasticProblem):
         u = np.zeros_like(f) if u0 is None else np.asarray(u0, float).ravel().copy()
         fixed = self.fixed.ravel()
         res = np.inf
+        use_tangent = True
         for _ in range(self.nl_maxiter):
             t, K, kappa = self.law_state(self.openings(u), kappa_old)
             r = self._Kb @ u + self._scatter(t * self.interface.point_area[:, None]) - f
@@ -482,36 +483,42 @@ class CohesiveProblem(ElasticProblem):
             record["nonlinear_iterations"] += 1
             # inexact Newton: solve the correction only as well as the final residual needs
             lin_rtol = min(1e-2, max(self.solver.rtol, 0.1 * self.nl_rtol / res))
-            self._set_interface(K)
-            try:
-                du = self._linear_solve(-r, lin_rtol, u, kappa_old)
-            except ConvergenceError:
+            if use_tangent:
+                self._set_interface(K)
+                try:  # an indefinite tangent shows as CG stalling: give it a bounded number of iterations
+                    du = self._linear_solve(-r, lin_rtol, u, kappa_old, maxiter=3 * self.rebuild_after)
+                except ConvergenceError:
+                    use_tangent = False
+                    log.info("cohesive: indefinite tangent (unstable softening); secant steps for this load")
+            if not use_tangent:
                 self._set_interface(self.law_state(self.openings(u), kappa_old, tangent=False)[1])
-                du = self._linear_solve(-r, lin_rtol, u, kappa_old)
+                try:
+                    du = self._linear_solve(-r, lin_rtol, u, kappa_old)
+                except ConvergenceError as exc:
+                    raise _NotConverged(str(exc)) from None
             record["linear_iterations"] += int(self.solver.stats.iterations[-1])
             u += du
         raise _NotConverged(f"Newton residual {res:.2e} after {self.nl_maxiter} iterations")
 
-    def _linear_solve(self, b: np.ndarray, rtol: float, u: np.ndarray, kappa_old: np.ndarray) -> np.ndarray:
+    def _linear_solve(self, b: np.ndarray, rtol: float, u: np.ndarray, kappa_old: np.ndarray,
+                      maxiter: int | None = None) -> np.ndarray:
         """CG on the current matrix, preconditioned by the solver of an earlier secant matrix.
 
-        The factorisation / AMG hierarchy is rebuilt from the secant matrix of
-        the current state when a solve needs more than ``rebuild_after`` CG
-        iterations (damage has moved the matrix away from the preconditioner).
+        When a solve needed more than ``rebuild_after`` CG iterations (damage
+        has moved the matrix away from the preconditioner), the factorisation
+        / AMG hierarchy is rebuilt from the secant matrix of the current state
+        for the next solves. A failed solve raises ConvergenceError.
         """
-        try:
-            x = self.solver.solve(b, A=self._A, rtol=rtol)
-            if self.solver.stats.iterations[-1] <= self.rebuild_after:
-                return x
-        except ConvergenceError:
-            x = None
-        log.info("cohesive: rebuilding the preconditioner from the damaged interface")
-        current = self._A.data.copy()
-        self._set_interface(self.law_state(self.openings(u), kappa_old, tangent=False)[1])
-        self.solver.rebuild(self._A.copy())
-        self._A.data[...] = current
-        self.rebuilds += 1
-        return self.solver.solve(b, A=self._A, rtol=rtol) if x is None else x
+        x = self.solver.solve(b, A=self._A, rtol=rtol, maxiter=maxiter)
+        if self.solver.stats.iterations[-1] > self.rebuild_after:
+            log.info("cohesive: rebuilding the preconditioner after %d CG iterations",
+                     self.solver.stats.iterations[-1])
+            current = self._A.data.copy()
+            self._set_interface(self.law_state(self.openings(u), kappa_old, tangent=False)[1])
+            self.solver.rebuild(self._A.copy())
+            self._A.data[...] = current
+            self.rebuilds += 1
+        return x
 
     # --- reductions ----------------------------------------------------------
     def face_damage(self, damage: np.ndarray | None = None) -> np.ndarray:
