@@ -494,8 +494,13 @@ class CohesiveProblem(ElasticProblem):
                 self._set_interface(self.law_state(self.openings(u), kappa_old, tangent=False)[1])
                 try:
                     du = self._linear_solve(-r, lin_rtol, u, kappa_old)
-                except ConvergenceError as exc:
-                    raise _NotConverged(str(exc)) from None
+                except ConvergenceError:  # the preconditioner is stale: rebuild it from this secant once
+                    self.solver.rebuild(self._A.copy())
+                    self.rebuilds += 1
+                    try:
+                        du = self._linear_solve(-r, lin_rtol, u, kappa_old)
+                    except ConvergenceError as exc:
+                        raise _NotConverged(str(exc)) from None
             record["linear_iterations"] += int(self.solver.stats.iterations[-1])
             u += du
         raise _NotConverged(f"Newton residual {res:.2e} after {self.nl_maxiter} iterations")
