@@ -223,7 +223,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
             if cohesive:
                 fd = prob.face_damage()
                 tables[-1].update(interface_damage_table(geom, prob, fd))
-                s.update(interface_damage_summary(prob, fd, mesh, faces))
+                s.update(interface_damage_summary(prob, fd, mesh))
                 s["nonlinear_iterations"] = int(sum(h["nonlinear_iterations"] for h in prob.history[n_hist:]))
                 n_hist = len(prob.history)
                 cell_extra["interface_damage"] = cell_face_max(fd, fa, mesh.n_cells)

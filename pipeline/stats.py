@@ -121,7 +121,7 @@ def interface_damage_table(geometry: dict[str, np.ndarray], prob, face_damage: n
 
     n = geometry["particle_id"].size
     it = prob.interface
-    area = it.face_mean(it.point_area) * 4.0
+    area = it.face_area
     part = prob.interface_particle
     tot = np.bincount(part, weights=area, minlength=n + 1)
     deb = face_damage >= 1.0
@@ -136,10 +136,9 @@ def interface_damage_table(geometry: dict[str, np.ndarray], prob, face_damage: n
     return {k: v[1:] for k, v in out.items()}
 
 
-def interface_damage_summary(prob, face_damage: np.ndarray, mesh, faces: dict) -> dict:
+def interface_damage_summary(prob, face_damage: np.ndarray, mesh) -> dict:
     """Electrode delamination summary of one step: debonded fraction, bonded area, accessible capacity."""
-    it = prob.interface
-    area = it.face_mean(it.point_area) * 4.0
+    area = prob.interface.face_area
     bonded = face_damage < 1.0
     part = prob.interface_particle
     n = int(mesh.particles.max()) + 1

@@ -171,6 +171,11 @@ class VoxelInterface:
     def n_faces(self) -> int:
         return int(self.face_pairs.shape[0])
 
+    @property
+    def face_area(self) -> np.ndarray:
+        """Projected area of every face (the sum of its four points), (nf,) in m^2."""
+        return self.point_area.reshape(self.n_faces, 4).sum(axis=1)
+
 
 def split_interface(mesh: VoxelMesh, faces: Mapping) -> tuple[VoxelMesh, np.ndarray, VoxelInterface]:
     """Duplicate the nodes shared by active and electrolyte cells.
@@ -237,7 +242,7 @@ def split_interface(mesh: VoxelMesh, faces: Mapping) -> tuple[VoxelMesh, np.ndar
     return split, ap_node, iface
 
 
-def _split_stiffness(mesh: VoxelMesh, split: VoxelMesh, ap_node: np.ndarray, materials,
+def _split_stiffness(mesh: VoxelMesh, n_split: int, ap_node: np.ndarray, materials,
                      phase_codes, cell_material) -> sp.bsr_matrix:
     """Bulk stiffness on the split nodes: electrolyte and active parts assembled apart, then relabelled."""
     kes = [elasticity_matrix(mesh.element, mesh.spacing, materials[p].E, materials[p].nu) for p in phase_codes]
@@ -256,7 +261,7 @@ def _split_stiffness(mesh: VoxelMesh, split: VoxelMesh, ap_node: np.ndarray, mat
         cols.append(c)
         data.append(K.data)
         del K
-    return _bsr_from_blocks(np.concatenate(rows), np.concatenate(cols), np.concatenate(data), split.n_nodes)
+    return _bsr_from_blocks(np.concatenate(rows), np.concatenate(cols), np.concatenate(data), n_split)
 
 
 def _bsr_from_blocks(rows, cols, blocks, n) -> sp.bsr_matrix:
@@ -265,8 +270,7 @@ def _bsr_from_blocks(rows, cols, blocks, n) -> sp.bsr_matrix:
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
     idx = np.int32 if indptr[-1] < 2**31 - 1 else np.int64
-    A = sp.bsr_matrix((blocks[order], cols[order].astype(idx), indptr.astype(idx)), shape=(3 * n, 3 * n))
-    return A
+    return sp.bsr_matrix((blocks[order], cols[order].astype(idx), indptr.astype(idx)), shape=(3 * n, 3 * n))
 
 
 class CohesiveProblem(ElasticProblem):
@@ -327,7 +331,7 @@ class CohesiveProblem(ElasticProblem):
 
     # ElasticProblem builds the matrix through this hook
     def _assemble(self) -> sp.bsr_matrix:
-        K = _split_stiffness(self.bonded_mesh, self.mesh, self.ap_node, self.materials, self.phase_codes,
+        K = _split_stiffness(self.bonded_mesh, self.mesh.n_nodes, self.ap_node, self.materials, self.phase_codes,
                              self.cell_material)
         it = self.interface
         si, ai = it.pair_se, it.pair_ap
@@ -345,7 +349,7 @@ class CohesiveProblem(ElasticProblem):
     def _finish_matrix(self, A: sp.bsr_matrix) -> sp.bsr_matrix:
         """Bulk matrix with Dirichlet rows kept aside; the undamaged interface added for the preconditioner."""
         A = apply_dirichlet(A, self.fixed)
-        self._bulk_data = A.data.copy()
+        self._bulk_data = A.data.copy()  # the bulk part, kept for the residual and for rewriting interface blocks
         keep = (~self.fixed).astype(float)
         it = self.interface
         self._mask = {k: keep[r][:, :, None] * keep[c][:, None, :] for k, (r, c) in self._blocks.items()}
@@ -421,14 +425,25 @@ class CohesiveProblem(ElasticProblem):
         f[it.pair_ap] -= fp
         return f.ravel()
 
-    def _set_interface(self, K_points: np.ndarray) -> None:
-        """Write bulk + area-weighted interface blocks into the matrix data (pattern fixed)."""
+    def _set_interface(self, K_points: np.ndarray, data: np.ndarray | None = None) -> None:
+        """Bulk + area-weighted interface blocks at the interface positions of ``data`` (default the matrix).
+
+        Only the interface blocks change (each position belongs to one pair
+        and one kind of block), so the rest of the data is not touched.
+        """
         it = self.interface
         Kp = _sum_pairs(it, (K_points * it.point_area[:, None, None]).reshape(-1, 9)).reshape(-1, 3, 3)
-        data = self._A.data
-        data[...] = self._bulk_data
+        data = self._A.data if data is None else data
         for key, sign in (("ss", 1.0), ("aa", 1.0), ("sa", -1.0), ("as", -1.0)):
-            data[self._pos[key]] += sign * Kp * self._mask[key]
+            pos = self._pos[key]
+            data[pos] = self._bulk_data[pos] + sign * Kp * self._mask[key]
+
+    def _rebuild_preconditioner(self, u: np.ndarray, kappa_old: np.ndarray) -> None:
+        """Rebuild the factorisation / AMG hierarchy from the secant matrix of the state at ``u``."""
+        A = self._A.copy()
+        self._set_interface(self.law_state(self.openings(u), kappa_old, tangent=False)[1], A.data)
+        self.solver.rebuild(A)
+        self.rebuilds += 1
 
     # --- solving -----------------------------------------------------------
     def solve(self, eigenstrain: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
@@ -495,8 +510,7 @@ class CohesiveProblem(ElasticProblem):
                 try:
                     du = self._linear_solve(-r, lin_rtol, u, kappa_old)
                 except ConvergenceError:  # the preconditioner is stale: rebuild it from this secant once
-                    self.solver.rebuild(self._A.copy())
-                    self.rebuilds += 1
+                    self._rebuild_preconditioner(u, kappa_old)
                     try:
                         du = self._linear_solve(-r, lin_rtol, u, kappa_old)
                     except ConvergenceError as exc:
@@ -518,11 +532,7 @@ class CohesiveProblem(ElasticProblem):
         if self.solver.stats.iterations[-1] > self.rebuild_after:
             log.info("cohesive: rebuilding the preconditioner after %d CG iterations",
                      self.solver.stats.iterations[-1])
-            current = self._A.data.copy()
-            self._set_interface(self.law_state(self.openings(u), kappa_old, tangent=False)[1])
-            self.solver.rebuild(self._A.copy())
-            self._A.data[...] = current
-            self.rebuilds += 1
+            self._rebuild_preconditioner(u, kappa_old)
         return x
 
     # --- reductions ----------------------------------------------------------
@@ -544,17 +554,17 @@ def _sum_pairs(iface: VoxelInterface, corner_values: np.ndarray) -> np.ndarray:
 
 def _block_positions(A: sp.bsr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Index into ``A.data`` of the blocks (rows[i], cols[i]) (all must exist)."""
-    start = A.indptr[rows]
-    counts = A.indptr[rows + 1] - start
-    # columns are sorted within a row: binary search per row, vectorised through a global key
-    key = np.repeat(np.arange(A.indptr.size - 1, dtype=np.int64), np.diff(A.indptr)) * A.shape[1] + A.indices
-    pos = np.searchsorted(key, rows.astype(np.int64) * A.shape[1] + cols)
-    if (counts == 0).any() or not np.array_equal(A.indices[pos], cols):
+    # blocks are sorted by (row, column): one binary search over a global (row, column) key
+    nb = A.indptr.size - 1
+    key = np.repeat(np.arange(nb, dtype=np.int64), np.diff(A.indptr)) * nb + A.indices
+    want = rows.astype(np.int64) * nb + cols
+    pos = np.minimum(np.searchsorted(key, want), key.size - 1)
+    if not np.array_equal(key[pos], want):
         raise RuntimeError("interface block missing from the matrix pattern")
     return pos
 
 
-def debonded_patches(face_nodes_key: np.ndarray, debonded: np.ndarray, particle: np.ndarray, area: np.ndarray,
+def debonded_patches(face_pairs: np.ndarray, debonded: np.ndarray, particle: np.ndarray, area: np.ndarray,
                      n_particles: int) -> np.ndarray:
     """Area of the largest connected debonded patch of every particle, (n_particles,).
 
@@ -562,7 +572,7 @@ def debonded_patches(face_nodes_key: np.ndarray, debonded: np.ndarray, particle:
 
     Parameters
     ----------
-    face_nodes_key : (nf, 4) int, node pair of every face corner
+    face_pairs : (nf, 4) int, node pair of every face corner
     debonded : (nf,) bool
     particle : (nf,) int
     area : (nf,) float
@@ -571,7 +581,7 @@ def debonded_patches(face_nodes_key: np.ndarray, debonded: np.ndarray, particle:
     f = np.flatnonzero(debonded)
     if f.size == 0:
         return out
-    nodes = face_nodes_key[f]
+    nodes = face_pairs[f]
     _, nidx = np.unique(nodes.ravel(), return_inverse=True)
     nidx = nidx.reshape(nodes.shape)
     nn = int(nidx.max()) + 1

@@ -37,7 +37,7 @@ def test_single_element_dissipates_fracture_energy(direction):
     law = CohesiveLaw(strength_Pa=100e6, fracture_energy_J_m2=1.0, penalty_Pa_m=K0)
     ph = np.ones((2, 2, 2), np.uint8)
     ph[1] = 2
-    mesh, prob = problem(ph, (ph == 2).astype(np.int32), law)
+    _, prob = problem(ph, (ph == 2).astype(np.int32), law)
     it = prob.interface
     assert it.n_faces == 4
     np.testing.assert_allclose(it.point_normal, [[-1.0, 0, 0]] * 16, atol=1e-12)  # AP on top: n points down
@@ -74,7 +74,6 @@ def test_opening_forces_are_the_gradient_of_the_interface_energy():
     rng = np.random.default_rng(0)
     u = rng.normal(scale=1e-11, size=3 * prob.mesh.n_nodes)
     du = rng.normal(scale=1e-15, size=u.size)
-    f = prob.interface_forces(u)
 
     def energy(v):  # undamaged law is linear: E = 1/2 sum A delta . K delta
         t = prob.tractions(v)
