@@ -28,14 +28,17 @@ tangential part ``delta_t``; effective opening
   linearly to zero at ``delta_f``; the work of full separation is ``G_c`` per
   area in any mode mix. Damage never decreases.
 
-The nonlinear equations are solved by the secant (fixed-point) scheme: with
-the damage and contact state frozen the law is linear, ``t = S delta``; solve,
-update the state from the new openings, repeat until the residual of the
-updated law is below ``nl_rtol``. The secant matrices are symmetric positive
-definite, so CG applies; the AMG hierarchy of the undamaged stiffness is built
-once and preconditions every later (softer) matrix. A step that does not
-converge is cut into halves (up to ``max_cuts`` times), committing damage
-along the way; when even that fails a ConvergenceError is raised.
+The nonlinear equations are solved by Newton's method with the consistent
+tangent. With the history frozen at the start of a load increment the law
+derives from an incremental potential (:meth:`CohesiveProblem.point_energy`),
+so the total potential is a merit function: every Newton step is shortened
+until it decreases (Armijo), and no opening moves by more than ``delta_f`` in
+one iteration. Where CG cannot solve the tangent (unstable softening makes it
+indefinite) the positive definite secant matrix gives the direction. A load
+increment that does not converge in ``nl_maxiter`` iterations is halved (down
+to 1/2^``max_cuts``, then ConvergenceError); one that converges easily doubles
+the next. The AMG hierarchy or factorisation of an earlier matrix
+preconditions CG and is rebuilt when the iterations double.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ log = logging.getLogger(__name__)
 MIN_COS = 0.05
 #: penalty stiffness K0 = PENALTY_FACTOR * E_harmonic / voxel size when not given
 PENALTY_FACTOR = 100.0
+#: step halvings of the Newton line search before a load sub-step is cut
+MAX_HALVINGS = 6
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,30 @@ class CohesiveLaw:
     def delta_f(self) -> float:
         """Effective opening at full separation, m."""
         return 2.0 * self.fracture_energy_J_m2 / self.strength_Pa
+
+    @property
+    def residual_onset(self) -> float:
+        """Effective opening beyond which the residual stiffness carries more than the softening line, m."""
+        d0, df = self.delta_0, self.delta_f
+        return df / (1.0 + self.residual * (df - d0) / d0)
+
+    def envelope_energy(self, lam: np.ndarray) -> np.ndarray:
+        """Work per area of a monotonic effective opening from 0 to ``lam``, J/m^2.
+
+        The integral of the envelope traction ``max(1 - g, residual) K0 s``:
+        elastic to ``delta_0``, the softening line to :attr:`residual_onset`,
+        then the residual stiffness.
+        """
+        lam = np.asarray(lam, float)
+        k0, d0, df, sc = self.penalty_Pa_m, self.delta_0, self.delta_f, self.strength_Pa
+        s_r = self.residual_onset
+
+        def soft(s):  # integral of the softening line from delta_0 to s
+            return sc / (df - d0) * (df * (s - d0) - 0.5 * (s**2 - d0**2))
+
+        e_soft = 0.5 * k0 * d0**2 + soft(np.clip(lam, d0, s_r))
+        e_res = 0.5 * self.residual * k0 * (np.maximum(lam, s_r) ** 2 - s_r**2)
+        return np.where(lam <= d0, 0.5 * k0 * lam**2, e_soft + e_res)
 
     def damage(self, lam: np.ndarray) -> np.ndarray:
         """Damage ``g(lambda)`` of a monotonic effective opening (no history), in [0, 1]."""
@@ -289,12 +318,16 @@ class CohesiveProblem(ElasticProblem):
     nl_rtol : float
         Relative residual of the nonlinear equations, ``||r|| / ||f||``.
     nl_maxiter : int
-        Secant iterations per (sub)step before the step is cut.
+        Newton iterations per load increment before it is halved.
     max_cuts : int
-        Halvings of a step before a ConvergenceError.
+        Smallest increment 1/2^max_cuts of a step before a ConvergenceError.
     rebuild_after : int
-        CG iterations of one solve above which the preconditioner (built for
-        the undamaged interface) is rebuilt from the current secant matrix.
+        CG iterations above which (and above twice those of the first solve
+        after the last rebuild) the preconditioner is rebuilt from the current matrix.
+    easy_iterations : int
+        An increment converged within this many iterations doubles the next one.
+    linear_maxiter : int
+        CG iterations of one Newton correction before the preconditioner is rebuilt.
     **kwargs : passed to ElasticProblem (top, stack_pressure_Pa, solver, rtol, ...)
 
     Attributes
@@ -306,7 +339,8 @@ class CohesiveProblem(ElasticProblem):
     """
 
     def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], faces: Mapping, law: CohesiveLaw,
-                 *, nl_rtol: float = 1e-6, nl_maxiter: int = 60, max_cuts: int = 8, rebuild_after: int = 60, **kwargs):
+                 *, nl_rtol: float = 1e-6, nl_maxiter: int = 12, max_cuts: int = 10, rebuild_after: int = 30,
+                 easy_iterations: int = 4, linear_maxiter: int = 300, **kwargs):
         if kwargs.get("backend", "assembled") != "assembled":
             raise ConfigError("interface.model = 'cohesive' needs solver.backend = 'assembled' (the matrix-free "
                               "multigrid covers bonded voxel meshes only)")
@@ -324,7 +358,12 @@ class CohesiveProblem(ElasticProblem):
         self.kappa = np.zeros(self.interface.n_points)
         self.history: list[dict] = []
         self.rebuild_after = int(rebuild_after)
+        self.easy_iterations = int(easy_iterations)
+        self.linear_maxiter = int(linear_maxiter)
         self.rebuilds = 0
+        self._fresh_its = 0
+        self._last_its = 0
+        self._f_scale = 0.0
         self._eps_prev = np.zeros(mesh.n_cells)
         self._u_prev = None
         super().__init__(split, materials, **kwargs)
@@ -398,7 +437,7 @@ class CohesiveProblem(ElasticProblem):
         K = law.penalty_Pa_m * (kn[:, None, None] * nn + (soft * beta2)[:, None, None] * (np.eye(3)[None] - nn))
         t = np.einsum("pij,pj->pi", K, delta)
         if tangent:  # softening points that open further: add (T' lam - T) / lam^3 v v^T
-            load = (lam >= kappa_old) & (lam > law.delta_0) & (d < 1.0)
+            load = (lam >= kappa_old) & (lam > law.delta_0) & (lam < law.residual_onset)
             if load.any():
                 v = pos[load, None] * n[load] + beta2 * dt[load]
                 lm = lam[load]
@@ -406,6 +445,31 @@ class CohesiveProblem(ElasticProblem):
                 dT = -law.strength_Pa / (law.delta_f - law.delta_0)
                 K[load] += ((dT * lm - T) / lm**3)[:, None, None] * np.einsum("pi,pj->pij", v, v)
         return t, K, kappa
+
+    def point_energy(self, delta: np.ndarray, kappa_old: np.ndarray) -> np.ndarray:
+        """Incremental potential per area of every point for openings ``delta`` (npt, 3), J/m^2.
+
+        With the history ``kappa_old`` frozen, the tractions of
+        :meth:`law_state` are the gradient of this potential: unloading and
+        reloading below ``kappa_old`` is linear with the committed damage,
+        beyond it the envelope is followed. Contact adds ``K0 <-delta_n>^2 / 2``.
+        """
+        law = self.law
+        n = self.interface.point_normal
+        dn = np.einsum("pi,pi->p", delta, n)
+        dt = delta - dn[:, None] * n
+        lam = np.sqrt(np.maximum(dn, 0.0) ** 2 + law.mode_mixity**2 * np.einsum("pi,pi->p", dt, dt))
+        soft = np.maximum(1.0 - law.damage(kappa_old), law.residual)
+        below = 0.5 * soft * law.penalty_Pa_m * np.minimum(lam, kappa_old) ** 2
+        beyond = law.envelope_energy(np.maximum(lam, kappa_old)) - law.envelope_energy(kappa_old)
+        return below + beyond + 0.5 * law.penalty_Pa_m * np.minimum(dn, 0.0) ** 2
+
+    def energy(self, u: np.ndarray, f: np.ndarray, kappa_old: np.ndarray | None = None) -> float:
+        """Total potential ``u.Kb.u / 2 - f.u + sum A psi`` for the history ``kappa_old`` (default committed), J."""
+        u = np.ravel(u)
+        kappa_old = self.kappa if kappa_old is None else kappa_old
+        psi = self.point_energy(self.openings(u), kappa_old)
+        return float(0.5 * u @ (self._Kb @ u) - f @ u + psi @ self.interface.point_area)
 
     def tractions(self, u: np.ndarray) -> np.ndarray:
         """Traction on the electrolyte side for the committed history, (npt, 3) in Pa."""
@@ -438,102 +502,144 @@ class CohesiveProblem(ElasticProblem):
             pos = self._pos[key]
             data[pos] = self._bulk_data[pos] + sign * Kp * self._mask[key]
 
-    def _rebuild_preconditioner(self, u: np.ndarray, kappa_old: np.ndarray) -> None:
-        """Rebuild the factorisation / AMG hierarchy from the secant matrix of the state at ``u``."""
-        A = self._A.copy()
-        self._set_interface(self.law_state(self.openings(u), kappa_old, tangent=False)[1], A.data)
-        self.solver.rebuild(A)
-        self.rebuilds += 1
-
     # --- solving -----------------------------------------------------------
     def solve(self, eigenstrain: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
-        """Equilibrium for the cell eigenstrains; commits the damage. Returns u (nn, 3), m."""
+        """Equilibrium for the cell eigenstrains; commits the damage. Returns u (nn, 3), m.
+
+        The load goes from the last solved eigenstrain to this one in
+        sub-steps: a sub-step whose Newton iterations fail is halved, one
+        that converges within ``easy_iterations`` doubles the next.
+        """
         t0 = time.perf_counter()
         eps = np.asarray(eigenstrain, float)
         eps_prev, u = self._eps_prev, (self._u_prev if x0 is None else np.ravel(x0))
-        record = {"nonlinear_iterations": 0, "linear_iterations": 0, "cuts": 0}
+        record = {"nonlinear_iterations": 0, "linear_iterations": 0, "cuts": 0, "substeps": 0}
         s_done, ds = 0.0, 1.0
         while s_done < 1.0 - 1e-12:
             s = min(1.0, s_done + ds)
             try:
-                u_new, kappa = self._solve_increment(eps_prev + s * (eps - eps_prev), u, record)
+                u_new, kappa, its = self._solve_increment(eps_prev + s * (eps - eps_prev), u, record)
             except _NotConverged as exc:
                 record["cuts"] += 1
-                if record["cuts"] > self.max_cuts:
-                    raise ConvergenceError(
-                        f"cohesive interface did not converge after {self.max_cuts} step cuts ({exc}; load "
-                        f"fraction {s_done:.4f} of the step reached): use more time steps ([cycling] steps) "
-                        "or a tougher interface (fracture_energy_J_m2)",
-                        iterations=record["nonlinear_iterations"]) from None
                 ds /= 2.0
+                if ds < 2.0**-self.max_cuts:
+                    raise ConvergenceError(
+                        f"cohesive interface did not converge on a sub-step of 1/2^{self.max_cuts} of the load "
+                        f"step ({exc}; load fraction {s_done:.4f} of the step reached): use more time steps "
+                        "([cycling] steps) or a tougher interface (fracture_energy_J_m2)",
+                        iterations=record["nonlinear_iterations"]) from None
                 continue
             self.kappa = kappa
             u, s_done = u_new, s
+            record["substeps"] += 1
+            if its <= self.easy_iterations:
+                ds *= 2.0
         self._eps_prev, self._u_prev = eps.copy(), u.copy()
         record["seconds"] = time.perf_counter() - t0
         self.history.append(record)
         return u.reshape(-1, 3)
 
     def _solve_increment(self, eps: np.ndarray, u0, record: dict):
-        """Newton on the interface law for one load; returns (u, kappa).
+        """Newton with an energy line search for one load; returns (u, kappa, iterations).
 
-        When CG cannot solve the tangent system (an indefinite tangent:
-        unstable softening) that iteration takes a secant step instead.
+        The direction solves the consistent tangent; where CG cannot solve
+        it (an indefinite tangent: unstable softening) the secant matrix,
+        positive definite, gives the direction. The step length halves until
+        the incremental potential (:meth:`point_energy`) decreases (Armijo);
+        no decrease after ``MAX_HALVINGS`` raises _NotConverged.
         """
         f = self.load(eps)
-        fnorm = max(float(np.linalg.norm(f)), 1e-300)
+        # relative to the largest load so far: an unloaded state (f = 0) still has a scale
+        self._f_scale = max(self._f_scale, float(np.linalg.norm(f)))
+        fnorm = max(self._f_scale, 1e-300)
         kappa_old = self.kappa
+        area = self.interface.point_area
         u = np.zeros_like(f) if u0 is None else np.asarray(u0, float).ravel().copy()
         fixed = self.fixed.ravel()
         res = np.inf
-        use_tangent = True
-        for _ in range(self.nl_maxiter):
-            t, K, kappa = self.law_state(self.openings(u), kappa_old)
-            r = self._Kb @ u + self._scatter(t * self.interface.point_area[:, None]) - f
+        for it in range(self.nl_maxiter + 1):
+            delta = self.openings(u)
+            t, K, kappa = self.law_state(delta, kappa_old)
+            Ku = self._Kb @ u
+            r = Ku + self._scatter(t * area[:, None]) - f
             r[fixed] = 0.0
             res = float(np.linalg.norm(r)) / fnorm
-            log.debug("newton: residual %.2e, points past onset %d", res, int((kappa > self.law.delta_0).sum()))
+            log.debug("newton %d: residual %.2e, points past onset %d", it, res,
+                      int((kappa > self.law.delta_0).sum()))
             if res < self.nl_rtol:
-                return u, kappa
+                return u, kappa, it
+            if it == self.nl_maxiter:
+                break
             record["nonlinear_iterations"] += 1
-            # inexact Newton: solve the correction only as well as the final residual needs
-            lin_rtol = min(1e-2, max(self.solver.rtol, 0.1 * self.nl_rtol / res))
-            if use_tangent:
-                self._set_interface(K)
-                try:  # an indefinite tangent shows as CG stalling: give it a bounded number of iterations
-                    du = self._linear_solve(-r, lin_rtol, u, kappa_old, maxiter=3 * self.rebuild_after)
-                except ConvergenceError:
-                    use_tangent = False
-                    log.info("cohesive: indefinite tangent (unstable softening); secant steps for this load")
-            if not use_tangent:
-                self._set_interface(self.law_state(self.openings(u), kappa_old, tangent=False)[1])
-                try:
-                    du = self._linear_solve(-r, lin_rtol, u, kappa_old)
-                except ConvergenceError:  # the preconditioner is stale: rebuild it from this secant once
-                    self._rebuild_preconditioner(u, kappa_old)
-                    try:
-                        du = self._linear_solve(-r, lin_rtol, u, kappa_old)
-                    except ConvergenceError as exc:
-                        raise _NotConverged(str(exc)) from None
-            record["linear_iterations"] += int(self.solver.stats.iterations[-1])
-            u += du
+            # inexact Newton (forcing term proportional to the residual: superlinear near the solution)
+            lin_rtol = min(1e-2, max(self.solver.rtol, 0.1 * self.nl_rtol / res, 0.1 * res))
+            du = self._direction(r, K, u, kappa_old, lin_rtol, record)
+            slope = float(r @ du)
+            if slope >= 0.0:  # not a descent direction: the tangent was indefinite after all
+                du = self._direction(r, None, u, kappa_old, lin_rtol, record)
+                slope = float(r @ du)
+            # energy change along the step, without cancellation: dPi(a) = a du.(Ku - f) + a^2/2 du.K du + A dpsi
+            Kdu = self._Kb @ du
+            g1, g2 = float(du @ (Ku - f)), float(du @ Kdu)
+            psi0 = self.point_energy(delta, kappa_old)
+            ddelta = self.openings(du)
+            # trust region: no opening moves by more than delta_f in one iteration (a tangent that is nearly
+            # singular, e.g. a particle debonding all round, would otherwise throw it far in one step)
+            alpha = min(1.0, self.law.delta_f / max(float(np.abs(ddelta).max()), 1e-300))
+            for _ in range(MAX_HALVINGS + 1):
+                dpsi = self.point_energy(delta + alpha * ddelta, kappa_old) - psi0
+                change = alpha * g1 + 0.5 * alpha**2 * g2 + float(dpsi @ area)
+                if change <= 1e-4 * alpha * slope:
+                    break
+                alpha /= 2.0
+            else:
+                raise _NotConverged(f"no energy decrease along the Newton direction at residual {res:.2e}")
+            log.debug("newton %d: step length %.3g", it, alpha)
+            u += alpha * du
         raise _NotConverged(f"Newton residual {res:.2e} after {self.nl_maxiter} iterations")
 
-    def _linear_solve(self, b: np.ndarray, rtol: float, u: np.ndarray, kappa_old: np.ndarray,
-                      maxiter: int | None = None) -> np.ndarray:
-        """CG on the current matrix, preconditioned by the solver of an earlier secant matrix.
+    def _direction(self, r: np.ndarray, K_points: np.ndarray | None, u: np.ndarray, kappa_old: np.ndarray,
+                   rtol: float, record: dict) -> np.ndarray:
+        """Newton correction ``-A^{-1} r`` for the tangent ``K_points`` (None: the secant matrix).
 
-        When a solve needed more than ``rebuild_after`` CG iterations (damage
-        has moved the matrix away from the preconditioner), the factorisation
-        / AMG hierarchy is rebuilt from the secant matrix of the current state
-        for the next solves. A failed solve raises ConvergenceError.
+        CG on the current matrix, preconditioned by the AMG / factorisation of
+        an earlier one; the preconditioner is rebuilt from the current matrix
+        when the last solve took more than twice the iterations of the first
+        solve after the last rebuild (damage moved the matrix away from it),
+        and when CG fails. A tangent that CG still cannot solve falls back to
+        the secant matrix; a secant that fails raises _NotConverged.
         """
-        x = self.solver.solve(b, A=self._A, rtol=rtol, maxiter=maxiter)
-        if self.solver.stats.iterations[-1] > self.rebuild_after:
-            log.info("cohesive: rebuilding the preconditioner after %d CG iterations",
-                     self.solver.stats.iterations[-1])
-            self._rebuild_preconditioner(u, kappa_old)
-        return x
+        secant = K_points is None
+        if secant:
+            K_points = self.law_state(self.openings(u), kappa_old, tangent=False)[1]
+        self._set_interface(K_points)
+        if self._last_its > max(2 * self._fresh_its, self.rebuild_after):
+            self._rebuild_preconditioner()
+        for attempt in range(2):
+            try:
+                du = self.solver.solve(-r, A=self._A, rtol=rtol, maxiter=self.linear_maxiter)
+            except ConvergenceError as exc:
+                if attempt == 0:
+                    self._rebuild_preconditioner()
+                    continue
+                if secant:
+                    raise _NotConverged(str(exc)) from None
+                log.info("cohesive: CG cannot solve the tangent (unstable softening); secant direction")
+                return self._direction(r, None, u, kappa_old, rtol, record)
+            its = int(self.solver.stats.iterations[-1])
+            record["linear_iterations"] += its
+            self._last_its = its
+            if self._fresh_its == 0:
+                self._fresh_its = its
+            return du
+        raise AssertionError("unreachable")
+
+    def _rebuild_preconditioner(self) -> None:
+        """Rebuild the factorisation / AMG hierarchy from the current matrix (own copy)."""
+        self.solver.rebuild(self._A.copy())
+        self.rebuilds += 1
+        self._fresh_its = 0
+        self._last_its = 0
 
     # --- reductions ----------------------------------------------------------
     def face_damage(self, damage: np.ndarray | None = None) -> np.ndarray:

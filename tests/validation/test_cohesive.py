@@ -66,23 +66,39 @@ def test_single_element_dissipates_fracture_energy(direction):
     assert peak == pytest.approx(law.strength_Pa, rel=1e-3)
 
 
-def test_opening_forces_are_the_gradient_of_the_interface_energy():
-    """Nodal forces equal the work-conjugate of the openings (checked by finite differences of the work)."""
-    law = CohesiveLaw(strength_Pa=50e6, fracture_energy_J_m2=2.0, penalty_Pa_m=K0)
+def test_tractions_and_tangent_derive_from_the_incremental_potential():
+    """Tractions = d psi / d delta and the Newton tangent = d t / d delta, on every branch of the law
+    (elastic, softening, unloading below the history, residual, contact), by central differences."""
+    law = CohesiveLaw(strength_Pa=50e6, fracture_energy_J_m2=0.05, penalty_Pa_m=K0, mode_mixity=0.7,
+                      residual=1e-3)
     ph, pa = sphere(2.5, 8)
     _, prob = problem(ph, pa, law, solver="direct")
     rng = np.random.default_rng(0)
-    u = rng.normal(scale=1e-11, size=3 * prob.mesh.n_nodes)
-    du = rng.normal(scale=1e-15, size=u.size)
-
-    def energy(v):  # undamaged law is linear: E = 1/2 sum A delta . K delta
-        t = prob.tractions(v)
-        return 0.5 * float(np.einsum("pi,pi,p->", t, prob.openings(v), prob.interface.point_area))
-
-    law_lin = CohesiveLaw(strength_Pa=1e12, fracture_energy_J_m2=1e9, penalty_Pa_m=K0)
-    prob.law = law_lin
-    f = prob.interface_forces(u)
-    assert energy(u + du) - energy(u - du) == pytest.approx(2 * f @ du, rel=1e-6)
+    npt = prob.interface.n_points
+    scale = np.array([0.3 * law.delta_0, 3.0 * law.delta_0, 0.5 * law.delta_f, 1.5 * law.delta_f])
+    delta = rng.normal(size=(npt, 3)) * scale[rng.integers(0, 4, npt)][:, None]
+    kappa_old = np.where(rng.random(npt) < 0.5, 0.0, rng.random(npt) * 1.2 * law.delta_f)
+    t, K, _ = prob.law_state(delta, kappa_old)
+    lam = np.linalg.norm(delta, axis=1)
+    h = 1e-7 * np.maximum(lam, law.delta_0)[:, None]
+    branch_hit = {"contact": 0, "softening": 0, "residual": 0, "unloading": 0}
+    for i in range(3):
+        e = np.zeros(3)
+        e[i] = 1.0
+        dp, dm = delta + h * e, delta - h * e
+        grad = (prob.point_energy(dp, kappa_old) - prob.point_energy(dm, kappa_old)) / (2 * h[:, 0])
+        np.testing.assert_allclose(grad, t[:, i], rtol=1e-5, atol=1e-6 * law.strength_Pa)
+        dt = (prob.law_state(dp, kappa_old)[0] - prob.law_state(dm, kappa_old)[0]) / (2 * h)
+        np.testing.assert_allclose(dt, K[:, :, i], rtol=1e-4, atol=1e-6 * law.penalty_Pa_m)
+    dn = np.einsum("pi,pi->p", delta, prob.interface.point_normal)
+    branch_hit["contact"] = int((dn < 0).sum())
+    lam_eff = np.sqrt(np.maximum(dn, 0) ** 2 + law.mode_mixity**2 * (lam**2 - dn**2))
+    branch_hit["softening"] = int(((lam_eff > kappa_old) & (lam_eff > law.delta_0)
+                                   & (lam_eff < law.residual_onset)).sum())
+    branch_hit["residual"] = int((lam_eff > law.residual_onset).sum())
+    branch_hit["unloading"] = int(((lam_eff < kappa_old) & (kappa_old > law.delta_0)).sum())
+    print(branch_hit)
+    assert min(branch_hit.values()) > 20
 
 
 def test_very_strong_interface_gives_the_bonded_result():
