@@ -74,6 +74,8 @@ def make_plots(out: Path, table: dict[str, np.ndarray], summary: dict) -> list[t
     plots.append((_save(plt, fig, out / "interface_traction.png"),
                   "Mean normal traction on each particle's electrolyte interface."))
 
+    if summary.get("interface", {}).get("model") == "cohesive":
+        plots += delamination_plots(plt, out, table, summary)
     if summary.get("mode") == "galvanostatic":
         plots += transient_plots(plt, out, table, summary)
     elif len(summary["steps"]) > 1:
@@ -85,6 +87,48 @@ def make_plots(out: Path, table: dict[str, np.ndarray], summary: dict) -> list[t
         ax.set_ylabel("mean von Mises (MPa)")
         ax.legend()
         plots.append((_save(plt, fig, out / "stress_vs_soc.png"), "Mean von Mises stress per phase against SOC."))
+    return plots
+
+
+def delamination_plots(plt, out: Path, table: dict[str, np.ndarray], summary: dict) -> list[tuple[str, str]]:
+    """Debonded and damaged interface against SOC and half-cycle; per particle against size and void."""
+    steps = summary["steps"]
+    soc = np.array([s["soc"] for s in steps])
+    half = np.array([s.get("half_cycle", 1) for s in steps])
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    for h in np.unique(half):
+        sel = half == h
+        ax[0].plot(soc[sel], [steps[i]["debonded_fraction"] for i in np.flatnonzero(sel)], "o-",
+                   label=f"debonded, half-cycle {h}")
+        ax[0].plot(soc[sel], [steps[i]["damaged_fraction"] for i in np.flatnonzero(sel)], "x--",
+                   label=f"damaged, half-cycle {h}")
+    ax[0].set_xlabel("electrode mean theta")
+    ax[0].set_ylabel("fraction of the AP|SE area")
+    ax[0].legend(fontsize=8)
+    k = np.arange(1, len(steps) + 1)
+    ax[1].plot(k, [s["debonded_fraction"] for s in steps], "C3o-", label="debonded (d = 1)")
+    ax[1].plot(k, [s["capacity_accessible_fraction"] for s in steps], "C0s-", label="capacity accessible")
+    ax[1].set_xlabel("output step (half-cycles in order)")
+    ax[1].set_ylabel("fraction")
+    ax[1].set_ylim(-0.02, 1.02)
+    ax[1].legend(fontsize=8)
+    plots = [(_save(plt, fig, out / "delamination_vs_soc.png"),
+              "Debonded (d = 1) and damaged (d > 0) fraction of the AP|SE interface against SOC per "
+              "half-cycle, and the debonded fraction and accessible capacity over the run.")]
+
+    last = int(table["step"].max())
+    rows = (table["step"] == last) & table["meshed"] & (table["se_contact_area_um2"] > 0)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    for a, (xk, xl) in zip(ax, (("eq_diameter_um", "equivalent diameter (µm)"),
+                                ("local_void_fraction", "local void fraction"))):
+        sc = a.scatter(table[xk][rows], table["debonded_fraction"][rows], s=14,
+                       c=table["interface_damage_mean"][rows], vmin=0, vmax=1, cmap="viridis")
+        a.set_xlabel(xl)
+        a.set_ylabel("debonded fraction of the particle's interface")
+    fig.colorbar(sc, ax=ax[1], label="mean interface damage")
+    plots.append((_save(plt, fig, out / "delamination_per_particle.png"),
+                  f"Per particle at step {last}: debonded fraction of its AP|SE interface against size and "
+                  "local void fraction (colour: mean damage)."))
     return plots
 
 

@@ -348,6 +348,10 @@ class CohesiveProblem(ElasticProblem):
             raise ConfigError("interface.model = 'cohesive' is implemented on voxel-hex meshes only")
         if np.asarray(faces["ap_voxel"]).size == 0:
             raise MeshError("interface.model = 'cohesive' but the mesh has no AP|SE face")
+        if kwargs.get("solver", "auto") == "auto":
+            # the preconditioner is rebuilt as damage grows: SuperLU takes 2 s per factorisation at
+            # 10k dof (14^3 sample), AMG 0.1 s; the whole run was 3.4x faster with AMG
+            kwargs["solver"] = "amg"
         self.law = law
         self.nl_rtol = float(nl_rtol)
         self.nl_maxiter = int(nl_maxiter)
