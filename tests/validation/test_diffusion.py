@@ -35,8 +35,8 @@ def test_series_limits():
     assert series_mean_minus_centre(1e-4, 4000) == pytest.approx(0.0, abs=0.02)
 
 
-def test_mass_balance_galvanostatic_exact():
-    """Li in the particles changes exactly by current x time / F (to solver tolerance), charge and back."""
+def composite_cycle():
+    """A 14^3 three-phase composite, NMC in SE, cycled 0.8 -> 0.3 -> 0.8 at 2C in 6 steps per half."""
     ph, pa = make_composite((14, 14, 14), active_fraction=0.45, void_fraction=0.1, radius=3, seed=5)
     mesh = voxel_hex_mesh(ph, pa, [0.5e-6] * 3)
     nmc = get_material("NMC")
@@ -44,6 +44,12 @@ def test_mass_balance_galvanostatic_exact():
     faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
     proto = Galvanostatic(c_rate=2.0, soc_start=0.8, soc_end=0.3, cycles=2, steps=6)
     diff = DiffusionProblem(mesh, D=nmc.D_m2_s, dt=proto.dt, faces=faces)
+    return mesh, nmc, mech, faces, proto, diff
+
+
+def test_mass_balance_galvanostatic_exact():
+    """Li in the particles changes exactly by current x time / F (to solver tolerance), charge and back."""
+    mesh, nmc, mech, faces, proto, diff = composite_cycle()
     reach = np.bincount(faces["particle"], minlength=mesh.particles.max() + 1) > 0
     vol = diff.mass[reach[diff.node_particle]].sum()
     current_A = 96485.33212 * nmc.c_max_mol_m3 * 0.5 * vol / proto.half_cycle_s  # from the window
@@ -60,13 +66,7 @@ def test_flux_mask_blocks_debonded_faces_and_conserves_li():
     """Faces the mask switches off carry no Li: a particle whose faces are all masked (debonded) keeps
     its state, and the current of every half-cycle is the window capacity of the particles still
     reachable, passed through the bonded area; Li changes exactly by current x time / F."""
-    ph, pa = make_composite((14, 14, 14), active_fraction=0.45, void_fraction=0.1, radius=3, seed=5)
-    mesh = voxel_hex_mesh(ph, pa, [0.5e-6] * 3)
-    nmc = get_material("NMC")
-    mech = ElasticProblem(mesh, {1: SE, 2: nmc}, solver="direct")
-    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
-    proto = Galvanostatic(c_rate=2.0, soc_start=0.8, soc_end=0.3, cycles=2, steps=6)
-    diff = DiffusionProblem(mesh, D=nmc.D_m2_s, dt=proto.dt, faces=faces)
+    mesh, nmc, mech, faces, proto, diff = composite_cycle()
     counts = np.bincount(faces["particle"], minlength=mesh.particles.max() + 1)
     blocked_particle = int(np.argmax(counts))  # the particle with the largest interface debonds on charge
     mask_after = faces["particle"] != blocked_particle
