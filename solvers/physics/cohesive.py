@@ -468,21 +468,9 @@ class CohesiveProblem(ElasticProblem):
         beyond = law.envelope_energy(np.maximum(lam, kappa_old)) - law.envelope_energy(kappa_old)
         return below + beyond + 0.5 * law.penalty_Pa_m * np.minimum(dn, 0.0) ** 2
 
-    def energy(self, u: np.ndarray, f: np.ndarray, kappa_old: np.ndarray | None = None) -> float:
-        """Total potential ``u.Kb.u / 2 - f.u + sum A psi`` for the history ``kappa_old`` (default committed), J."""
-        u = np.ravel(u)
-        kappa_old = self.kappa if kappa_old is None else kappa_old
-        psi = self.point_energy(self.openings(u), kappa_old)
-        return float(0.5 * u @ (self._Kb @ u) - f @ u + psi @ self.interface.point_area)
-
     def tractions(self, u: np.ndarray) -> np.ndarray:
         """Traction on the electrolyte side for the committed history, (npt, 3) in Pa."""
         return self.law_state(self.openings(u), self.kappa, tangent=False)[0]
-
-    def interface_forces(self, u: np.ndarray, kappa: np.ndarray | None = None) -> np.ndarray:
-        """Internal nodal forces of the interface elements on the split nodes, (3 nn,) in N."""
-        t = self.law_state(self.openings(u), self.kappa if kappa is None else kappa, tangent=False)[0]
-        return self._scatter(t * self.interface.point_area[:, None])
 
     def _scatter(self, point_forces: np.ndarray) -> np.ndarray:
         """Point forces on the SE side (npt, 3) -> nodal vector (+ on SE nodes, - on AP nodes)."""
