@@ -145,12 +145,23 @@ def group_stats(groups: np.ndarray, values: np.ndarray, n_groups: int, *,
     return out
 
 
-def tet_interface_faces(mesh) -> dict[str, np.ndarray]:
+def tet_interface_faces(mesh, *, sigma_voxels: float | None = None) -> dict[str, np.ndarray]:
     """AP|SE triangles of a tetrahedral mesh with their unit normals (from the particle outwards).
+
+    Parameters
+    ----------
+    mesh : TetMesh
+    sigma_voxels : float, optional
+        Replace the triangle normals by the smoothed normals of the voxel
+        image (:func:`smoothed_normals`, averaged over the voxels of the two
+        cells), as on voxel-hex meshes: voxel-tet triangles lie on staircase
+        voxel faces whose own normals are the grid axes. Conforming meshes
+        keep their geometric normals (the default).
 
     Returns
     -------
-    dict of (nf,) arrays: ``ap_cell``, ``se_cell``, ``particle``, ``area`` (m^2), ``normal`` (nf, 3).
+    dict of (nf,) arrays: ``ap_cell``, ``se_cell``, ``particle``, ``area`` (m^2), ``normal`` (nf, 3),
+    ``nodes`` (nf, 3) the triangle's node indices.
     """
     cells = mesh.cells
     local = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
@@ -173,4 +184,11 @@ def tet_interface_faces(mesh) -> dict[str, np.ndarray]:
     n /= (2 * area)[:, None]
     out_dir = mesh.points[cells[se]].mean(axis=1) - mesh.points[cells[ap]].mean(axis=1)
     n *= np.sign(np.einsum("fi,fi->f", n, out_dir))[:, None]
-    return {"ap_cell": ap, "se_cell": se, "particle": mesh.cell_particle[ap], "area": area, "normal": n}
+    if sigma_voxels is not None and ap.size:
+        g = smoothed_normals(mesh.phases == ACTIVE, mesh.spacing, sigma_voxels).reshape(-1, 3)
+        gs = 0.5 * (g[mesh.cell_voxel[ap]] + g[mesh.cell_voxel[se]])
+        norm = np.linalg.norm(gs, axis=1)
+        ok = norm > 1e-12 * norm.max()
+        n[ok] = gs[ok] / norm[ok, None]
+    return {"ap_cell": ap, "se_cell": se, "particle": mesh.cell_particle[ap], "area": area, "normal": n,
+            "nodes": t}

@@ -42,6 +42,10 @@ class TetMesh:
     spacing : (3,) voxel size, metres
     extent : (3,) box size, metres; the box is [0, extent] (voxel-tet: shape * spacing;
         conforming CGAL meshes place voxel centres on integer coordinates: (shape - 1) * spacing)
+    phases, particles : (Z, Y, X) the label image that was meshed (floating solid removed), so
+        per-particle geometry and phase fractions read the same labels as on voxel meshes
+    removed_voxels : int, solid voxels not face-connected to the main body (left out)
+    kind : "voxel-tet" or "conforming-tet"
     """
 
     points: np.ndarray
@@ -52,6 +56,10 @@ class TetMesh:
     shape: tuple
     spacing: np.ndarray
     extent: np.ndarray
+    phases: np.ndarray
+    particles: np.ndarray
+    removed_voxels: int = 0
+    kind: str = "voxel-tet"
     element: Element = TET4
 
     @property
@@ -88,4 +96,5 @@ def voxel_tet_mesh(phases, particles, spacing_m) -> TetMesh:
     rep = np.repeat
     return TetMesh(points=pts, cells=tets, cell_phase=rep(hexm.cell_phase, 6),
                    cell_particle=rep(hexm.cell_particle, 6), cell_voxel=rep(hexm.cell_voxel, 6),
-                   shape=hexm.shape, spacing=hexm.spacing, extent=np.asarray(hexm.shape) * hexm.spacing)
+                   shape=hexm.shape, spacing=hexm.spacing, extent=np.asarray(hexm.shape) * hexm.spacing,
+                   phases=hexm.phases, particles=hexm.particles, removed_voxels=hexm.removed_voxels)

@@ -84,6 +84,10 @@ class VoxelMesh:
     def cell_volume(self) -> float:
         return float(np.prod(self.spacing))
 
+    def cell_volumes(self) -> np.ndarray:
+        """Volume of every cell, (ne,) in m^3 (all alike on a voxel grid)."""
+        return np.full(self.n_cells, self.cell_volume)
+
 
 def nodes_of(cells: np.ndarray) -> np.ndarray:
     """(Z+1, Y+1, X+1) bool: the grid nodes that are a corner of at least one True voxel."""
@@ -127,22 +131,21 @@ def coarsen_labels(phases: np.ndarray, particles: np.ndarray, block: int):
     return ph, lab
 
 
-def voxel_hex_mesh(phases: np.ndarray, particles: np.ndarray, spacing_m) -> VoxelMesh:
-    """Mesh the solid voxels of a phase image with trilinear hexahedra.
+def solid_body(phases: np.ndarray, particles: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The largest face-connected solid body of a phase image; the rest becomes void.
 
-    Only the largest face-connected solid body is meshed: solid voxels that
-    touch it by an edge or a corner only, or float in void, would be
-    mechanisms (free rigid motions) and are reported in ``removed_voxels``.
+    Solid voxels that touch the main body by an edge or a corner only, or
+    float in void, would be mechanisms (free rigid motions) in any mesh.
 
     Parameters
     ----------
     phases : (Z, Y, X) uint8, codes 0 void, 1 electrolyte, 2 active
     particles : (Z, Y, X) int32
-    spacing_m : 3 floats, voxel size (z, y, x) in metres
 
     Returns
     -------
-    VoxelMesh
+    phases, particles : the labels with the removed solid set to void / 0
+    removed : int, solid voxels removed
 
     Raises
     ------
@@ -177,7 +180,36 @@ def voxel_hex_mesh(phases: np.ndarray, particles: np.ndarray, spacing_m) -> Voxe
     kept_ph = np.where(main, phases, VOID).astype(np.uint8)
     kept_pa = np.where(main & (phases == ACTIVE), particles, 0).astype(np.int32)
 
-    Z, Y, X = phases.shape
+    return kept_ph, kept_pa, removed
+
+
+def voxel_hex_mesh(phases: np.ndarray, particles: np.ndarray, spacing_m) -> VoxelMesh:
+    """Mesh the solid voxels of a phase image with trilinear hexahedra.
+
+    Only the largest face-connected solid body is meshed: solid voxels that
+    touch it by an edge or a corner only, or float in void, would be
+    mechanisms (free rigid motions) and are reported in ``removed_voxels``.
+
+    Parameters
+    ----------
+    phases : (Z, Y, X) uint8, codes 0 void, 1 electrolyte, 2 active
+    particles : (Z, Y, X) int32
+    spacing_m : 3 floats, voxel size (z, y, x) in metres
+
+    Returns
+    -------
+    VoxelMesh
+
+    Raises
+    ------
+    MeshError
+        Too small a volume, no solid, or a solid body that the box
+        constraints (z = 0 and the four side faces) cannot hold.
+    """
+    kept_ph, kept_pa, removed = solid_body(phases, particles)
+    main = kept_ph != VOID
+
+    Z, Y, X = kept_ph.shape
     node_on = nodes_of(main)
     corners = HEX8.nodes.astype(int)
     node_id = np.full(node_on.shape, -1, np.int64)

@@ -1,11 +1,12 @@
-"""Li diffusion inside active particles on the voxel mesh (PHYSICS.md section 1).
+"""Li diffusion inside active particles (PHYSICS.md section 1), on any mesh kind.
 
 ``dc/dt = div(D grad c - (D Omega c / (R T)) grad sigma_h)`` in each particle,
 backward Euler in time, lumped mass. Every particle is its own diffusion
 domain: nodes shared by two touching particles are duplicated, so Li moves
 between particles only through the electrolyte (the galvanostatic flux).
-The flux enters through bonded AP|SE voxel faces; AP|void faces and debonded
-faces carry none.
+The flux enters through bonded AP|SE faces (voxel faces or triangles);
+AP|void faces and debonded faces carry none. The element is data: voxel
+hexes share one table of gradients, tetrahedra have one per cell.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.fem.assembly import centroid_gradients, physical_gradients
+from solvers.fem.assembly import element_gradients, physical_gradients
 from solvers.linalg import LinearSolver
 from solvers.mesh.voxel import ACTIVE, VoxelMesh
 
@@ -25,77 +26,105 @@ FARADAY = 96485.33212  # C/mol
 GAS_CONSTANT = 8.314462618  # J/(mol K)
 
 
-def scalar_matrices(element, spacing) -> tuple[np.ndarray, np.ndarray]:
-    """Element Laplacian ``int grad N_a . grad N_b dV`` (n, n) and lumped mass (n,) of one voxel."""
-    pts, wts = element.quadrature
-    dn = physical_gradients(element, pts, spacing)
-    w = wts * float(np.prod(spacing))
-    lap = np.einsum("q,qai,qbi->ab", w, dn, dn)
-    mass = np.einsum("q,qa->a", w, element.shape(pts))
-    return lap, mass
-
-
-class DiffusionProblem:
-    """Backward-Euler diffusion in the active cells of a voxel mesh.
+def cell_tables(mesh, cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Shape-function gradients and quadrature weights of the cells of a mesh.
 
     Parameters
     ----------
-    mesh : VoxelMesh
+    mesh : VoxelMesh or TetMesh
+    cells : (m,) int, optional
+        Cell indices (all cells when omitted).
+
+    Returns
+    -------
+    dn : (1 or m, q, n, 3) gradients, 1/m (one table shared by all cells of a voxel mesh)
+    w : (1 or m, q) quadrature weights times |det J|, m^3
+    """
+    el = mesh.element
+    if isinstance(mesh, VoxelMesh):
+        pts, wts = el.quadrature
+        return physical_gradients(el, pts, mesh.spacing)[None], (wts * float(np.prod(mesh.spacing)))[None]
+    sel = mesh.cells if cells is None else mesh.cells[cells]
+    return element_gradients(el, mesh.points, sel)
+
+
+class DiffusionProblem:
+    """Backward-Euler diffusion in the active cells of a mesh (voxel hexes or tetrahedra).
+
+    Parameters
+    ----------
+    mesh : VoxelMesh or TetMesh
         The mechanics mesh; its active cells are used.
     D : float
         Diffusivity, m^2/s.
     dt : float
         Time step, s (the matrix ``M/dt + K`` is built and preconditioned once).
     faces : dict
-        AP|SE faces from :func:`solvers.fields.interface_faces` (``ap_voxel``,
-        ``se_voxel``, ``axis``, ``area``).
+        AP|SE faces: voxel faces of :func:`solvers.fields.interface_faces`
+        (``ap_voxel``, ``se_voxel``, ``axis``, ``area``) or triangles of
+        :func:`solvers.fields.tet_interface_faces` (``nodes``, ``area``).
     solver : {"auto", "direct", "amg"}
     rtol : float
 
     Attributes
     ----------
     n_nodes : int
-        Diffusion nodes (grid nodes duplicated per particle).
-    cells : (na, 8) int
+        Diffusion nodes (mesh nodes duplicated per particle).
+    cells : (na, n) int
         Diffusion node indices of each active cell.
     cell_index : (na,) int
         Index of each active cell in the mechanics mesh.
     node_particle : (n_nodes,) int
     mass : (n_nodes,) lumped nodal volumes, m^3
-    face_nodes : (nf, 4) int
+    face_nodes : (nf, 4 or 3) int
         Diffusion nodes of each AP|SE face.
     """
 
-    def __init__(self, mesh: VoxelMesh, *, D: float, dt: float, faces: dict, solver: str = "auto",
-                 rtol: float = 1e-10):
+    def __init__(self, mesh, *, D: float, dt: float, faces: dict, solver: str = "auto", rtol: float = 1e-10):
         self.mesh = mesh
         self.D = float(D)
         self.dt = float(dt)
         self.cell_index = np.flatnonzero(mesh.cell_phase == ACTIVE)
         part = mesh.cell_particle[self.cell_index].astype(np.int64)
-        grid_nodes = mesh.node_grid[mesh.cells[self.cell_index]]  # (na, 8)
-        key = grid_nodes * (int(part.max(initial=0)) + 1) + part[:, None]
-        uniq, inv = np.unique(key, return_inverse=True)
-        self.cells = inv.reshape(grid_nodes.shape)
-        self.n_nodes = int(uniq.size)
-        self.node_particle = (uniq % (int(part.max(initial=0)) + 1)).astype(np.int64)
-        lap, m = scalar_matrices(mesh.element, mesh.spacing)
-        self.mass = np.bincount(self.cells.ravel(), weights=np.tile(m, self.cells.shape[0]),
+        self._n_part = int(part.max(initial=0)) + 1
+        # a node is keyed by (position, particle): voxel meshes key positions by their grid index, so
+        # a cohesive mesh (AP|SE nodes duplicated) gives the same diffusion nodes as the bonded one
+        key = self._node_key(mesh.cells[self.cell_index]) * self._n_part + part[:, None]
+        self._keys, inv = np.unique(key, return_inverse=True)
+        self.cells = inv.reshape(key.shape)
+        self.n_nodes = int(self._keys.size)
+        self.node_particle = (self._keys % self._n_part).astype(np.int64)
+        n_per = self.cells.shape[1]
+        self._dn, self._w = cell_tables(mesh, self.cell_index)
+        pts, _ = mesh.element.quadrature
+        self._q_shape = mesh.element.shape(pts)  # (q, n)
+        self.cell_volume = np.broadcast_to(self._w.sum(axis=1), (self.cell_index.size,))
+        lap = np.einsum("eq,eqai,eqbi->eab", self._w, self._dn, self._dn)  # (1 or na, n, n)
+        m = np.einsum("eq,qa->ea", self._w, self._q_shape)
+        na = self.cell_index.size
+        self.mass = np.bincount(self.cells.ravel(), weights=np.broadcast_to(m, (na, n_per)).ravel(),
                                 minlength=self.n_nodes)
         n = self.n_nodes
-        rows = np.repeat(self.cells, 8, axis=1).ravel()
-        cols = np.tile(self.cells, (1, 8)).ravel()
-        vals = np.tile(lap.ravel(), self.cells.shape[0])
+        rows = np.repeat(self.cells, n_per, axis=1).ravel()
+        cols = np.tile(self.cells, (1, n_per)).ravel()
+        vals = np.broadcast_to(lap, (na, n_per, n_per)).ravel()
         self.K = sp.csr_matrix((vals * self.D, (rows, cols)), shape=(n, n))
         self.A = (self.K + sp.diags(self.mass / self.dt)).tocsr()
         self.solver = LinearSolver(self.A, method=solver, near_nullspace=np.ones((n, 1)), rtol=rtol)
-        self._grad_c = centroid_gradients(mesh.element, mesh.spacing)
-        self._sa_setup(mesh.element, mesh.spacing)
         self.face_nodes = self._face_nodes(faces)
         self.face_area = np.asarray(faces["area"], float)
 
+    def _node_key(self, nodes: np.ndarray) -> np.ndarray:
+        return self.mesh.node_grid[nodes] if isinstance(self.mesh, VoxelMesh) else nodes
+
     def _face_nodes(self, faces) -> np.ndarray:
-        """The 4 diffusion nodes on the AP side of each AP|SE face."""
+        """The diffusion nodes on the AP side of each AP|SE face, (nf, 4) or (nf, 3)."""
+        if "nodes" in faces:  # triangles: look their (node, particle) keys up
+            key = self._node_key(np.asarray(faces["nodes"])) * self._n_part + np.asarray(faces["particle"])[:, None]
+            pos = np.clip(np.searchsorted(self._keys, key), 0, self._keys.size - 1)
+            if not np.array_equal(self._keys[pos], key):
+                raise ValueError("an AP|SE triangle has a node outside its particle: the faces are not of this mesh")
+            return pos
         mesh = self.mesh
         cell_of = np.full(mesh.phases.size, -1, np.int64)
         cell_of[mesh.cell_voxel[self.cell_index]] = np.arange(self.cell_index.size)
@@ -111,15 +140,10 @@ class DiffusionProblem:
                 out[sel] = self.cells[acell[sel]][:, local]
         return out
 
-    def _sa_setup(self, element, spacing):
-        pts, wts = element.quadrature
-        self._q_shape = element.shape(pts)  # (q, 8)
-        self._q_grad = physical_gradients(element, pts, spacing)  # (q, 8, 3)
-        self._q_w = wts * float(np.prod(spacing))
-
     def face_load(self, flux: np.ndarray) -> np.ndarray:
         """Nodal molar inflow (mol/s) of a per-face molar flux density (mol/m^2/s, inward positive)."""
-        w = np.repeat(np.asarray(flux, float) * self.face_area / 4.0, 4)
+        k = self.face_nodes.shape[1]
+        w = np.repeat(np.asarray(flux, float) * self.face_area / k, k)
         return np.bincount(self.face_nodes.ravel(), weights=w, minlength=self.n_nodes)
 
     def stress_assisted_load(self, c: np.ndarray, sigma_h_nodes: np.ndarray, coeff: float) -> np.ndarray:
@@ -127,11 +151,12 @@ class DiffusionProblem:
 
         ``coeff = D Omega / (R T)``; ``sigma_h_nodes`` on diffusion nodes (Pa).
         """
-        cc = c[self.cells]  # (na, 8)
-        sh = sigma_h_nodes[self.cells]
-        cq = cc @ self._q_shape.T  # (na, q)
-        gs = np.einsum("eb,qbi->eqi", sh, self._q_grad)  # (na, q, 3)
-        contrib = np.einsum("q,eq,eqi,qai->ea", self._q_w, cq, gs, self._q_grad) * coeff
+        na = self.cell_index.size
+        dn = np.broadcast_to(self._dn, (na,) + self._dn.shape[1:])  # (na, q, n, 3)
+        w = np.broadcast_to(self._w, (na, self._w.shape[1]))
+        cq = c[self.cells] @ self._q_shape.T  # (na, q)
+        gs = np.einsum("eb,eqbi->eqi", sigma_h_nodes[self.cells], dn)  # (na, q, 3)
+        contrib = np.einsum("eq,eq,eqi,eqai->ea", w, cq, gs, dn) * coeff
         return np.bincount(self.cells.ravel(), weights=contrib.ravel(), minlength=self.n_nodes)
 
     def step(self, c: np.ndarray, inflow: np.ndarray) -> np.ndarray:
@@ -144,8 +169,10 @@ class DiffusionProblem:
 
     def to_nodes(self, cell_values: np.ndarray) -> np.ndarray:
         """Volume-averaged projection of active-cell values to diffusion nodes."""
-        s = np.bincount(self.cells.ravel(), weights=np.repeat(cell_values, 8), minlength=self.n_nodes)
-        return s / np.bincount(self.cells.ravel(), minlength=self.n_nodes)
+        k = self.cells.shape[1]
+        v = self.cell_volume
+        s = np.bincount(self.cells.ravel(), weights=np.repeat(cell_values * v, k), minlength=self.n_nodes)
+        return s / np.bincount(self.cells.ravel(), weights=np.repeat(v, k), minlength=self.n_nodes)
 
     def total(self, c: np.ndarray) -> float:
         """Amount of Li, ``sum M c`` (mol)."""

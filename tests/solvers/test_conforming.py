@@ -5,10 +5,6 @@ import pytest
 
 pygalmesh = pytest.importorskip("pygalmesh")
 
-# pygalmesh leaves its temporary .inr image file unclosed (a ResourceWarning raised at garbage collection)
-pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-              pytest.mark.filterwarnings("ignore::ResourceWarning")]
-
 from solvers import fields  # noqa: E402
 from solvers.mesh import voxel_hex_mesh  # noqa: E402
 from solvers.mesh.conforming import conforming_tet_mesh, mesh_quality  # noqa: E402

@@ -6,7 +6,7 @@ from scipy.optimize import brentq
 
 from segmentation import make_composite
 from solvers import fields
-from solvers.mesh import voxel_hex_mesh
+from solvers.mesh import TetMesh, VoxelMesh, voxel_hex_mesh, voxel_tet_mesh
 from solvers.physics import ElasticProblem, Material, get_material
 from solvers.physics.diffusion import GAS_CONSTANT, DiffusionProblem
 from solvers.physics.transient import Galvanostatic, galvanostatic_states
@@ -104,21 +104,31 @@ def test_flux_mask_blocks_debonded_faces_and_conserves_li():
     assert cur2 < cur1  # the debonded particle's capacity is lost to the electrode
 
 
-def run_sphere_diffusion(R, n, taus, steps_per_unit_tau=2000):
-    """Constant inward flux into a voxel sphere; returns (mean - centre)/(J_eff a / D) at taus."""
-    mesh = sphere_mesh(R, n)
-    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+def sphere_faces(mesh):
+    """AP|SE faces of any mesh kind (voxel faces or triangles)."""
+    if isinstance(mesh, VoxelMesh):
+        return fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+    return fields.tet_interface_faces(mesh)
+
+
+def run_sphere_diffusion(R, n, taus, steps_per_unit_tau=2000, mesh=None):
+    """Constant inward flux into a sphere (voxel hexes unless ``mesh`` is given); returns
+    (mean - centre)/(J_eff a / D) at taus, with a the radius of the meshed particle volume."""
+    mesh = sphere_mesh(R, n) if mesh is None else mesh
+    faces = sphere_faces(mesh)
     D = 1e-14
-    a = (3 * (mesh.cell_phase == 2).sum() * mesh.cell_volume / (4 * np.pi)) ** (1 / 3)
+    a = (3 * mesh.cell_volumes()[mesh.cell_phase == 2].sum() / (4 * np.pi)) ** (1 / 3)
     dt = a**2 / D / steps_per_unit_tau
     diff = DiffusionProblem(mesh, D=D, dt=dt, faces=faces, solver="direct")
-    J = 1e-3  # mol/m^2/s on the voxel faces
+    J = 1e-3  # mol/m^2/s on the mesh faces
     inflow = diff.face_load(np.full(faces["area"].size, J))
     J_eff = inflow.sum() / (4 * np.pi * a**2)  # the same current through the true sphere surface
-    iz, iy, ix = np.unravel_index(mesh.node_grid, tuple(s + 1 for s in mesh.shape))
-    centre_grid = np.flatnonzero((iz == n // 2) & (iy == n // 2) & (ix == n // 2))[0]
-    centre = np.flatnonzero(mesh.node_grid[mesh.cells[diff.cell_index]].ravel() == mesh.node_grid[centre_grid])
-    centre_node = diff.cells.ravel()[centre[0]]
+    pos = np.zeros((diff.n_nodes, 3))
+    pos[diff.cells.ravel()] = mesh.points[mesh.cells[diff.cell_index]].reshape(-1, 3)
+    centre = np.asarray(mesh.phases.shape) * mesh.spacing / 2 - (mesh.spacing / 2 if isinstance(mesh, TetMesh)
+                                                                 and mesh.kind == "conforming-tet" else 0)
+    centre_node = int(np.argmin(np.linalg.norm(pos - centre, axis=1)))
+    assert np.linalg.norm(pos[centre_node] - centre) < 0.8 * mesh.spacing[0]
     c = np.zeros(diff.n_nodes)
     out = {}
     targets = {int(round(t * steps_per_unit_tau)): t for t in taus}
@@ -133,11 +143,38 @@ def run_sphere_diffusion(R, n, taus, steps_per_unit_tau=2000):
 @pytest.mark.slow
 def test_sphere_mean_minus_centre_matches_series():
     """PHYSICS.md 3(c), galvanostatic: (mean - centre) at tau = 0.05, 0.1, 0.2 within 2 %, R = 9 voxels."""
-    got, *_ = run_sphere_diffusion(9, 22, (0.05, 0.1, 0.2), steps_per_unit_tau=1000)
+    check_sphere_series(run_sphere_diffusion(9, 22, (0.05, 0.1, 0.2), steps_per_unit_tau=1000)[0], "voxel-hex")
+
+
+def check_sphere_series(got, kind):
     for tau, v in got.items():
         ref = series_mean_minus_centre(tau)
-        print(f"tau={tau}: FE {v:.4f}, series {ref:.4f}, error {100 * (v / ref - 1):+.2f} %")
+        print(f"{kind} tau={tau}: FE {v:.4f}, series {ref:.4f}, error {100 * (v / ref - 1):+.2f} %")
         assert v == pytest.approx(ref, rel=0.02)
+
+
+def voxel_sphere_labels(R, n):
+    z, y, x = np.indices((n, n, n)) + 0.5
+    ph = np.where((z - n / 2) ** 2 + (y - n / 2) ** 2 + (x - n / 2) ** 2 < R**2, 2, 1).astype(np.uint8)
+    return ph, (ph == 2).astype(np.int32)
+
+
+def test_sphere_series_on_voxel_tets():
+    """The same closed form (PHYSICS.md 3(c)) through the same DiffusionProblem on voxel-tets, within 2 %."""
+    ph, pa = voxel_sphere_labels(9, 22)
+    mesh = voxel_tet_mesh(ph, pa, [1e-6] * 3)
+    check_sphere_series(run_sphere_diffusion(9, 22, (0.05, 0.1, 0.2), 1000, mesh=mesh)[0], "voxel-tet")
+
+
+@pytest.mark.slow
+def test_sphere_series_on_conforming_tets():
+    """... and on conforming tetrahedra (CGAL, cells of 1 voxel), within 2 %."""
+    pytest.importorskip("pygalmesh")
+    from solvers.mesh.conforming import conforming_tet_mesh
+
+    ph, pa = voxel_sphere_labels(9, 22)
+    mesh = conforming_tet_mesh(ph, pa, [1e-6] * 3, seed=1)
+    check_sphere_series(run_sphere_diffusion(9, 22, (0.05, 0.1, 0.2), 1000, mesh=mesh)[0], "conforming-tet")
 
 
 @pytest.mark.slow
