@@ -112,17 +112,61 @@ class SegmentationConfig:
         return {int(k): v for k, v in self.phase_map.items()}
 
 
+MESH_KINDS = ("voxel-hex", "voxel-tet", "conforming-tet")
+
+
 @dataclass(frozen=True)
 class MeshConfig:
-    """[mesh]: ``kind = "voxel-hex"``; ``coarsen``: merge coarsen^3 voxels into one element."""
+    """[mesh]: the finite-element mesh of the (coarsened) label image.
+
+    ``kind``: ``"voxel-hex"`` (one trilinear hex per solid voxel), ``"voxel-tet"``
+    (each solid voxel split into 6 linear tetrahedra) or ``"conforming-tet"``
+    (CGAL through pygalmesh: linear tetrahedra that follow the particle
+    surfaces; needs the ``mesh`` extra). ``coarsen``: merge coarsen^3 voxels
+    into one before meshing. ``vtu`` / ``msh``: also write mesh.vtu (ParaView)
+    and mesh.msh (Gmsh 4.1: phase as physical tag, particle as geometrical tag).
+
+    Conforming meshes only: ``cell_size_voxels`` (largest cell circumradius in
+    the particles, voxels), ``electrolyte_cell_size_voxels`` (the same in the
+    electrolyte; 0 = as in the particles), ``facet_distance_voxels`` (largest
+    distance of a surface facet to the labelled surface), the CGAL optimisers
+    ``lloyd``, ``odt``, ``perturb`` (not reproducible: CGAL runs it under a
+    time limit), ``exude``, and ``seed``.
+    """
 
     kind: str = "voxel-hex"
     coarsen: int = 1
     vtu: bool = False
+    msh: bool = False
+    cell_size_voxels: float = 1.0
+    electrolyte_cell_size_voxels: float = 0.0
+    facet_distance_voxels: float = 0.25
+    lloyd: bool = False
+    odt: bool = False
+    perturb: bool = False
+    exude: bool = True
+    seed: int = 0
 
     def __post_init__(self):
-        _check_choice("mesh.kind", self.kind, ("voxel-hex",))
+        _check_choice("mesh.kind", self.kind, MESH_KINDS)
         _check_positive("mesh.coarsen", self.coarsen)
+        _check_positive("mesh.cell_size_voxels", self.cell_size_voxels)
+        _check_positive("mesh.electrolyte_cell_size_voxels", self.electrolyte_cell_size_voxels, allow_zero=True)
+        _check_positive("mesh.facet_distance_voxels", self.facet_distance_voxels)
+        _check_positive("mesh.seed", self.seed, allow_zero=True)
+        if self.kind == "conforming-tet":
+            try:
+                import pygalmesh  # noqa: F401
+            except ImportError:
+                raise ConfigError("mesh.kind = 'conforming-tet' needs pygalmesh: pip install 'tomomech[mesh]' "
+                                  "(with apt libcgal-dev libeigen3-dev), or run `make deps`") from None
+
+    def conforming_options(self) -> dict:
+        """Keyword arguments of :func:`solvers.mesh.conforming.conforming_tet_mesh`."""
+        return dict(max_cell_size_voxels=self.cell_size_voxels,
+                    electrolyte_cell_size_voxels=self.electrolyte_cell_size_voxels or None,
+                    max_facet_distance_voxels=self.facet_distance_voxels, lloyd=self.lloyd, odt=self.odt,
+                    perturb=self.perturb, exude=self.exude, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -293,6 +337,9 @@ class Config:
         if self.interface.model == "cohesive" and self.solver.backend == "matrix-free":
             raise ConfigError("interface.model = 'cohesive' needs solver.backend = 'assembled' or 'auto' "
                               "(the matrix-free multigrid covers bonded interfaces only)")
+        if self.mesh.kind != "voxel-hex" and self.solver.backend == "matrix-free":
+            raise ConfigError(f"solver.backend = 'matrix-free' works on voxel-hex meshes only (mesh.kind = "
+                              f"{self.mesh.kind!r}): use backend = 'assembled' or 'auto'")
         if self.cycling.mode == "galvanostatic":
             for k in ("D_m2_s", "c_max_mol_m3"):
                 if getattr(active, k) is None:

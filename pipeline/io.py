@@ -320,15 +320,17 @@ def _meshio_points(points_zyx: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(points_zyx)[:, ::-1])
 
 
-#: mesh formats by suffix (".msh" is Gmsh 4.1, not ANSYS, which meshio would guess)
-MESH_FORMATS = {".xdmf": "xdmf", ".vtu": "vtu", ".msh": "gmsh"}
+#: mesh formats by suffix. ".msh" is Gmsh 2.2 (not ANSYS, which meshio would guess from the suffix, and
+#: not Gmsh 4.1: meshio 5.3 writes one 4.1 entity block per cell type and drops the per-cell tags)
+MESH_FORMATS = {".xdmf": "xdmf", ".vtu": "vtu", ".msh": "gmsh22"}
 
 
 def write_mesh(path, points_zyx, cells, cell_type: str, cell_data: dict[str, np.ndarray]) -> None:
     """Write a single-block mesh with cell data (format from the suffix: .xdmf, .vtu, .msh).
 
-    Points are given as (z, y, x) and written as (x, y, z). Gmsh files carry
-    ``phase`` as the physical tag and ``particle`` as the geometrical tag.
+    Points are given as (z, y, x) and written as (x, y, z). Gmsh files (2.2)
+    carry ``phase`` as the physical tag and ``particle`` as the geometrical tag
+    of every element.
     """
     import meshio
 

@@ -188,6 +188,19 @@ def _table_html(cols: dict[str, np.ndarray], idx) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _mesh_html(mesh: dict) -> str:
+    """One line on the mesh: kind, cells, dof, and the quality report of tetrahedral meshes."""
+    element = {"tetra": "tetrahedra", "hexahedron": "hexahedra"}.get(mesh.get("element", "hexahedron"), "cells")
+    line = f"{html.escape(mesh.get('kind', 'voxel-hex'))}: {mesh['cells']} {element}, {mesh['dof']} dof"
+    q = mesh.get("quality")
+    if q:
+        err = ", ".join(f"{k} {100 * v:+.2f} %" for k, v in q["phase_volume_rel_error"].items())
+        line += (f" (dihedral angles {q['min_dihedral_deg']:.1f}&ndash;{q['max_dihedral_deg']:.1f}°, 1st percentile of "
+                 f"the smallest {q['p1_dihedral_deg']:.1f}°; radius ratio min {q['radius_ratio_min']:.2f}, mean "
+                 f"{q['radius_ratio_mean']:.2f}; phase volume against the voxels: {err})")
+    return line
+
+
 def write_report(out: str | Path) -> Path:
     """Write ``report.html`` (and PNGs) into a results folder."""
     out = Path(out)
@@ -215,7 +228,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 <h1>tomomech report</h1>
 <p>{summary['particle_count']} particles ({summary['isolated_particles']} isolated, no electrolyte contact);
 phase fractions: active {fr['active']:.3f}, electrolyte {fr['electrolyte']:.3f}, void {fr['void']:.3f};
-mesh {summary['mesh']['cells']} hexes, {summary['mesh']['dof']} dof; voxel size {summary['voxel_size_um']} µm.</p>
+mesh {_mesh_html(summary['mesh'])}; voxel size {summary['voxel_size_um']} µm.</p>
 <p>Stresses in MPa, tension positive. Particles that touch the box are cut by the crop: their
 stresses depend on the box conditions.</p>
 <h2>Steps</h2>{_table_html(steps_cols, range(len(summary['steps'])))}

@@ -155,12 +155,16 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     mesh = mesh_stage(phases, particles, spacing_um, cfg, out)
     sp_um = np.asarray(spacing_um, float) * cfg.mesh.coarsen
     t["mesh_s"] = time.perf_counter() - t0
-    log.info("mesh: %d hexes, %d nodes, %d dof", mesh.n_cells, mesh.n_nodes, 3 * mesh.n_nodes)
+    log.info("mesh: %d %s cells, %d nodes, %d dof", mesh.n_cells, mesh.element.name, mesh.n_nodes, 3 * mesh.n_nodes)
+    quality = None
+    if cfg.mesh.kind != "voxel-hex":
+        from solvers.mesh.conforming import mesh_quality
+
+        quality = mesh_quality(mesh, mesh.phases, mesh.particles)
 
     active, electrolyte = cfg.materials.resolve()
     geom = particle_geometry(mesh.phases, mesh.particles, sp_um, shell_voxels=cfg.statistics.shell_voxels)
-    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing,
-                                   sigma_voxels=cfg.statistics.normal_smoothing_voxels)
+    faces, fa, fs = mesh_interface(mesh, cfg)
     opts = dict(top=cfg.mechanics.top, stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6,
                 solver=cfg.solver.method, rtol=cfg.solver.rtol, maxiter=cfg.solver.maxiter,
                 aggregation=cfg.solver.aggregation)
@@ -175,9 +179,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         prob = ElasticProblem(mesh, {1: electrolyte, 2: active}, backend=cfg.solver.backend,
                               device=cfg.solver.device, precision=cfg.solver.precision, **opts)
     t.update(prob.timings)
-    cell_of = np.full(mesh.phases.size, -1, np.int64)
-    cell_of[mesh.cell_voxel] = np.arange(mesh.n_cells)
-    fa, fs = cell_of[faces["ap_voxel"]], cell_of[faces["se_voxel"]]
+    vol = mesh.cell_volumes()
+    weights = None if cfg.mesh.kind == "voxel-hex" else vol  # tets differ in size: volume-weighted statistics
 
     cyc = cfg.cycling
     if cyc.mode == "swell":
@@ -205,12 +208,12 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
             progress("solve", st.step, n_steps)
             sig = st.sigma
             tn = fields.normal_traction(sig[fa], sig[fs], faces["normal"])
-            soc = float(st.theta_cell[is_active].mean())
+            soc = float(np.average(st.theta_cell[is_active], weights=vol[is_active]))
             tables.append(particle_step_table(geom, step=st.step, time_s=st.time_s, soc=soc,
                                               cell_theta=st.theta_cell, cell_particle=mesh.cell_particle,
-                                              sigma=sig, faces=faces, face_tn=tn))
+                                              sigma=sig, faces=faces, face_tn=tn, cell_volume=weights))
             s = step_summary(step=st.step, soc=soc, phases=mesh.phases, cell_phase=mesh.cell_phase,
-                             sigma=sig, faces=faces, face_tn=tn)
+                             sigma=sig, faces=faces, face_tn=tn, cell_volume=weights)
             outside = float(np.mean((st.theta_cell[is_active] < 0) | (st.theta_cell[is_active] > 1)))
             if outside and not warned:
                 log.warning("step %d: %.1f %% of the active volume has theta outside [0, 1]: the uniform "
@@ -228,6 +231,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                 n_hist = len(prob.history)
                 cell_extra["interface_damage"] = cell_face_max(fd, fa, mesh.n_cells)
             summaries.append(s)
+            if cfg.mesh.kind != "voxel-hex":  # lets viewers put tet fields back on the voxel grid
+                cell_extra["voxel"] = mesh.cell_voxel
             write(st.time_s if cyc.mode == "galvanostatic" else st.step, {"displacement_um": st.u * 1e6},
                   {**cell_extra, "phase": mesh.cell_phase, "particle": mesh.cell_particle, "soc": st.theta_cell,
                    "von_mises_MPa": fields.von_mises(sig) * 1e-6,
@@ -242,8 +247,9 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         "particle_count": int(geom["particle_id"].size),
         "isolated_particles": int(np.sum(geom["isolated"])),
         "voxel_size_um": sp_um.tolist(),
-        "mesh": {"kind": cfg.mesh.kind, "cells": mesh.n_cells, "nodes": mesh.n_nodes,
-                 "dof": prob.n_dof, "removed_floating_voxels": mesh.removed_voxels},
+        "mesh": {"kind": cfg.mesh.kind, "element": mesh.element.name, "cells": mesh.n_cells,
+                 "nodes": mesh.n_nodes, "dof": prob.n_dof, "removed_floating_voxels": mesh.removed_voxels,
+                 **({"quality": quality} if quality else {})},
         "solver": prob.solver.stats.as_dict(),
         "interface": {"model": cfg.interface.model} if not cohesive else {
             "model": "cohesive", "penalty_Pa_m": prob.law.penalty_Pa_m, "delta_0_m": prob.law.delta_0,
@@ -257,21 +263,52 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
 
 
 def mesh_stage(phases, particles, spacing_um, cfg: Config, out: Path):
-    """Coarsen, mesh with voxel hexes and write mesh.xdmf (and mesh.vtu); returns the VoxelMesh."""
-    from solvers.mesh import coarsen_labels, voxel_hex_mesh
+    """Coarsen, mesh (``cfg.mesh.kind``) and write mesh.xdmf (and mesh.vtu, mesh.msh).
+
+    Returns
+    -------
+    VoxelMesh (voxel-hex) or TetMesh (voxel-tet, conforming-tet)
+    """
+    from solvers.mesh import coarsen_labels, voxel_hex_mesh, voxel_tet_mesh
 
     ph, pa = coarsen_labels(phases, particles, cfg.mesh.coarsen)
-    mesh = voxel_hex_mesh(ph, pa, np.asarray(spacing_um, float) * cfg.mesh.coarsen * 1e-6)
-    write_mesh_files(mesh, out, vtu=cfg.mesh.vtu)
+    spacing_m = np.asarray(spacing_um, float) * cfg.mesh.coarsen * 1e-6
+    if cfg.mesh.kind == "voxel-hex":
+        mesh = voxel_hex_mesh(ph, pa, spacing_m)
+    elif cfg.mesh.kind == "voxel-tet":
+        mesh = voxel_tet_mesh(ph, pa, spacing_m)
+    else:
+        from solvers.mesh.conforming import conforming_tet_mesh
+
+        mesh = conforming_tet_mesh(ph, pa, spacing_m, **cfg.mesh.conforming_options())
+    write_mesh_files(mesh, out, vtu=cfg.mesh.vtu, msh=cfg.mesh.msh)
     return mesh
 
 
-def write_mesh_files(mesh, out: Path, vtu: bool = False) -> None:
-    """mesh.xdmf/.h5 (and mesh.vtu) with phase and particle cell data; points in micrometres."""
+def mesh_interface(mesh, cfg: Config) -> tuple[dict, np.ndarray, np.ndarray]:
+    """AP|SE faces of a mesh and the active and electrolyte cell of each.
+
+    Voxel meshes (hexes and voxel-tets) use the smoothed normals of the label
+    image; conforming tets keep the normals of their surface triangles.
+    """
+    from solvers import fields
+
+    sigma = cfg.statistics.normal_smoothing_voxels
+    if cfg.mesh.kind == "voxel-hex":
+        faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing, sigma_voxels=sigma)
+        cell_of = np.full(mesh.phases.size, -1, np.int64)
+        cell_of[mesh.cell_voxel] = np.arange(mesh.n_cells)
+        return faces, cell_of[faces["ap_voxel"]], cell_of[faces["se_voxel"]]
+    faces = fields.tet_interface_faces(mesh, sigma_voxels=sigma if cfg.mesh.kind == "voxel-tet" else None)
+    return faces, faces["ap_cell"], faces["se_cell"]
+
+
+def write_mesh_files(mesh, out: Path, vtu: bool = False, msh: bool = False) -> None:
+    """mesh.xdmf/.h5 (and mesh.vtu, mesh.msh) with phase and particle cell data; points in micrometres."""
     cd = {"phase": mesh.cell_phase, "particle": mesh.cell_particle}
-    io.write_mesh(out / "mesh.xdmf", mesh.points * 1e6, mesh.cells, mesh.element.name, cd)
-    if vtu:
-        io.write_mesh(out / "mesh.vtu", mesh.points * 1e6, mesh.cells, mesh.element.name, cd)
+    for name, on in (("mesh.xdmf", True), ("mesh.vtu", vtu), ("mesh.msh", msh)):
+        if on:
+            io.write_mesh(out / name, mesh.points * 1e6, mesh.cells, mesh.element.name, cd)
 
 
 def save_edits(out, phases: np.ndarray, particles: np.ndarray, spacing_um) -> Path:

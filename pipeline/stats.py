@@ -12,7 +12,8 @@ PHASE_NAMES = {0: "void", 1: "electrolyte", 2: "active"}
 
 def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, time_s: float, soc: float,
                         cell_theta: np.ndarray, cell_particle: np.ndarray, sigma: np.ndarray,
-                        faces: dict[str, np.ndarray], face_tn: np.ndarray) -> dict[str, np.ndarray]:
+                        faces: dict[str, np.ndarray], face_tn: np.ndarray,
+                        cell_volume: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One row per particle for one step.
 
     Parameters
@@ -27,6 +28,9 @@ def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, time_s: f
     sigma : (ne, 3, 3) cell stresses, Pa
     faces : AP|SE faces from :func:`solvers.fields.interface_faces`
     face_tn : (nf,) normal traction on those faces, Pa (tension positive)
+    cell_volume : (ne,) m^3, optional
+        Weights of the means and percentiles over cells (needed on tetrahedra,
+        whose cells differ in size; equal weights when omitted).
 
     Returns
     -------
@@ -37,11 +41,12 @@ def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, time_s: f
     sel = cell_particle > 0
     grp = cell_particle[sel]
     s = sigma[sel]
-    vm = fields.group_stats(grp, fields.von_mises(s), m, percentiles=(95,))
-    hy = fields.group_stats(grp, fields.hydrostatic(s), m)
-    mp = fields.group_stats(grp, fields.max_principal(s), m)
+    w = None if cell_volume is None else np.asarray(cell_volume, float)[sel]
+    vm = fields.group_stats(grp, fields.von_mises(s), m, weights=w, percentiles=(95,))
+    hy = fields.group_stats(grp, fields.hydrostatic(s), m, weights=w)
+    mp = fields.group_stats(grp, fields.max_principal(s), m, weights=w)
     tn = fields.group_stats(faces["particle"], face_tn, m, weights=faces["area"])
-    th = fields.group_stats(grp, cell_theta[sel], m)
+    th = fields.group_stats(grp, cell_theta[sel], m, weights=w)
     cols = {"particle_id": geometry["particle_id"], "step": np.full(n, step, np.int64),
             "time_s": np.full(n, float(time_s)), "soc": np.full(n, float(soc))}
     cols.update({k: v for k, v in geometry.items() if k != "particle_id"})
@@ -60,8 +65,11 @@ def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, time_s: f
 
 
 def step_summary(*, step: int, soc: float, phases: np.ndarray, cell_phase: np.ndarray,
-                 sigma: np.ndarray, faces: dict, face_tn: np.ndarray) -> dict:
-    """Electrode summary of one step: phase fractions and phase stress statistics (MPa)."""
+                 sigma: np.ndarray, faces: dict, face_tn: np.ndarray, cell_volume: np.ndarray | None = None) -> dict:
+    """Electrode summary of one step: phase fractions and phase stress statistics (MPa).
+
+    Means and the 95th percentile over cells are weighted by ``cell_volume`` when given.
+    """
     frac = np.bincount(phases.ravel(), minlength=3) / phases.size
     out = {"step": int(step), "soc": float(soc),
            "phase_fractions": {PHASE_NAMES[k]: float(frac[k]) for k in range(3)},
@@ -77,13 +85,17 @@ def step_summary(*, step: int, soc: float, phases: np.ndarray, cell_phase: np.nd
         sel = cell_phase == code
         if not sel.any():
             continue
+        w = None if cell_volume is None else np.asarray(cell_volume, float)[sel]
+        g = np.zeros(int(sel.sum()), np.int64)
+        v = fields.group_stats(g, vm[sel], 1, weights=w, percentiles=(95,))
+        h = fields.group_stats(g, hy[sel], 1, weights=w)
         out["phases"][PHASE_NAMES[code]] = {
-            "von_mises_mean_MPa": _mpa(vm[sel].mean()),
-            "von_mises_p95_MPa": _mpa(np.percentile(vm[sel], 95)),
-            "von_mises_max_MPa": _mpa(vm[sel].max()),
-            "hydrostatic_mean_MPa": _mpa(hy[sel].mean()),
-            "hydrostatic_min_MPa": _mpa(hy[sel].min()),
-            "hydrostatic_max_MPa": _mpa(hy[sel].max()),
+            "von_mises_mean_MPa": _mpa(v["mean"][0]),
+            "von_mises_p95_MPa": _mpa(v["p95"][0] if w is not None else np.percentile(vm[sel], 95)),
+            "von_mises_max_MPa": _mpa(v["max"][0]),
+            "hydrostatic_mean_MPa": _mpa(h["mean"][0]),
+            "hydrostatic_min_MPa": _mpa(h["min"][0]),
+            "hydrostatic_max_MPa": _mpa(h["max"][0]),
         }
     return out
 

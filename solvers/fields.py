@@ -110,9 +110,13 @@ def group_stats(groups: np.ndarray, values: np.ndarray, n_groups: int, *,
     groups : (m,) int in [0, n_groups)
     values : (m,) float
     n_groups : int
-    weights : (m,) float, optional, for the mean
+    weights : (m,) float, optional
+        Weights of the mean and the percentiles (cell volumes on tetrahedral
+        meshes, face areas); equal weights when omitted.
     percentiles : iterable of float in [0, 100]
-        Nearest-rank percentiles (the value at rank ceil(q/100 * count)).
+        Weighted nearest-rank percentiles: the smallest value whose cumulative
+        weight in its group reaches q/100 of the group's weight (with equal
+        weights, the value at rank ceil(q/100 * count)).
 
     Returns
     -------
@@ -137,9 +141,12 @@ def group_stats(groups: np.ndarray, values: np.ndarray, n_groups: int, *,
         order = np.lexsort((values, groups))
         start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
         sv = values[order]
+        cum = np.cumsum(w[order])  # cumulative weight over the sorted groups
+        before = np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0)
+        last = np.maximum(start + cnt - 1, start)
         for q in percentiles:
-            rank = np.ceil(q / 100.0 * cnt).astype(np.int64) - 1
-            pos = start + np.clip(rank, 0, None)
+            target = before + q / 100.0 * wsum - 1e-9 * wsum  # the slack absorbs the rounding of cumsum
+            pos = np.clip(np.searchsorted(cum, target, side="left"), start, last)
             out[f"p{q:g}"] = np.where(empty, np.nan, sv[np.clip(pos, 0, max(sv.size - 1, 0))]
                                       if sv.size else np.nan)
     return out

@@ -49,9 +49,13 @@ def particle_features(out: Path, step: int | None = None) -> dict[str, np.ndarra
 def field_volumes(out: Path, shape, spacing_um) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Cell fields of fields.xdmf on the voxel grid: name -> (times (T,), float32 (T, Z, Y, X)).
 
+    Hex cells fill their voxel. Tetrahedral meshes carry the ``voxel`` of
+    every cell: a voxel takes the volume-weighted mean of its tets, and solid
+    voxels that no conforming tet centroid falls in take the nearest value.
     Voxels without a cell (void) are NaN.
     """
     import meshio
+    from scipy import ndimage as ndi
 
     f = out / "fields.xdmf"
     if not f.exists():
@@ -59,9 +63,24 @@ def field_volumes(out: Path, shape, spacing_um) -> dict[str, tuple[np.ndarray, n
     with meshio.xdmf.TimeSeriesReader(f) as r:
         points, cells = r.read_points_cells()
         steps = [r.read_data(k) for k in range(r.num_steps)]
-    corner = points[cells[0].data[:, 0]]  # node 0 of each hex: the (x, y, z) minimum corner, um
-    ijk = np.rint(corner[:, ::-1] / np.asarray(spacing_um)).astype(np.int64)
-    flat = np.ravel_multi_index(tuple(ijk.T), shape)
+    conn = cells[0].data
+    n_vox = int(np.prod(shape))
+    if "voxel" in steps[0][2]:
+        flat = np.asarray(steps[0][2]["voxel"][0]).astype(np.int64).ravel()
+        x = points[conn]
+        w = np.abs(np.linalg.det(x[:, 1:] - x[:, :1]))  # 6 x tet volume
+        wsum = np.bincount(flat, weights=w, minlength=n_vox)
+        hit = wsum > 0
+        solid = np.zeros(n_vox, bool)
+        solid[flat] = True
+        solid = _solid_voxels(out, shape, solid)  # also the solid voxels that hold no tet centroid
+        nearest = ndi.distance_transform_edt(~hit.reshape(shape), return_distances=False,
+                                             return_indices=True)
+        fill = np.ravel_multi_index(tuple(nearest.reshape(3, -1)), shape)
+    else:
+        corner = points[conn[:, 0]]  # node 0 of each hex: the (x, y, z) minimum corner, um
+        ijk = np.rint(corner[:, ::-1] / np.asarray(spacing_um)).astype(np.int64)
+        flat = np.ravel_multi_index(tuple(ijk.T), shape)
     out_fields = {}
     times = np.array([s[0] for s in steps])
     for name in FIELD_STYLE:
@@ -69,9 +88,24 @@ def field_volumes(out: Path, shape, spacing_um) -> dict[str, tuple[np.ndarray, n
             continue
         vol = np.full((len(steps),) + tuple(shape), np.nan, np.float32)
         for k, (_, _, cd) in enumerate(steps):
-            vol[k].ravel()[flat] = cd[name][0]
+            v = np.asarray(cd[name][0], float).ravel()
+            if "voxel" in steps[0][2]:
+                mean = np.bincount(flat, weights=w * v, minlength=n_vox) / np.where(hit, wsum, 1.0)
+                vol[k].ravel()[:] = np.where(solid, mean[fill], np.nan)
+            else:
+                vol[k].ravel()[flat] = v
         out_fields[name] = (times, vol)
     return out_fields
+
+
+def _solid_voxels(out: Path, shape, fallback: np.ndarray) -> np.ndarray:
+    """Solid voxels of the meshed label image (phases.tif or its edit), flat; ``fallback`` if unreadable."""
+    for f in (out / "edits" / "phases.tif", out / "phases.tif"):
+        if f.exists():
+            ph = io.read_volume(f).data
+            if ph.shape == tuple(shape):
+                return (ph != 0).ravel()
+    return fallback
 
 
 def results_layers(path, step: int | None = None) -> list[tuple]:

@@ -81,17 +81,18 @@ def test_csv_round_trip(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".xdmf", ".vtu", ".msh"])
 def test_mesh_round_trip_through_meshio(tmp_path, suffix):
-    pts = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 0, 0], [1, 0, 1], [1, 1, 1], [1, 1, 0.]])
-    cells = np.arange(8)[None, :]
-    io.write_mesh(tmp_path / f"m{suffix}", pts * 2.0, cells, "hexahedron",
-                  {"phase": np.array([2], np.int32), "particle": np.array([7], np.int32)})
+    """Points, cells and per-cell phase and particle come back (two cells with different tags)."""
+    pts = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 0, 0], [1, 0, 1], [1, 1, 1], [1, 1, 0.],
+                    [2, 0, 0], [2, 0, 1], [2, 1, 1], [2, 1, 0]])
+    cells = np.array([np.arange(8), [4, 5, 6, 7, 8, 9, 10, 11]])
+    phase, particle = np.array([2, 1], np.int32), np.array([7, 0], np.int32)
+    io.write_mesh(tmp_path / f"m{suffix}", pts * 2.0, cells, "hexahedron", {"phase": phase, "particle": particle})
     m = meshio.read(tmp_path / f"m{suffix}")
     assert np.allclose(m.points, pts[:, ::-1] * 2.0)  # written as (x, y, z)
     assert np.array_equal(m.cells[0].data, cells)
-    if suffix == ".msh":  # Gmsh 4.1: particle id is the geometrical entity tag
-        assert int(m.cell_data["gmsh:geometrical"][0][0]) == 7
-    else:
-        assert int(m.cell_data["phase"][0][0]) == 2
+    names = ("gmsh:physical", "gmsh:geometrical") if suffix == ".msh" else ("phase", "particle")
+    assert np.array_equal(m.cell_data[names[0]][0], phase)
+    assert np.array_equal(m.cell_data[names[1]][0], particle)
 
 
 def test_time_series_round_trip(tmp_path):

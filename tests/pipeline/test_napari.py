@@ -117,3 +117,31 @@ def test_view_screenshot_is_not_blank(results, tmp_path):
     # black background, the electrolyte blue and at least three particle colours
     assert img.shape[0] > 200 and len(colours) >= 5
     assert (img.reshape(-1, 3).max(axis=1) > 30).mean() > 0.3  # most of the canvas is not black
+
+
+@pytest.mark.parametrize("kind", ["voxel-tet", "conforming-tet"])
+def test_tet_fields_on_the_voxel_grid(config_file, kind):
+    """Tet cell fields come back on the voxel grid: a voxel-tet voxel is the mean of its 6 equal tets;
+    every solid voxel is finite (conforming: from the nearest voxel holding a tet centroid), void is NaN."""
+    import meshio
+
+    if kind == "conforming-tet":
+        pytest.importorskip("pygalmesh")
+    config_file.write_text(config_file.read_text().replace("[cycling]", f'[mesh]\nkind = "{kind}"\n[cycling]'))
+    assert main(["-q", "run", str(config_file)]) == 0
+    out = config_file.parent / "out"
+    layers = {kw["name"]: data for data, kw, _ in get_reader(str(out))(str(out))}
+    vm, phases = layers["von Mises (MPa)"], layers["phases"]
+    assert np.isnan(vm[-1][phases == 0]).all() and np.isfinite(vm[-1][phases > 0]).all()
+    with meshio.xdmf.TimeSeriesReader(out / "fields.xdmf") as r:
+        r.read_points_cells()
+        _, _, cd = r.read_data(r.num_steps - 1)
+    voxel = cd["voxel"][0].astype(np.int64)
+    cell_vm = cd["von_mises_MPa"][0]
+    lo, hi = cell_vm.min(), cell_vm.max()
+    slack = 1e-5 * (hi - lo)  # the layers are float32
+    assert lo - slack <= np.nanmin(vm[-1]) and np.nanmax(vm[-1]) <= hi + slack  # means stay within the range
+    if kind == "voxel-tet":
+        expect = np.bincount(voxel, weights=cell_vm, minlength=phases.size) / 6
+        solid = (phases > 0).ravel()
+        assert np.allclose(vm[-1].ravel()[solid], expect[solid], rtol=1e-6)

@@ -188,3 +188,17 @@ def test_group_stats_against_numpy():
         assert np.isclose(out["mean"][k], sel.mean()) and np.isclose(out["max"][k], sel.max())
         assert np.isclose(out["p95"][k], sel[int(np.ceil(0.95 * sel.size)) - 1])
     assert np.isnan(out["mean"][5]) and out["count"][5] == 0
+
+
+def test_weighted_group_stats_equal_repeated_samples():
+    """Integer weights give the statistics of the sample with each value repeated that many times
+    (the volume-weighted statistics of tetrahedral meshes)."""
+    rng = np.random.default_rng(1)
+    g = rng.integers(0, 4, 300)
+    v = rng.normal(size=300)
+    w = rng.integers(1, 6, 300)
+    out = fields.group_stats(g, v, 5, weights=w.astype(float), percentiles=(5, 50, 95, 100))
+    ref = fields.group_stats(np.repeat(g, w), np.repeat(v, w), 5, percentiles=(5, 50, 95, 100))
+    for key in ("mean", "min", "max", "p5", "p50", "p95", "p100"):
+        assert np.allclose(out[key][:4], ref[key][:4], rtol=1e-12, atol=0), key
+    assert np.isnan(out["p95"][4])
