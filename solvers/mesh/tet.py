@@ -46,6 +46,9 @@ class TetMesh:
         per-particle geometry and phase fractions read the same labels as on voxel meshes
     removed_voxels : int, solid voxels not face-connected to the main body (left out)
     kind : "voxel-tet" or "conforming-tet"
+    node_origin : (nn,) int or None
+        On a mesh whose AP|SE nodes were duplicated (cohesive interface), the
+        original node of every node; None on a bonded mesh.
     """
 
     points: np.ndarray
@@ -60,6 +63,7 @@ class TetMesh:
     particles: np.ndarray
     removed_voxels: int = 0
     kind: str = "voxel-tet"
+    node_origin: np.ndarray | None = None
     element: Element = TET4
 
     @property

@@ -162,19 +162,20 @@ def default_penalty(E_active_Pa: float, E_electrolyte_Pa: float, voxel_size_m: f
 
 
 @dataclass(frozen=True)
-class VoxelInterface:
-    """Cohesive interface of a voxel mesh whose AP|SE nodes were duplicated.
+class CohesiveInterface:
+    """Cohesive interface of a mesh whose AP|SE nodes were duplicated.
 
-    Four integration points per AP|SE face, on its corners (face-major order).
+    One integration point on every corner of every AP|SE face (face-major
+    order): four on a voxel face, three on a triangle.
 
     Attributes
     ----------
     pair_se, pair_ap : (npair,) int
         The electrolyte-side and active-side node of each duplicated node.
-    face_pairs : (nf, 4) int
-        Node pair of each face corner (= of each integration point).
+    face_pairs : (nf, k) int
+        Node pair of each face corner (= of each integration point), k = 4 or 3.
     point_area : (npt,) float, m^2
-        A quarter of the face area projected normal to the smoothed normal.
+        1/k of the face area projected normal to the smoothed normal.
     point_normal : (npt, 3) unit normals from the particle into the electrolyte
     """
 
@@ -192,9 +193,13 @@ class VoxelInterface:
     def point_pair(self) -> np.ndarray:
         return self.face_pairs.ravel()
 
+    @property
+    def points_per_face(self) -> int:
+        return int(self.face_pairs.shape[1])
+
     def face_mean(self, point_values: np.ndarray) -> np.ndarray:
-        """Mean over the four integration points of every face, (nf,)."""
-        return np.asarray(point_values, float).reshape(self.n_faces, 4).mean(axis=1)
+        """Mean over the integration points of every face, (nf,)."""
+        return np.asarray(point_values, float).reshape(self.n_faces, self.points_per_face).mean(axis=1)
 
     @property
     def n_faces(self) -> int:
@@ -202,27 +207,33 @@ class VoxelInterface:
 
     @property
     def face_area(self) -> np.ndarray:
-        """Projected area of every face (the sum of its four points), (nf,) in m^2."""
-        return self.point_area.reshape(self.n_faces, 4).sum(axis=1)
+        """Projected area of every face (the sum of its points), (nf,) in m^2."""
+        return self.point_area.reshape(self.n_faces, self.points_per_face).sum(axis=1)
 
 
-def split_interface(mesh: VoxelMesh, faces: Mapping) -> tuple[VoxelMesh, np.ndarray, VoxelInterface]:
+#: the earlier name, when only voxel faces existed
+VoxelInterface = CohesiveInterface
+
+
+def split_interface(mesh, faces: Mapping) -> tuple:
     """Duplicate the nodes shared by active and electrolyte cells.
 
     Parameters
     ----------
-    mesh : VoxelMesh (bonded: nodes shared by all cells)
-    faces : AP|SE faces of :func:`solvers.fields.interface_faces` (``ap_voxel``,
-        ``se_voxel``, ``axis``, ``area``, ``normal``)
+    mesh : VoxelMesh or TetMesh (bonded: nodes shared by all cells)
+    faces : AP|SE faces of :func:`solvers.fields.interface_faces` (voxel meshes: ``ap_voxel``,
+        ``se_voxel``, ``axis``, ``area``, ``normal``) or :func:`solvers.fields.tet_interface_faces`
+        (tetrahedra: ``nodes``, ``area``, ``normal``)
 
     Returns
     -------
-    split : VoxelMesh
-        Same cells; active cells use the copies. Its ``node_grid`` repeats the
-        grid index of a duplicated node, so ``points`` and box faces still work.
+    split : VoxelMesh or TetMesh
+        Same cells; active cells use the copies. A voxel mesh's ``node_grid``
+        (a tet mesh's ``node_origin``) repeats the original of a duplicated
+        node, so ``points``, box faces and diffusion nodes still work.
     ap_node : (nn,) int
         Node of ``split`` that the active cells use for every node of ``mesh``.
-    interface : VoxelInterface
+    interface : CohesiveInterface
     """
     phase = mesh.cell_phase
     on_ap = np.zeros(mesh.n_nodes, bool)
@@ -233,42 +244,58 @@ def split_interface(mesh: VoxelMesh, faces: Mapping) -> tuple[VoxelMesh, np.ndar
     ap_node = np.arange(mesh.n_nodes)
     ap_node[dup] = mesh.n_nodes + np.arange(dup.size)
     cells = np.where((phase == ACTIVE)[:, None], ap_node[mesh.cells], mesh.cells)
-    split = dataclasses.replace(mesh, cells=cells, node_grid=np.concatenate([mesh.node_grid, mesh.node_grid[dup]]))
     pair_of = np.full(mesh.n_nodes, -1, np.int64)
     pair_of[dup] = np.arange(dup.size)
+    normal = np.asarray(faces["normal"], float)
+    nf = normal.shape[0]
+    if isinstance(mesh, VoxelMesh):
+        split = dataclasses.replace(mesh, cells=cells,
+                                    node_grid=np.concatenate([mesh.node_grid, mesh.node_grid[dup]]))
+        face_nodes = _voxel_face_nodes(mesh, faces)
+        axis = np.asarray(faces["axis"])
+        cos = np.abs(normal[np.arange(nf), axis])
+    else:
+        origin = np.arange(mesh.n_nodes) if mesh.node_origin is None else mesh.node_origin
+        split = dataclasses.replace(mesh, cells=cells, points=np.concatenate([mesh.points, mesh.points[dup]]),
+                                    node_origin=np.concatenate([origin, origin[dup]]))
+        face_nodes = np.asarray(faces["nodes"], np.int64)
+        p = mesh.points[face_nodes]
+        geo = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+        cos = np.abs(np.einsum("fi,fi->f", geo, normal)) / np.linalg.norm(geo, axis=1)
+    face_pairs = pair_of[face_nodes]
+    if (face_pairs < 0).any():
+        raise MeshError("an AP|SE face has a corner that is not shared by both phases; the faces do not "
+                        "belong to this mesh")
+    # a staircase face stands in for the part of the smooth surface it projects onto: its area
+    # normal to the smoothed normal is area * |n . n_face| (the sum over a voxelised sphere is its
+    # true surface, where the face areas overcount it by about 1.5x and would spread the traction);
+    # conforming triangles keep their own normals, so cos = 1 there
+    k = face_nodes.shape[1]
+    area = np.repeat(np.asarray(faces["area"], float) * np.maximum(cos, MIN_COS) / k, k)
+    iface = CohesiveInterface(pair_se=dup, pair_ap=ap_node[dup], face_pairs=face_pairs, point_area=area,
+                              point_normal=np.repeat(normal, k, axis=0))
+    return split, ap_node, iface
 
-    # the four grid nodes of each face: corners of the AP voxel on the SE side
+
+def _voxel_face_nodes(mesh: VoxelMesh, faces: Mapping) -> np.ndarray:
+    """The four mesh nodes of every AP|SE voxel face: corners of the AP voxel on the SE side, (nf, 4)."""
     node_id = np.full(np.prod([s + 1 for s in mesh.shape]), -1, np.int64)
     node_id[mesh.node_grid] = np.arange(mesh.n_nodes)
     ap_vox = np.asarray(faces["ap_voxel"])
     se_vox = np.asarray(faces["se_voxel"])
     axis = np.asarray(faces["axis"])
-    nf = ap_vox.size
     ijk = np.stack(np.unravel_index(ap_vox, mesh.shape), axis=1)
     side = (se_vox > ap_vox).astype(int)
     corners = mesh.element.nodes.astype(int)
     gshape = tuple(s + 1 for s in mesh.shape)
-    face_nodes = np.empty((nf, 4), np.int64)
+    face_nodes = np.empty((ap_vox.size, 4), np.int64)
     for ax in range(3):
         for s in (0, 1):
             sel = np.flatnonzero((axis == ax) & (side == s))
             local = corners[corners[:, ax] == s]  # (4, 3)
             g = ijk[sel][:, None, :] + local[None]
             face_nodes[sel] = node_id[np.ravel_multi_index(tuple(g.transpose(2, 0, 1)), gshape)]
-    face_pairs = pair_of[face_nodes]
-    if (face_pairs < 0).any():
-        raise MeshError("an AP|SE face has a corner that is not shared by both phases; the faces do not "
-                        "belong to this mesh")
-    normal = np.asarray(faces["normal"], float)
-    # a staircase face stands in for the part of the smooth surface it projects onto: its area
-    # normal to the smoothed normal is area * |n . e_axis| (the sum over a voxelised sphere is its
-    # true surface, where the face areas overcount it by about 1.5x and would spread the traction)
-    cos = np.maximum(np.abs(normal[np.arange(nf), axis]), MIN_COS)
-    area = np.repeat(np.asarray(faces["area"], float) * cos / 4.0, 4)
-    normal = np.repeat(normal, 4, axis=0)
-    iface = VoxelInterface(pair_se=dup, pair_ap=ap_node[dup], face_pairs=face_pairs, point_area=area,
-                           point_normal=normal)
-    return split, ap_node, iface
+    return face_nodes
 
 
 def _split_stiffness(mesh: VoxelMesh, n_split: int, ap_node: np.ndarray, materials,
@@ -303,7 +330,7 @@ def _bsr_from_blocks(rows, cols, blocks, n) -> sp.bsr_matrix:
 
 
 class CohesiveProblem(ElasticProblem):
-    """Elasticity with a cohesive AP|SE interface on a voxel mesh.
+    """Elasticity with a cohesive AP|SE interface on a voxel-hex or tetrahedral mesh.
 
     Same loads, box conditions and stress recovery as :class:`ElasticProblem`
     (on the split mesh); :meth:`solve` solves the nonlinear interface and
@@ -311,9 +338,9 @@ class CohesiveProblem(ElasticProblem):
 
     Parameters
     ----------
-    mesh : VoxelMesh (bonded)
+    mesh : VoxelMesh or TetMesh (bonded)
     materials : mapping phase code -> Material
-    faces : AP|SE faces (:func:`solvers.fields.interface_faces`)
+    faces : AP|SE faces (:func:`solvers.fields.interface_faces` or :func:`solvers.fields.tet_interface_faces`)
     law : CohesiveLaw
     nl_rtol : float
         Relative residual of the nonlinear equations, ``||r|| / ||f||``.
@@ -338,15 +365,13 @@ class CohesiveProblem(ElasticProblem):
     history : list of dict per solve (iterations, cuts, linear iterations, seconds)
     """
 
-    def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], faces: Mapping, law: CohesiveLaw,
+    def __init__(self, mesh, materials: Mapping[int, Material], faces: Mapping, law: CohesiveLaw,
                  *, nl_rtol: float = 1e-6, nl_maxiter: int = 12, max_cuts: int = 10, rebuild_after: int = 30,
                  easy_iterations: int = 4, linear_maxiter: int = 300, **kwargs):
         if kwargs.get("backend", "assembled") != "assembled":
             raise ConfigError("interface.model = 'cohesive' needs solver.backend = 'assembled' (the matrix-free "
                               "multigrid covers bonded voxel meshes only)")
-        if not isinstance(mesh, VoxelMesh):
-            raise ConfigError("interface.model = 'cohesive' is implemented on voxel-hex meshes only")
-        if np.asarray(faces["ap_voxel"]).size == 0:
+        if np.asarray(faces["area"]).size == 0:
             raise MeshError("interface.model = 'cohesive' but the mesh has no AP|SE face")
         if kwargs.get("solver", "auto") == "auto":
             # the preconditioner is rebuilt as damage grows: SuperLU takes 2 s per factorisation at
@@ -374,8 +399,11 @@ class CohesiveProblem(ElasticProblem):
 
     # ElasticProblem builds the matrix through this hook
     def _assemble(self) -> sp.bsr_matrix:
-        K = _split_stiffness(self.bonded_mesh, self.mesh.n_nodes, self.ap_node, self.materials, self.phase_codes,
-                             self.cell_material)
+        if self.structured:  # the voxel stencil cannot see duplicated nodes: assemble the two sides apart
+            K = _split_stiffness(self.bonded_mesh, self.mesh.n_nodes, self.ap_node, self.materials,
+                                 self.phase_codes, self.cell_material)
+        else:  # unstructured assembly works on the split cells as they are
+            K = super()._assemble()
         it = self.interface
         si, ai = it.pair_se, it.pair_ap
         # the bulk blocks plus zero (se, ap) and (ap, se) blocks; remember where every interface block lives
@@ -635,7 +663,7 @@ class CohesiveProblem(ElasticProblem):
 
     # --- reductions ----------------------------------------------------------
     def face_damage(self, damage: np.ndarray | None = None) -> np.ndarray:
-        """Damage of every AP|SE face: the mean of its four points, (nf,)."""
+        """Damage of every AP|SE face: the mean of its points (4 on voxel faces, 3 on triangles), (nf,)."""
         return self.interface.face_mean(self.damage if damage is None else damage)
 
 
@@ -643,7 +671,7 @@ class _NotConverged(Exception):
     """Newton did not converge on a (sub)step: cut it."""
 
 
-def _sum_pairs(iface: VoxelInterface, corner_values: np.ndarray) -> np.ndarray:
+def _sum_pairs(iface: CohesiveInterface, corner_values: np.ndarray) -> np.ndarray:
     """Sum values given per integration point (npt, k) onto the node pairs, (npair, k)."""
     idx = iface.face_pairs.ravel()
     return np.stack([np.bincount(idx, weights=corner_values[:, i], minlength=iface.pair_se.size)
@@ -670,7 +698,7 @@ def debonded_patches(face_pairs: np.ndarray, debonded: np.ndarray, particle: np.
 
     Parameters
     ----------
-    face_pairs : (nf, 4) int, node pair of every face corner
+    face_pairs : (nf, 4) or (nf, 3) int, node pair of every face corner
     debonded : (nf,) bool
     particle : (nf,) int
     area : (nf,) float
@@ -684,8 +712,9 @@ def debonded_patches(face_pairs: np.ndarray, debonded: np.ndarray, particle: np.
     nidx = nidx.reshape(nodes.shape)
     nn = int(nidx.max()) + 1
     m = f.size
-    rows = np.repeat(np.arange(m), 4)
-    g = sp.csr_matrix((np.ones(4 * m), (rows, m + nidx.ravel())), shape=(m + nn, m + nn))
+    k = nodes.shape[1]
+    rows = np.repeat(np.arange(m), k)
+    g = sp.csr_matrix((np.ones(k * m), (rows, m + nidx.ravel())), shape=(m + nn, m + nn))
     _, comp = csgraph.connected_components(g, directed=False)
     comp_f = comp[:m]
     # a patch belongs to one particle: split components by particle

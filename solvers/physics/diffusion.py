@@ -115,7 +115,10 @@ class DiffusionProblem:
         self.face_area = np.asarray(faces["area"], float)
 
     def _node_key(self, nodes: np.ndarray) -> np.ndarray:
-        return self.mesh.node_grid[nodes] if isinstance(self.mesh, VoxelMesh) else nodes
+        """Position key of mesh nodes: the grid index (voxel meshes) or the original node (tet meshes)."""
+        if isinstance(self.mesh, VoxelMesh):
+            return self.mesh.node_grid[nodes]
+        return nodes if self.mesh.node_origin is None else self.mesh.node_origin[nodes]
 
     def _face_nodes(self, faces) -> np.ndarray:
         """The diffusion nodes on the AP side of each AP|SE face, (nf, 4) or (nf, 3)."""
