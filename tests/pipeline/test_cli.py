@@ -164,20 +164,25 @@ def test_time_step_convergence_of_peak_stress(config_file):
 
 
 
-def test_cohesive_galvanostatic_run_reports_delamination(tmp_path):
+@pytest.mark.parametrize("kind", ["voxel-hex", "conforming-tet"])
+def test_cohesive_galvanostatic_run_reports_delamination(tmp_path, kind):
     """End to end with [interface] model = "cohesive" on a 12^3 sample, charge and discharge: damage
     never heals (per particle and in total), the per-particle and per-step delamination outputs are
-    consistent, fields.xdmf carries the face damage and the report plots it (about 1 min)."""
+    consistent, fields.xdmf carries the face damage and the report plots it (about 1 min per mesh kind)."""
+    if kind == "conforming-tet":
+        pytest.importorskip("pygalmesh")
     phases, _ = make_composite((12, 12, 12), active_fraction=0.45, void_fraction=0.08, radius=3, seed=11)
     write_volume(tmp_path / "stack.tif", phases, (0.5, 0.5, 0.5))
     cfg = tmp_path / "run.toml"
-    cfg.write_text("""
+    cfg.write_text(f"""
 [input]
 path = "stack.tif"
 [segmentation]
 method = "labels"
-phase_map = { 0 = "void", 1 = "electrolyte", 2 = "active" }
+phase_map = {{ 0 = "void", 1 = "electrolyte", 2 = "active" }}
 min_particle_voxels = 5
+[mesh]
+kind = "{kind}"
 [materials]
 active = 'NMC'
 [interface]

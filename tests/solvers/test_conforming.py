@@ -57,8 +57,8 @@ def test_conforming_sphere_within_shell_bounds_and_better_than_hexes():
     # 0.7 voxel (2.9x the cells; at 0.5 voxel, 540 k cells: 556.5 and 455.0 MPa, so both converge to ~1 %)
     fine = conforming_tet_mesh(ph, pa, [1e-6] * 3, max_cell_size_voxels=0.7, max_facet_distance_voxels=0.175, seed=1)
     hyd_ref, tn_ref = particle_hydrostatic_and_traction(fine, solve(fine))
-    print(f"reference ({fine.n_cells} tets): hydrostatic {hyd_ref / 1e6:.1f}, median t_n {tn_ref / 1e6:.1f} MPa; errors "
-          f"tets {100 * (hyd_tet / hyd_ref - 1):+.1f} / {100 * (tn_tet / tn_ref - 1):+.1f} %, hexes "
+    print(f"reference ({fine.n_cells} tets): hydrostatic {hyd_ref / 1e6:.1f}, median t_n {tn_ref / 1e6:.1f} MPa; "
+          f"errors tets {100 * (hyd_tet / hyd_ref - 1):+.1f} / {100 * (tn_tet / tn_ref - 1):+.1f} %, hexes "
           f"{100 * (hyd_hex / hyd_ref - 1):+.1f} / {100 * (tn_hex / tn_ref - 1):+.1f} %")
     assert abs(hyd_tet - hyd_ref) < 0.5 * abs(hyd_hex - hyd_ref)  # "clearly closer": at most half the hex error
     assert abs(tn_tet - tn_ref) < 0.5 * abs(tn_hex - tn_ref)

@@ -214,3 +214,32 @@ def test_delamination_onset_matches_closed_form_on_two_radii():
               f"3(d) fixed/free outer shell {100 * ref['fixed']:.3f} / {100 * ref['free']:.3f} %")
         assert half == pytest.approx(mid, rel=0.15)
     assert out[4] == pytest.approx(out[6], rel=0.10)
+
+
+@pytest.fixture(scope="module")
+def conforming_onsets():
+    """Onsets on conforming tets (cells of 1 voxel) for R = 4 in 16^3 and R = 6 in 24^3 (about 70 s)."""
+    pytest.importorskip("pygalmesh")
+    out = {}
+    for R, n in ((4, 16), (6, 24)):
+        first, half, ref = onset(R, n, kind="conforming-tet")
+        mid = 0.5 * (ref["free"] + ref["fixed"])
+        print(f"conforming tets R = {R}: first damage at dV/V <= {100 * first:.3f} %, half damaged at "
+              f"{100 * half:.3f} % ({100 * (half / mid - 1):+.1f} %); 3(d) fixed/free outer shell "
+              f"{100 * ref['fixed']:.3f} / {100 * ref['free']:.3f} %")
+        out[R] = half, mid
+    return out
+
+
+@pytest.mark.slow
+def test_conforming_onset_does_not_depend_on_radius(conforming_onsets):
+    """Half-damage onset on R = 4 and R = 6 within 10 % (measured: 0.764 and 0.798 %)."""
+    assert conforming_onsets[4][0] == pytest.approx(conforming_onsets[6][0], rel=0.10)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="linear tets of 1 voxel: half-damage onset 16-20 % below 3(d); the nodal "
+                   "interface tractions spread from 8 to 96 MPa (p10-p90) around a 50 MPa mean (see README)")
+def test_conforming_onset_within_5_percent_of_closed_form(conforming_onsets):
+    for half, mid in conforming_onsets.values():
+        assert half == pytest.approx(mid, rel=0.05)
