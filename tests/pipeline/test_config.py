@@ -16,6 +16,8 @@ def make(**sections):
 @pytest.mark.parametrize("sections, match", [
     ({"mesh": {"kindd": "voxel-hex"}}, "unknown key mesh.kindd .did you mean 'kind'"),
     ({"mesh": {"kind": "octree"}}, "mesh.kind = 'octree' is not allowed"),
+    ({"mesh": {"kind": "conforming-tet", "cell_size_voxels": 0}}, "mesh.cell_size_voxels = 0 must be > 0"),
+    ({"mesh": {"kind": "voxel-tet"}, "solver": {"backend": "matrix-free"}}, "matrix-free' works on voxel-hex"),
     ({"meshing": {}}, r"unknown section \[meshing\]"),
     ({"mechanics": {"top": 3}}, "mechanics.top = 3 has the wrong type"),
     ({"mechanics": {"top": "stack_pressure"}}, "stack_pressure_MPa > 0"),

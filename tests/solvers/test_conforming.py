@@ -71,3 +71,55 @@ def particle_hydrostatic_and_traction(tm, sig):
     faces = fields.tet_interface_faces(tm)
     tn = fields.normal_traction(sig[faces["ap_cell"]], sig[faces["se_cell"]], faces["normal"])
     return np.average(fields.hydrostatic(sig[ap]), weights=vol[ap]), np.median(tn)
+
+
+def small_composite():
+    from segmentation import make_composite
+
+    return make_composite((14, 14, 14), active_fraction=0.4, void_fraction=0.05, radius=3, seed=4)
+
+
+def test_conforming_mesh_is_reproducible_and_tagged():
+    """Same labels, options and seed: the same mesh (perturb is off); every tet carries its phase and
+    particle, every particle is meshed, no void is meshed, volumes per phase within 5 %."""
+    ph, pa = small_composite()
+    a = conforming_tet_mesh(ph, pa, [1e-6] * 3, seed=3)
+    b = conforming_tet_mesh(ph, pa, [1e-6] * 3, seed=3)
+    assert np.array_equal(a.points, b.points) and np.array_equal(a.cells, b.cells)
+    assert set(np.unique(a.cell_phase)) == {1, 2}
+    assert np.all((a.cell_phase == 2) == (a.cell_particle > 0))
+    assert set(np.unique(a.cell_particle[a.cell_particle > 0])) == set(np.unique(a.particles[a.particles > 0]))
+    # each tet's particle is the particle label of the voxel its centroid falls in, for most tets
+    # (surface tets straddle voxels)
+    assert np.mean(a.particles.ravel()[a.cell_voxel] == a.cell_particle) > 0.9
+    assert np.all(a.cell_volumes() > 0)
+    q = mesh_quality(a, a.phases, a.particles)
+    assert all(abs(e) < 0.05 for e in q["phase_volume_rel_error"].values())
+
+
+def test_mesh_quality_names_a_vanished_particle_and_a_volume_error():
+    """The checks behind the conforming mesher's clear errors, on a voxel-tet mesh with cells taken away."""
+    import dataclasses
+
+    from solvers.mesh import voxel_tet_mesh
+    from tomomech.errors import MeshError
+
+    ph, pa = small_composite()
+    tm = voxel_tet_mesh(ph, pa, [1e-6] * 3)
+    mesh_quality(tm, tm.phases, tm.particles)  # complete: no error
+    gone = int(np.bincount(tm.cell_particle)[1:].argmin()) + 1  # the smallest particle
+    keep = tm.cell_particle != gone
+    # give the lost particle's volume back to the phase (relabel its cells as another particle) so that
+    # only the vanished particle is wrong
+    other = int(np.flatnonzero(np.bincount(tm.cell_particle)[1:])[0]) + 1
+    other = other if other != gone else other + 1
+    lost = dataclasses.replace(tm, cell_particle=np.where(keep, tm.cell_particle, other))
+    with pytest.raises(MeshError, match=rf"particles \[{gone}\] vanished.*lower max_cell_size_voxels"):
+        mesh_quality(lost, tm.phases, tm.particles)
+    sel = np.flatnonzero(tm.cell_phase == 2)[::10]  # drop a tenth of the active cells
+    mask = np.ones(tm.n_cells, bool)
+    mask[sel] = False
+    thin = dataclasses.replace(tm, cells=tm.cells[mask], cell_phase=tm.cell_phase[mask],
+                               cell_particle=tm.cell_particle[mask], cell_voxel=tm.cell_voxel[mask])
+    with pytest.raises(MeshError, match=r"active volume .* differs .* by -10.0 %"):
+        mesh_quality(thin, tm.phases, tm.particles)
