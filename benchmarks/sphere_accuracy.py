@@ -6,7 +6,7 @@ shrinking by dV/V = 5 % in Li6PS5Cl (22 GPa), centred in the box [0, 25]^3 voxel
 hydrostatic stress and the area-weighted median normal traction on its interface.
 
 - conforming-tet: CGAL on the 26^3 label image (its box runs between the outer voxel
-  centres: [0, 25]^3) at several cell sizes;
+  centres: [0, 25]^3) at several cell sizes, linear and quadratic (P2);
 - voxel-hex: the same sphere imaged k times finer (voxel centres at (j + 1/2) / k) for
   k = 1, 2, 3, 4: what a finer scan would give; the staircase shrinks with k.
 
@@ -69,7 +69,8 @@ def hex_case(k):
                 solve_s=t_solve, hyd=hyd, tn=weighted_median(tn, f["area"]))
 
 
-def tet_case(size):
+def tet_case(size, order=1):
+    from solvers.mesh import quadratic_tet_mesh
     from solvers.mesh.conforming import conforming_tet_mesh
 
     n = BOX + 1
@@ -78,14 +79,17 @@ def tet_case(size):
     t0 = time.perf_counter()
     mesh = conforming_tet_mesh(ph, (ph == 2).astype(np.int32), [H] * 3, max_cell_size_voxels=size,
                                max_facet_distance_voxels=min(0.25, size / 4), seed=1)
+    if order == 2:
+        mesh = quadratic_tet_mesh(mesh)
     t_mesh = time.perf_counter() - t0
     sig, t_solve, dof = solve(mesh)
     vol = np.abs(mesh.cell_volumes())
     ap = mesh.cell_phase == 2
     f = fields.tet_interface_faces(mesh)
     tn = fields.normal_traction(sig[f["ap_cell"]], sig[f["se_cell"]], f["normal"])
-    return dict(name=f"conforming-tet, cells {size:g} voxel", cells=mesh.n_cells, dof=dof, mesh_s=t_mesh,
-                solve_s=t_solve, hyd=float(np.average(fields.hydrostatic(sig[ap]), weights=vol[ap])),
+    name = f"conforming-tet{'' if order == 1 else ' P2'}, cells {size:g} voxel"
+    return dict(name=name, cells=mesh.n_cells, dof=dof, mesh_s=t_mesh, solve_s=t_solve,
+                hyd=float(np.average(fields.hydrostatic(sig[ap]), weights=vol[ap])),
                 tn=weighted_median(tn, f["area"]))
 
 
@@ -96,7 +100,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     sizes = (2.0, 1.5, 1.0, 0.7) + (() if args.quick else (0.5,))
     ks = (1, 2, 3) + (() if args.quick else (4,))
-    rows = [tet_case(s) for s in sizes] + [hex_case(k) for k in ks]
+    rows = [tet_case(s) for s in sizes] + [tet_case(s, 2) for s in (2.0, 1.5)] + [hex_case(k) for k in ks]
     ref = rows[len(sizes) - 1]
     print(f"reference: {ref['name']} (hydrostatic {ref['hyd'] / 1e6:.1f} MPa, median t_n {ref['tn'] / 1e6:.1f} MPa)")
     print(f"{'mesh':32s} {'cells':>9s} {'dof':>9s} {'mesh s':>7s} {'solve s':>8s} {'hydro MPa':>10s} "

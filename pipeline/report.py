@@ -190,7 +190,8 @@ def _table_html(cols: dict[str, np.ndarray], idx) -> str:
 
 def _mesh_html(mesh: dict) -> str:
     """One line on the mesh: kind, cells, dof, and the quality report of tetrahedral meshes."""
-    element = {"tetra": "tetrahedra", "hexahedron": "hexahedra"}.get(mesh.get("element", "hexahedron"), "cells")
+    element = {"tetra": "tetrahedra", "tetra10": "quadratic tetrahedra", "hexahedron": "hexahedra"}.get(
+        mesh.get("element", "hexahedron"), "cells")
     line = f"{html.escape(mesh.get('kind', 'voxel-hex'))}: {mesh['cells']} {element}, {mesh['dof']} dof"
     q = mesh.get("quality")
     if q:

@@ -269,7 +269,7 @@ def mesh_stage(phases, particles, spacing_um, cfg: Config, out: Path):
     -------
     VoxelMesh (voxel-hex) or TetMesh (voxel-tet, conforming-tet)
     """
-    from solvers.mesh import coarsen_labels, voxel_hex_mesh, voxel_tet_mesh
+    from solvers.mesh import coarsen_labels, quadratic_tet_mesh, voxel_hex_mesh, voxel_tet_mesh
 
     ph, pa = coarsen_labels(phases, particles, cfg.mesh.coarsen)
     spacing_m = np.asarray(spacing_um, float) * cfg.mesh.coarsen * 1e-6
@@ -281,6 +281,8 @@ def mesh_stage(phases, particles, spacing_um, cfg: Config, out: Path):
         from solvers.mesh.conforming import conforming_tet_mesh
 
         mesh = conforming_tet_mesh(ph, pa, spacing_m, **cfg.mesh.conforming_options())
+    if cfg.mesh.order == 2:
+        mesh = quadratic_tet_mesh(mesh)
     write_mesh_files(mesh, out, vtu=cfg.mesh.vtu, msh=cfg.mesh.msh)
     return mesh
 

@@ -168,9 +168,9 @@ def tet_interface_faces(mesh, *, sigma_voxels: float | None = None) -> dict[str,
     Returns
     -------
     dict of (nf,) arrays: ``ap_cell``, ``se_cell``, ``particle``, ``area`` (m^2), ``normal`` (nf, 3),
-    ``nodes`` (nf, 3) the triangle's node indices.
+    ``nodes`` (nf, 3) the triangle's corner node indices.
     """
-    cells = mesh.cells
+    cells = mesh.cells[:, :4]  # the corners (quadratic tets: the mid-edge nodes follow)
     local = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
     tri = np.sort(cells[:, local].reshape(-1, 3), axis=1)
     owner = np.repeat(np.arange(mesh.n_cells), 4)

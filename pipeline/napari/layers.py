@@ -67,7 +67,7 @@ def field_volumes(out: Path, shape, spacing_um) -> dict[str, tuple[np.ndarray, n
     n_vox = int(np.prod(shape))
     if "voxel" in steps[0][2]:
         flat = np.asarray(steps[0][2]["voxel"][0]).astype(np.int64).ravel()
-        x = points[conn]
+        x = points[conn[:, :4]]  # corners (quadratic tets list their mid-edge nodes after them)
         w = np.abs(np.linalg.det(x[:, 1:] - x[:, :1]))  # 6 x tet volume
         wsum = np.bincount(flat, weights=w, minlength=n_vox)
         hit = wsum > 0

@@ -99,3 +99,37 @@ def _tet_grad(xi: np.ndarray) -> np.ndarray:
 
 #: linear tetrahedron; one-point rule (exact for its constant-strain stiffness)
 TET4 = Element("tetra", _TET_ZYX, _tet_shape, _tet_grad, (np.full((1, 3), 0.25), np.array([1.0 / 6.0])))
+
+
+# VTK quadratic tetra: corners 0-3 as TET4, then the edge midpoints (0,1) (1,2) (0,2) (0,3) (1,3) (2,3)
+TET10_EDGES = np.array([[0, 1], [1, 2], [0, 2], [0, 3], [1, 3], [2, 3]])
+# gradients of the barycentric coordinates L0..L3 with respect to the (z, y, x) reference coordinates
+_DL = np.array([[-1.0, -1.0, -1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def _tet10_shape(xi: np.ndarray) -> np.ndarray:
+    L = _tet_shape(xi)  # (q, 4) barycentric coordinates
+    corner = L * (2.0 * L - 1.0)
+    edge = 4.0 * L[:, TET10_EDGES[:, 0]] * L[:, TET10_EDGES[:, 1]]
+    return np.concatenate([corner, edge], axis=1)
+
+
+def _tet10_grad(xi: np.ndarray) -> np.ndarray:
+    L = _tet_shape(xi)  # (q, 4)
+    corner = (4.0 * L - 1.0)[:, :, None] * _DL[None]  # (q, 4, 3)
+    i, j = TET10_EDGES.T
+    edge = 4.0 * (L[:, i, None] * _DL[None, j] + L[:, j, None] * _DL[None, i])  # (q, 6, 3)
+    return np.concatenate([corner, edge], axis=1)
+
+
+def _tet_quadrature_4() -> tuple[np.ndarray, np.ndarray]:
+    """4-point rule on the reference tetrahedron, exact for quadratics (the TET10 stiffness)."""
+    a, b = 0.5854101966249685, 0.1381966011250105
+    bary = np.full((4, 4), b) + np.eye(4) * (a - b)  # rows: (L0, L1, L2, L3)
+    pts = bary[:, [3, 2, 1]]  # (z, y, x) = (L3, L2, L1)
+    return pts, np.full(4, 1.0 / 24.0)
+
+
+#: quadratic tetrahedron (straight edges); 4-point rule
+_TET10_ZYX = np.concatenate([_TET_ZYX, 0.5 * (_TET_ZYX[TET10_EDGES[:, 0]] + _TET_ZYX[TET10_EDGES[:, 1]])])
+TET10 = Element("tetra10", _TET10_ZYX, _tet10_shape, _tet10_grad, _tet_quadrature_4())

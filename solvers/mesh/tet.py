@@ -6,11 +6,12 @@ triangles on a shared face match between neighbours and the mesh is conforming.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from solvers.fem.elements import TET4, Element
+from solvers.fem.elements import TET4, TET10, TET10_EDGES, Element
 from solvers.mesh.voxel import voxel_hex_mesh
 
 # the 6 monotone paths from corner 0 to corner 6 of the HEX8 numbering (z, y, x offsets)
@@ -75,8 +76,19 @@ class TetMesh:
         return int(self.cells.shape[0])
 
     def cell_volumes(self) -> np.ndarray:
-        """Signed volumes in (x, y, z) orientation (VTK: positive for valid cells), m^3."""
-        return _volumes(self.points[self.cells][..., ::-1])
+        """Signed volumes in (x, y, z) orientation (VTK: positive for valid cells), m^3 (straight edges)."""
+        return _volumes(self.points[self.cells[:, :4]][..., ::-1])
+
+    @property
+    def corners(self) -> np.ndarray:
+        """The 4 corner nodes of every cell, (ne, 4) (the cells themselves on linear meshes)."""
+        return self.cells[:, :4]
+
+    def linear(self) -> TetMesh:
+        """The same cells as linear tetrahedra on the corner nodes (nodes keep their numbers)."""
+        if self.element is TET4:
+            return self
+        return dataclasses.replace(self, cells=np.ascontiguousarray(self.cells[:, :4]), element=TET4)
 
 
 def _volumes(x: np.ndarray) -> np.ndarray:
@@ -102,3 +114,22 @@ def voxel_tet_mesh(phases, particles, spacing_m) -> TetMesh:
                    cell_particle=rep(hexm.cell_particle, 6), cell_voxel=rep(hexm.cell_voxel, 6),
                    shape=hexm.shape, spacing=hexm.spacing, extent=np.asarray(hexm.shape) * hexm.spacing,
                    phases=hexm.phases, particles=hexm.particles, removed_voxels=hexm.removed_voxels)
+
+
+def quadratic_tet_mesh(mesh: TetMesh) -> TetMesh:
+    """The same tetrahedra with a node at the middle of every edge (:data:`TET10`, straight edges).
+
+    Mid-edge nodes are numbered after the corner nodes, so node ``i < mesh.n_nodes`` is the same
+    point in both meshes.
+    """
+    if mesh.element is TET10:
+        return mesh
+    edges = np.sort(mesh.cells[:, TET10_EDGES], axis=2).reshape(-1, 2)  # (6 ne, 2)
+    uniq, inv = np.unique(edges, axis=0, return_inverse=True)
+    mid = 0.5 * (mesh.points[uniq[:, 0]] + mesh.points[uniq[:, 1]])
+    cells = np.concatenate([mesh.cells, mesh.n_nodes + inv.reshape(-1, 6)], axis=1)
+    origin = mesh.node_origin
+    if origin is not None:
+        origin = np.concatenate([origin, mesh.n_nodes + np.arange(len(uniq))])
+    return dataclasses.replace(mesh, points=np.concatenate([mesh.points, mid]), cells=cells, element=TET10,
+                               node_origin=origin)

@@ -371,6 +371,9 @@ class CohesiveProblem(ElasticProblem):
         if kwargs.get("backend", "assembled") != "assembled":
             raise ConfigError("interface.model = 'cohesive' needs solver.backend = 'assembled' (the matrix-free "
                               "multigrid covers bonded voxel meshes only)")
+        if mesh.element.name not in ("hexahedron", "tetra"):
+            raise ConfigError("interface.model = 'cohesive' needs linear elements (voxel-hex, or tets with "
+                              "mesh.order = 1): its interface elements have one point per face corner")
         if np.asarray(faces["area"]).size == 0:
             raise MeshError("interface.model = 'cohesive' but the mesh has no AP|SE face")
         if kwargs.get("solver", "auto") == "auto":

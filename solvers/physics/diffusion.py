@@ -54,7 +54,8 @@ class DiffusionProblem:
     Parameters
     ----------
     mesh : VoxelMesh or TetMesh
-        The mechanics mesh; its active cells are used.
+        The mechanics mesh; its active cells are used (quadratic tets: as linear tets on their
+        corners, since row-sum lumping of quadratic tets gives negative corner masses).
     D : float
         Diffusivity, m^2/s.
     dt : float
@@ -81,6 +82,8 @@ class DiffusionProblem:
     """
 
     def __init__(self, mesh, *, D: float, dt: float, faces: dict, solver: str = "auto", rtol: float = 1e-10):
+        if hasattr(mesh, "linear"):  # quadratic tets: Li diffuses on their corners (linear tets, lumped mass)
+            mesh = mesh.linear()
         self.mesh = mesh
         self.D = float(D)
         self.dt = float(dt)

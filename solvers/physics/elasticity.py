@@ -203,11 +203,16 @@ class ElasticProblem:
             nodes = mesh.cells[vz == mesh.shape[0] - 1][:, top_local].ravel()
             return nodes, np.full(nodes.size, mesh.spacing[1] * mesh.spacing[2] / 4)
         _, hi = box_faces(mesh)
-        tris = np.concatenate([mesh.cells[:, f] for f in ([0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3])])
-        tris = tris[hi[tris, 0].all(axis=1)]
-        p = mesh.points[tris]
+        faces = [([0, 1, 2], [4, 5, 6]), ([0, 1, 3], [4, 8, 7]), ([0, 2, 3], [6, 9, 7]), ([1, 2, 3], [5, 9, 8])]
+        tris = np.concatenate([mesh.cells[:, c] for c, _ in faces])
+        on_top = hi[tris, 0].all(axis=1)
+        p = mesh.points[tris[on_top]]
         area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
-        return tris.ravel(), np.repeat(area / 3, 3)
+        if mesh.element.n_nodes == 4:  # linear triangle: a third of the area on each corner
+            return tris[on_top].ravel(), np.repeat(area / 3, 3)
+        # quadratic triangle under uniform traction: nothing on the corners, a third on each mid-edge node
+        mids = np.concatenate([mesh.cells[:, m] for _, m in faces])[on_top]
+        return mids.ravel(), np.repeat(area / 3, 3)
 
     def solve(self, eigenstrain: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
         """Displacement for the given cell eigenstrains, (nn, 3) in metres."""

@@ -18,6 +18,8 @@ def make(**sections):
     ({"mesh": {"kind": "octree"}}, "mesh.kind = 'octree' is not allowed"),
     ({"mesh": {"kind": "conforming-tet", "cell_size_voxels": 0}}, "mesh.cell_size_voxels = 0 must be > 0"),
     ({"mesh": {"kind": "voxel-tet"}, "solver": {"backend": "matrix-free"}}, "matrix-free' works on voxel-hex"),
+    ({"mesh": {"order": 2}}, "mesh.order = 2 .quadratic elements. needs mesh.kind"),
+    ({"mesh": {"kind": "voxel-tet", "order": 2}, "interface": {"model": "cohesive"}}, "cohesive' needs mesh.order = 1"),
     ({"meshing": {}}, r"unknown section \[meshing\]"),
     ({"mechanics": {"top": 3}}, "mechanics.top = 3 has the wrong type"),
     ({"mechanics": {"top": "stack_pressure"}}, "stack_pressure_MPa > 0"),

@@ -119,15 +119,19 @@ def test_view_screenshot_is_not_blank(results, tmp_path):
     assert (img.reshape(-1, 3).max(axis=1) > 30).mean() > 0.3  # most of the canvas is not black
 
 
-@pytest.mark.parametrize("kind", ["voxel-tet", "conforming-tet"])
-def test_tet_fields_on_the_voxel_grid(config_file, kind):
+@pytest.mark.parametrize("kind, order", [("voxel-tet", 1), ("voxel-tet", 2), ("conforming-tet", 1)])
+def test_tet_fields_on_the_voxel_grid(config_file, kind, order):
     """Tet cell fields come back on the voxel grid: a voxel-tet voxel is the mean of its 6 equal tets;
-    every solid voxel is finite (conforming: from the nearest voxel holding a tet centroid), void is NaN."""
+    every solid voxel is finite (conforming: from the nearest voxel holding a tet centroid), void is NaN;
+    quadratic tets go through the whole pipeline (tetra10 in the XDMF files)."""
+    import json
+
     import meshio
 
     if kind == "conforming-tet":
         pytest.importorskip("pygalmesh")
-    config_file.write_text(config_file.read_text().replace("[cycling]", f'[mesh]\nkind = "{kind}"\n[cycling]'))
+    config_file.write_text(config_file.read_text().replace(
+        "[cycling]", f'[mesh]\nkind = "{kind}"\norder = {order}\n[cycling]'))
     assert main(["-q", "run", str(config_file)]) == 0
     out = config_file.parent / "out"
     layers = {kw["name"]: data for data, kw, _ in get_reader(str(out))(str(out))}
@@ -136,6 +140,8 @@ def test_tet_fields_on_the_voxel_grid(config_file, kind):
     with meshio.xdmf.TimeSeriesReader(out / "fields.xdmf") as r:
         r.read_points_cells()
         _, _, cd = r.read_data(r.num_steps - 1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mesh"]["element"] == ("tetra" if order == 1 else "tetra10")
     voxel = cd["voxel"][0].astype(np.int64)
     cell_vm = cd["von_mises_MPa"][0]
     lo, hi = cell_vm.min(), cell_vm.max()

@@ -120,3 +120,50 @@ def test_tet_misfit_sphere_equal_moduli_matches_eshelby():
     exact = -eshelby_pressure(-0.05 / 3, 22e9, 0.3, 22e9, 0.3)
     print(f"voxel-tet interior {interior / 1e6:.1f} MPa vs Eshelby {exact / 1e6:.1f} MPa")
     assert abs(interior / exact - 1) < 0.01
+
+
+def test_quadratic_tets_patch_test_and_exact_blocks():
+    """TET10: shape functions interpolate (Kronecker at the nodes, partition of unity, gradients match
+    finite differences); uniform strain is reproduced and in equilibrium; stack pressure (consistent
+    quadratic face load: all on the mid-edge nodes) and confined swelling are exact."""
+    from solvers.fem import TET10
+    from solvers.mesh import quadratic_tet_mesh
+    from solvers.physics import ElasticProblem, Material
+
+    assert np.abs(TET10.shape(TET10.nodes) - np.eye(10)).max() < 1e-15
+    xi = np.random.default_rng(0).random((6, 3)) / 3
+    h = 1e-6
+    fd = np.stack([(TET10.shape(xi + h * e) - TET10.shape(xi - h * e)) / (2 * h) for e in np.eye(3)], axis=-1)
+    assert np.abs(fd - TET10.grad(xi)).max() < 1e-8 and np.allclose(TET10.shape(xi).sum(axis=1), 1)
+    tm, _ = mesh()
+    qm = quadratic_tet_mesh(tm)
+    assert qm.n_cells == tm.n_cells and np.allclose(qm.cell_volumes(), tm.cell_volumes())
+    E = np.array([[1e-3, 2e-4, -1e-4], [2e-4, -5e-4, 3e-4], [-1e-4, 3e-4, 7e-4]])
+    u = qm.points @ E.T
+    dn, w = element_gradients(TET10, qm.points, qm.cells)
+    assert np.abs(np.einsum("eai,eqaj->eqij", u[qm.cells], dn) - E).max() < 1e-12
+    assert np.allclose(w.sum(axis=1), tm.cell_volumes(), rtol=1e-12)
+    lam, mu = lame(100e9, 0.3)
+    A = assemble_elasticity(TET10, qm.points, qm.cells, np.full(qm.n_cells, lam), np.full(qm.n_cells, mu))
+    r = (A @ u.ravel()).reshape(-1, 3)
+    inside = np.all((qm.points > 1e-12) & (qm.points < np.array(qm.shape) * SPACING - 1e-12), axis=1)
+    corner_interior = inside & (np.arange(qm.n_nodes) < tm.n_nodes)
+    count = np.bincount(tm.cells.ravel(), minlength=tm.n_nodes)
+    sel = np.flatnonzero(corner_interior[: tm.n_nodes] & (count == count.max()))
+    assert sel.size and np.abs(r[sel]).max() < 1e-9 * np.abs(r).max()
+
+    se, ap = Material("se", 22.0, 0.3), Material("ap", 140.0, 0.25)
+    ph = np.full((6, 5, 4), 1, np.uint8)
+    ph[3:] = 2
+    q2 = quadratic_tet_mesh(voxel_tet_mesh(ph, (ph == 2).astype(np.int32), SPACING))
+    prob = ElasticProblem(q2, {1: se, 2: ap}, top="stack_pressure", stack_pressure_Pa=5e6, solver="direct")
+    zero = np.zeros(q2.n_cells)
+    sig = prob.cell_stress(prob.solve(zero), zero)
+    nu = np.where(q2.cell_phase == 2, ap.nu, se.nu)
+    assert np.allclose(sig[:, 0, 0], -5e6, rtol=1e-9)
+    assert np.allclose(sig[:, 1, 1], -5e6 * nu / (1 - nu), rtol=1e-9)
+    q3 = quadratic_tet_mesh(voxel_tet_mesh(np.full((3, 3, 3), 2, np.uint8), np.ones((3, 3, 3), np.int32), SPACING))
+    prob3 = ElasticProblem(q3, {2: ap}, top="fixed", solver="direct")
+    eps = np.full(q3.n_cells, -0.01)
+    sig3 = prob3.cell_stress(prob3.solve(eps), eps)
+    assert np.allclose(sig3, 3 * ap.K * 0.01 * np.eye(3), rtol=0, atol=1e-9 * 3 * ap.K * 0.01)
