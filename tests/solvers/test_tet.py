@@ -167,3 +167,13 @@ def test_quadratic_tets_patch_test_and_exact_blocks():
     eps = np.full(q3.n_cells, -0.01)
     sig3 = prob3.cell_stress(prob3.solve(eps), eps)
     assert np.allclose(sig3, 3 * ap.K * 0.01 * np.eye(3), rtol=0, atol=1e-9 * 3 * ap.K * 0.01)
+
+
+def test_chunked_assembly_equals_one_chunk():
+    """Assembling in chunks of cells (to bound memory) gives the same matrix as all cells at once."""
+    tm, _ = mesh()
+    rng = np.random.default_rng(2)
+    lam, mu = rng.random(tm.n_cells) * 1e9, rng.random(tm.n_cells) * 1e9
+    A = assemble_elasticity(TET4, tm.points, tm.cells, lam, mu, chunk=tm.n_cells)
+    B = assemble_elasticity(TET4, tm.points, tm.cells, lam, mu, chunk=97)
+    assert abs(A - B).max() <= 1e-12 * abs(A).max()
