@@ -133,3 +133,72 @@ def quadratic_tet_mesh(mesh: TetMesh) -> TetMesh:
         origin = np.concatenate([origin, mesh.n_nodes + np.arange(len(uniq))])
     return dataclasses.replace(mesh, points=np.concatenate([mesh.points, mid]), cells=cells, element=TET10,
                                node_origin=origin)
+
+
+#: a boundary triangle belongs to a box face when its outward normal is within 60 degrees of the face's
+#: and its corners lie within this many voxels of the face's plane (CGAL rounds the box edges by ~0.5 voxel)
+BOX_FACE_MIN_COS = 0.5
+BOX_FACE_TOL_VOXELS = 0.75
+
+
+def box_boundary(mesh: TetMesh, min_cos: float = BOX_FACE_MIN_COS,
+                 tol_voxels: float = BOX_FACE_TOL_VOXELS) -> dict[tuple[int, int], tuple]:
+    """The boundary triangles of a tet mesh that make up each face of its box.
+
+    Conforming (CGAL) meshes do not keep the box's edges and corners sharp: near them the outer
+    surface is rounded over about half a voxel, so a test on coordinates alone misses those
+    nodes. A boundary triangle (a face of one cell only; AP|SE faces of a split mesh pair up
+    through ``node_origin``) belongs to box face (axis, side) when its outward normal points
+    within 60 degrees (``min_cos``) of that face's outward normal and its corners lie within
+    ``tol_voxels`` of its plane.
+
+    Returns
+    -------
+    dict (axis, side) -> (tris (m, 3) corner nodes, area (m,) m^2, normal (m, 3) outward unit normals);
+    axis 0, 1, 2 = z, y, x; side 0 = low (coordinate 0), 1 = high (coordinate ``extent``).
+    """
+    corners = mesh.cells[:, :4]
+    key = corners if mesh.node_origin is None else mesh.node_origin[corners]
+    local = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+    tri_key = np.sort(key[:, local].reshape(-1, 3), axis=1)
+    _, inv, counts = np.unique(tri_key, axis=0, return_inverse=True, return_counts=True)
+    on_boundary = counts[inv.ravel()] == 1
+    owner = np.repeat(np.arange(mesh.n_cells), 4)[on_boundary]
+    tris = corners[:, local].reshape(-1, 3)[on_boundary]
+    p = mesh.points[tris]
+    n = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    area = 0.5 * np.linalg.norm(n, axis=1)
+    n /= np.maximum(2 * area, 1e-300)[:, None]
+    outward = p.mean(axis=1) - mesh.points[corners[owner]].mean(axis=1)
+    n *= np.sign(np.einsum("fi,fi->f", n, outward))[:, None]
+    tol = tol_voxels * np.asarray(mesh.spacing, float)
+    extent = np.asarray(mesh.extent, float)
+    out = {}
+    for ax in range(3):
+        for side, (plane, sign) in enumerate(((0.0, -1.0), (extent[ax], 1.0))):
+            sel = (sign * n[:, ax] >= min_cos) & np.all(np.abs(p[:, :, ax] - plane) <= tol[ax], axis=1)
+            out[ax, side] = (tris[sel], area[sel], n[sel])
+    return out
+
+
+def box_face_nodes(mesh: TetMesh) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes on the low and high box faces of a tet mesh, two (nn, 3) bool arrays (axes z, y, x).
+
+    Voxel-tets: coordinates on the planes (exact). Conforming meshes: the nodes of the
+    :func:`box_boundary` triangles. Quadratic tets add a mid-edge node when both ends are on a face.
+    """
+    lo = np.zeros((mesh.n_nodes, 3), bool)
+    hi = np.zeros((mesh.n_nodes, 3), bool)
+    if mesh.kind == "voxel-tet":
+        tol = 1e-6 * np.asarray(mesh.spacing)
+        lo[:] = mesh.points <= tol
+        hi[:] = mesh.points >= np.asarray(mesh.extent) - tol
+        return lo, hi
+    for (ax, side), (tris, _, _) in box_boundary(mesh).items():
+        (hi if side else lo)[tris.ravel(), ax] = True
+    if mesh.element.n_nodes == 10:
+        for e, (a, b) in enumerate(TET10_EDGES):
+            mid, ea, eb = mesh.cells[:, 4 + e], mesh.cells[:, a], mesh.cells[:, b]
+            for arr in (lo, hi):
+                arr[mid] |= arr[ea] & arr[eb]
+    return lo, hi

@@ -24,7 +24,9 @@ from solvers.fem.assembly import (
     gradient_integral,
     lame,
 )
+from solvers.fem.elements import TET10_EDGES
 from solvers.linalg import LinearSolver, rigid_body_modes
+from solvers.mesh.tet import box_boundary, box_face_nodes
 from solvers.mesh.voxel import VoxelMesh
 from solvers.physics.materials import Material
 from tomomech.errors import ConfigError, MeshError
@@ -39,15 +41,13 @@ MATRIX_FREE_DOF = 1_500_000
 def box_faces(mesh) -> tuple[np.ndarray, np.ndarray]:
     """Nodes on the low and high box faces, two (nn, 3) bool arrays (axes z, y, x).
 
-    Voxel meshes use their integer node grid; other meshes compare coordinates
-    with the box extent to a tolerance of 0.05 voxel.
+    Voxel meshes use their integer node grid; tet meshes their boundary triangles
+    (:func:`solvers.mesh.tet.box_face_nodes`: CGAL rounds the box edges).
     """
     if isinstance(mesh, VoxelMesh):
         idx = mesh.node_index.T
         return idx == 0, idx == np.asarray(mesh.shape)[None, :]
-    extent = np.asarray(mesh.extent)
-    tol = 0.05 * np.asarray(mesh.spacing)
-    return mesh.points <= tol, mesh.points >= extent - tol
+    return box_face_nodes(mesh)
 
 
 def box_constraints(mesh, top: str = "free") -> np.ndarray:
@@ -202,17 +202,22 @@ class ElasticProblem:
             top_local = np.flatnonzero(mesh.element.nodes[:, 0] == 1)
             nodes = mesh.cells[vz == mesh.shape[0] - 1][:, top_local].ravel()
             return nodes, np.full(nodes.size, mesh.spacing[1] * mesh.spacing[2] / 4)
-        _, hi = box_faces(mesh)
-        faces = [([0, 1, 2], [4, 5, 6]), ([0, 1, 3], [4, 8, 7]), ([0, 2, 3], [6, 9, 7]), ([1, 2, 3], [5, 9, 8])]
-        tris = np.concatenate([mesh.cells[:, c] for c, _ in faces])
-        on_top = hi[tris, 0].all(axis=1)
-        p = mesh.points[tris[on_top]]
-        area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+        if mesh.kind == "voxel-tet":  # flat box faces
+            tris, area, _ = box_boundary(mesh)[0, 1]
+        else:
+            # a flat platen on the solid part of the top voxel layer. CGAL rounds the box edges over 1-1.5
+            # voxels, so that part of the surface lies below the plane and tilts: the force goes to every
+            # upward-facing boundary triangle within 1.5 voxels of the top in proportion to its area
+            # projected on the plane, scaled so the total is the pressure times the solid top area
+            tris, area, normal = box_boundary(mesh, min_cos=1e-9, tol_voxels=1.5)[0, 1]
+            area = area * normal[:, 0]
+            ext = np.asarray(mesh.extent)
+            solid_top = float(np.mean(mesh.phases[-1] != 0)) * ext[1] * ext[2]
+            area = area * (solid_top / area.sum()) if area.sum() > 0 else area
         if mesh.element.n_nodes == 4:  # linear triangle: a third of the area on each corner
-            return tris[on_top].ravel(), np.repeat(area / 3, 3)
+            return tris.ravel(), np.repeat(area / 3, 3)
         # quadratic triangle under uniform traction: nothing on the corners, a third on each mid-edge node
-        mids = np.concatenate([mesh.cells[:, m] for _, m in faces])[on_top]
-        return mids.ravel(), np.repeat(area / 3, 3)
+        return _mid_nodes(mesh, tris).ravel(), np.repeat(area / 3, 3)
 
     def solve(self, eigenstrain: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
         """Displacement for the given cell eigenstrains, (nn, 3) in metres."""
@@ -235,3 +240,21 @@ class ElasticProblem:
         sig = 2.0 * mu[:, None, None] * eps
         sig[:, idx, idx] += (lam * tr)[:, None]
         return sig
+
+
+def _mid_nodes(mesh, tris: np.ndarray) -> np.ndarray:
+    """The three mid-edge nodes of corner triangles ``tris`` (m, 3) of a quadratic tet mesh, (m, 3)."""
+    # the mid node of edge (a, b) is found through any cell that has both corners: key the cells' edges
+    i, j = TET10_EDGES.T
+    ends = np.sort(np.stack([mesh.cells[:, i], mesh.cells[:, j]], axis=2), axis=2).reshape(-1, 2)
+    mids = mesh.cells[:, 4:].reshape(-1)
+    n = mesh.n_nodes
+    keys = ends[:, 0].astype(np.int64) * n + ends[:, 1]
+    order = np.argsort(keys)
+    keys, mids = keys[order], mids[order]
+    out = np.empty_like(tris)
+    for k, (u, v) in enumerate(((0, 1), (1, 2), (0, 2))):
+        e = np.sort(tris[:, [u, v]], axis=1)
+        q = e[:, 0].astype(np.int64) * n + e[:, 1]
+        out[:, k] = mids[np.searchsorted(keys, q)]
+    return out

@@ -4,7 +4,7 @@ voxel-hex, voxel-tet and conforming-tet meshes of the same labels must give the 
 per-particle stresses up to discretisation error. Stated tolerance: the volume-mean von
 Mises stress of every particle that does not touch the box within 12 % of the voxel-hex
 value (measured on this sample: voxel-tet +3.6 to +10.1 %, systematically stiffer than the
-hexes; conforming-tet -2.6 to +6.2 %).
+hexes; conforming-tet -0.5 to +9.3 %).
 """
 
 import json
