@@ -156,8 +156,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     sp_um = np.asarray(spacing_um, float) * cfg.mesh.coarsen
     t["mesh_s"] = time.perf_counter() - t0
     log.info("mesh: %d %s cells, %d nodes, %d dof", mesh.n_cells, mesh.element.name, mesh.n_nodes, 3 * mesh.n_nodes)
-    quality = None
-    if cfg.mesh.kind != "voxel-hex":
+    quality = getattr(mesh, "quality", None)  # conforming meshes come with theirs
+    if quality is None and cfg.mesh.kind != "voxel-hex":
         from solvers.mesh.conforming import mesh_quality
 
         quality = mesh_quality(mesh, mesh.phases, mesh.particles)

@@ -170,12 +170,10 @@ def tet_interface_faces(mesh, *, sigma_voxels: float | None = None) -> dict[str,
     dict of (nf,) arrays: ``ap_cell``, ``se_cell``, ``particle``, ``area`` (m^2), ``normal`` (nf, 3),
     ``nodes`` (nf, 3) the triangle's corner node indices.
     """
+    from solvers.mesh.tet import cell_triangles
+
     cells = mesh.cells[:, :4]  # the corners (quadratic tets: the mid-edge nodes follow)
-    local = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
-    tri = np.sort(cells[:, local].reshape(-1, 3), axis=1)
-    owner = np.repeat(np.arange(mesh.n_cells), 4)
-    _, inv, counts = np.unique(tri, axis=0, return_inverse=True, return_counts=True)
-    inv = inv.ravel()
+    tri, owner, inv, counts = cell_triangles(cells)
     order = np.argsort(inv, kind="stable")
     shared = counts[inv[order]] == 2
     pairs = order[shared].reshape(-1, 2)  # the two (cell, face) entries of each interior triangle

@@ -8,6 +8,7 @@ conditions select boundary nodes with a tolerance (:func:`solvers.physics.box_fa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -108,7 +109,7 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     report = mesh_quality(mesh, phases, particles)
     log.info("conforming mesh: %d tets, min dihedral %.1f deg, phase volume errors %s", mesh.n_cells,
              report["min_dihedral_deg"], report["phase_volume_rel_error"])
-    return mesh
+    return dataclasses.replace(mesh, quality=report)
 
 
 def _write_inr(labels: np.ndarray, voxel_size, path: Path) -> None:

@@ -50,6 +50,8 @@ class TetMesh:
     node_origin : (nn,) int or None
         On a mesh whose AP|SE nodes were duplicated (cohesive interface), the
         original node of every node; None on a bonded mesh.
+    quality : dict or None
+        The quality report of :func:`solvers.mesh.conforming.mesh_quality` when the mesher made one.
     """
 
     points: np.ndarray
@@ -65,6 +67,7 @@ class TetMesh:
     removed_voxels: int = 0
     kind: str = "voxel-tet"
     node_origin: np.ndarray | None = None
+    quality: dict | None = None
     element: Element = TET4
 
     @property
@@ -135,6 +138,29 @@ def quadratic_tet_mesh(mesh: TetMesh) -> TetMesh:
                                node_origin=origin)
 
 
+#: the corners of the face opposite each corner of a tetrahedron
+FACE_CORNERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+
+
+def cell_triangles(corners: np.ndarray):
+    """The 4 faces of every tetrahedron, matched between cells.
+
+    Parameters
+    ----------
+    corners : (ne, 4) int, corner nodes
+
+    Returns
+    -------
+    tri : (4 ne, 3) sorted corner nodes of each face (cell-major)
+    owner : (4 ne,) the cell of each face
+    inverse : (4 ne,) index of each face among the distinct faces
+    counts : (n_distinct,) cells sharing each distinct face (1: boundary, 2: interior)
+    """
+    tri = np.sort(corners[:, FACE_CORNERS].reshape(-1, 3), axis=1)
+    _, inv, counts = np.unique(tri, axis=0, return_inverse=True, return_counts=True)
+    return tri, np.repeat(np.arange(corners.shape[0]), 4), inv.ravel(), counts
+
+
 #: a boundary triangle belongs to a box face when its outward normal is within 60 degrees of the face's
 #: and its corners lie within this many voxels of the face's plane (CGAL rounds the box edges by ~0.5 voxel)
 BOX_FACE_MIN_COS = 0.5
@@ -159,12 +185,10 @@ def box_boundary(mesh: TetMesh, min_cos: float = BOX_FACE_MIN_COS,
     """
     corners = mesh.cells[:, :4]
     key = corners if mesh.node_origin is None else mesh.node_origin[corners]
-    local = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
-    tri_key = np.sort(key[:, local].reshape(-1, 3), axis=1)
-    _, inv, counts = np.unique(tri_key, axis=0, return_inverse=True, return_counts=True)
-    on_boundary = counts[inv.ravel()] == 1
-    owner = np.repeat(np.arange(mesh.n_cells), 4)[on_boundary]
-    tris = corners[:, local].reshape(-1, 3)[on_boundary]
+    _, owner, inv, counts = cell_triangles(key)
+    on_boundary = counts[inv] == 1
+    owner = owner[on_boundary]
+    tris = corners[:, FACE_CORNERS].reshape(-1, 3)[on_boundary]
     p = mesh.points[tris]
     n = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
     area = 0.5 * np.linalg.norm(n, axis=1)

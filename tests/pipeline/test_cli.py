@@ -10,6 +10,7 @@ from pipeline import io
 from pipeline.cli import main
 from pipeline.io import write_volume
 from segmentation import make_composite
+from tests.helpers import label_run_config
 
 
 def test_run_config_writes_all_results(config_file):
@@ -174,13 +175,7 @@ def test_cohesive_galvanostatic_run_reports_delamination(tmp_path, kind):
     phases, _ = make_composite((12, 12, 12), active_fraction=0.45, void_fraction=0.08, radius=3, seed=11)
     write_volume(tmp_path / "stack.tif", phases, (0.5, 0.5, 0.5))
     cfg = tmp_path / "run.toml"
-    cfg.write_text(f"""
-[input]
-path = "stack.tif"
-[segmentation]
-method = "labels"
-phase_map = {{ 0 = "void", 1 = "electrolyte", 2 = "active" }}
-min_particle_voxels = 5
+    cfg.write_text(label_run_config(f"""
 [mesh]
 kind = "{kind}"
 [materials]
@@ -199,7 +194,7 @@ cycles = 2
 output_every = 1
 [output]
 dir = "out"
-""")
+"""))
     assert main(["-q", "run", str(cfg)]) == 0
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())

@@ -16,6 +16,7 @@ import pytest
 from pipeline import io
 from pipeline.cli import main
 from segmentation import make_composite
+from tests.helpers import label_run_config
 
 KINDS = ("voxel-hex", "voxel-tet", "conforming-tet")
 VM_RTOL = 0.12
@@ -23,13 +24,7 @@ VM_RTOL = 0.12
 
 def run_kind(tmp_path, kind):
     cfg = tmp_path / f"{kind}.toml"
-    cfg.write_text(f"""
-[input]
-path = "stack.tif"
-[segmentation]
-method = "labels"
-phase_map = {{ 0 = "void", 1 = "electrolyte", 2 = "active" }}
-min_particle_voxels = 5
+    cfg.write_text(label_run_config(f"""
 [mesh]
 kind = "{kind}"
 msh = true
@@ -39,7 +34,7 @@ soc_end = 0.4
 steps = 1
 [output]
 dir = "{kind}"
-""")
+"""))
     assert main(["-q", "run", str(cfg)]) == 0
     return tmp_path / kind
 
