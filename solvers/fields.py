@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from solvers.mesh.tet import cell_triangles
+
 ACTIVE, ELECTROLYTE = 2, 1
 
 
@@ -170,9 +172,7 @@ def tet_interface_faces(mesh, *, sigma_voxels: float | None = None) -> dict[str,
     dict of (nf,) arrays: ``ap_cell``, ``se_cell``, ``particle``, ``area`` (m^2), ``normal`` (nf, 3),
     ``nodes`` (nf, 3) the triangle's corner node indices.
     """
-    from solvers.mesh.tet import cell_triangles
-
-    cells = mesh.cells[:, :4]  # the corners (quadratic tets: the mid-edge nodes follow)
+    cells = mesh.corners  # quadratic tets list their mid-edge nodes after the corners
     tri, owner, inv, counts = cell_triangles(cells)
     order = np.argsort(inv, kind="stable")
     shared = counts[inv[order]] == 2

@@ -75,14 +75,6 @@ def gradient_integral(element: Element, spacing) -> np.ndarray:
     return np.einsum("q,qai->ai", wts * float(np.prod(spacing)), dn)
 
 
-def centroid_gradients(element: Element, spacing) -> np.ndarray:
-    """Shape-function gradients at the cell centre, (n, 3) in 1/m.
-
-    For a trilinear voxel the centroid strain equals the cell-mean strain.
-    """
-    return physical_gradients(element, np.full((1, 3), 0.5), spacing)[0]
-
-
 _OFFSETS = np.array(list(itertools.product((-1, 0, 1), repeat=3)))  # lexicographic: columns sorted
 
 

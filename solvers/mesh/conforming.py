@@ -203,8 +203,8 @@ def mesh_quality(mesh: TetMesh, phases: np.ndarray, particles: np.ndarray) -> di
             for i in (0, n - 1):
                 sl[ax] = i
                 w[tuple(sl)] *= 0.5
-    dih = dihedral_angles(mesh.points, mesh.cells[:, :4])
-    rr = radius_ratio(mesh.points, mesh.cells[:, :4])
+    dih = dihedral_angles(mesh.points, mesh.corners)
+    rr = radius_ratio(mesh.points, mesh.corners)
     report = {"cells": mesh.n_cells, "nodes": mesh.n_nodes, "min_dihedral_deg": float(dih.min()),
               "p1_dihedral_deg": float(np.percentile(dih.min(axis=1), 1)),
               "max_dihedral_deg": float(dih.max()), "radius_ratio_min": float(rr.min()),

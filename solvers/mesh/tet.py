@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from solvers.fem.assembly import element_gradients
 from solvers.fem.elements import TET4, TET10, TET10_EDGES, Element
 from solvers.mesh.voxel import voxel_hex_mesh
 
@@ -80,18 +81,28 @@ class TetMesh:
 
     def cell_volumes(self) -> np.ndarray:
         """Signed volumes in (x, y, z) orientation (VTK: positive for valid cells), m^3 (straight edges)."""
-        return _volumes(self.points[self.cells[:, :4]][..., ::-1])
+        return _volumes(self.points[self.corners][..., ::-1])
 
     @property
     def corners(self) -> np.ndarray:
         """The 4 corner nodes of every cell, (ne, 4) (the cells themselves on linear meshes)."""
         return self.cells[:, :4]
 
+    def gradient_tables(self, cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Shape-function gradients and quadrature weights of the cells (all, or those indexed).
+
+        Returns
+        -------
+        dn : (m, q, n, 3) gradients, 1/m
+        w : (m, q) quadrature weights times |det J|, m^3
+        """
+        return element_gradients(self.element, self.points, self.cells if cells is None else self.cells[cells])
+
     def linear(self) -> TetMesh:
         """The same cells as linear tetrahedra on the corner nodes (nodes keep their numbers)."""
         if self.element is TET4:
             return self
-        return dataclasses.replace(self, cells=np.ascontiguousarray(self.cells[:, :4]), element=TET4)
+        return dataclasses.replace(self, cells=np.ascontiguousarray(self.corners), element=TET4)
 
 
 def _volumes(x: np.ndarray) -> np.ndarray:
@@ -138,8 +149,9 @@ def quadratic_tet_mesh(mesh: TetMesh) -> TetMesh:
                                node_origin=origin)
 
 
-#: the corners of the face opposite each corner of a tetrahedron
+#: the corners of the face opposite each corner of a tetrahedron, and (quadratic) its mid-edge nodes
 FACE_CORNERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+FACE_MIDS = np.array([[5, 9, 8], [6, 9, 7], [4, 8, 7], [4, 5, 6]])
 
 
 def cell_triangles(corners: np.ndarray):
@@ -180,16 +192,18 @@ def box_boundary(mesh: TetMesh, min_cos: float = BOX_FACE_MIN_COS,
 
     Returns
     -------
-    dict (axis, side) -> (tris (m, 3) corner nodes, area (m,) m^2, normal (m, 3) outward unit normals);
-    axis 0, 1, 2 = z, y, x; side 0 = low (coordinate 0), 1 = high (coordinate ``extent``).
+    dict (axis, side) -> (nodes (m, 3) or (m, 6): corner nodes, then on quadratic tets the mid-edge
+    nodes; area (m,) m^2; normal (m, 3) outward unit normals); axis 0, 1, 2 = z, y, x; side 0 = low
+    (coordinate 0), 1 = high (coordinate ``extent``).
     """
     corners = mesh.cells[:, :4]
     key = corners if mesh.node_origin is None else mesh.node_origin[corners]
     _, owner, inv, counts = cell_triangles(key)
     on_boundary = counts[inv] == 1
     owner = owner[on_boundary]
-    tris = corners[:, FACE_CORNERS].reshape(-1, 3)[on_boundary]
-    p = mesh.points[tris]
+    local = FACE_CORNERS if mesh.element.n_nodes == 4 else np.concatenate([FACE_CORNERS, FACE_MIDS], axis=1)
+    tris = mesh.cells[:, local].reshape(-1, local.shape[1])[on_boundary]
+    p = mesh.points[tris[:, :3]]
     n = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
     area = 0.5 * np.linalg.norm(n, axis=1)
     n /= np.maximum(2 * area, 1e-300)[:, None]
@@ -208,8 +222,8 @@ def box_boundary(mesh: TetMesh, min_cos: float = BOX_FACE_MIN_COS,
 def box_face_nodes(mesh: TetMesh) -> tuple[np.ndarray, np.ndarray]:
     """Nodes on the low and high box faces of a tet mesh, two (nn, 3) bool arrays (axes z, y, x).
 
-    Voxel-tets: coordinates on the planes (exact). Conforming meshes: the nodes of the
-    :func:`box_boundary` triangles. Quadratic tets add a mid-edge node when both ends are on a face.
+    Voxel-tets: coordinates on the planes (exact). Conforming meshes: the nodes (corners and, on
+    quadratic tets, mid-edge nodes) of the :func:`box_boundary` triangles.
     """
     lo = np.zeros((mesh.n_nodes, 3), bool)
     hi = np.zeros((mesh.n_nodes, 3), bool)
@@ -218,11 +232,6 @@ def box_face_nodes(mesh: TetMesh) -> tuple[np.ndarray, np.ndarray]:
         lo[:] = mesh.points <= tol
         hi[:] = mesh.points >= np.asarray(mesh.extent) - tol
         return lo, hi
-    for (ax, side), (tris, _, _) in box_boundary(mesh).items():
-        (hi if side else lo)[tris.ravel(), ax] = True
-    if mesh.element.n_nodes == 10:
-        for e, (a, b) in enumerate(TET10_EDGES):
-            mid, ea, eb = mesh.cells[:, 4 + e], mesh.cells[:, a], mesh.cells[:, b]
-            for arr in (lo, hi):
-                arr[mid] |= arr[ea] & arr[eb]
+    for (ax, side), (nodes, _, _) in box_boundary(mesh).items():
+        (hi if side else lo)[nodes.ravel(), ax] = True
     return lo, hi

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from solvers.fem.assembly import physical_gradients
 from solvers.fem.elements import HEX8, Element
 from tomomech.errors import MeshError
 
@@ -87,6 +88,17 @@ class VoxelMesh:
     def cell_volumes(self) -> np.ndarray:
         """Volume of every cell, (ne,) in m^3 (all alike on a voxel grid)."""
         return np.full(self.n_cells, self.cell_volume)
+
+    def gradient_tables(self, cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Shape-function gradients and quadrature weights, one table shared by every voxel.
+
+        Returns
+        -------
+        dn : (1, q, 8, 3) gradients, 1/m
+        w : (1, q) quadrature weights times the voxel volume, m^3
+        """
+        pts, wts = self.element.quadrature
+        return physical_gradients(self.element, pts, self.spacing)[None], (wts * self.cell_volume)[None]
 
 
 def nodes_of(cells: np.ndarray) -> np.ndarray:

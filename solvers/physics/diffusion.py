@@ -16,7 +16,6 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.fem.assembly import element_gradients, physical_gradients
 from solvers.linalg import LinearSolver
 from solvers.mesh.voxel import ACTIVE, VoxelMesh
 
@@ -24,28 +23,6 @@ log = logging.getLogger(__name__)
 
 FARADAY = 96485.33212  # C/mol
 GAS_CONSTANT = 8.314462618  # J/(mol K)
-
-
-def cell_tables(mesh, cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Shape-function gradients and quadrature weights of the cells of a mesh.
-
-    Parameters
-    ----------
-    mesh : VoxelMesh or TetMesh
-    cells : (m,) int, optional
-        Cell indices (all cells when omitted).
-
-    Returns
-    -------
-    dn : (1 or m, q, n, 3) gradients, 1/m (one table shared by all cells of a voxel mesh)
-    w : (1 or m, q) quadrature weights times |det J|, m^3
-    """
-    el = mesh.element
-    if isinstance(mesh, VoxelMesh):
-        pts, wts = el.quadrature
-        return physical_gradients(el, pts, mesh.spacing)[None], (wts * float(np.prod(mesh.spacing)))[None]
-    sel = mesh.cells if cells is None else mesh.cells[cells]
-    return element_gradients(el, mesh.points, sel)
 
 
 class DiffusionProblem:
@@ -98,7 +75,7 @@ class DiffusionProblem:
         self.n_nodes = int(self._keys.size)
         self.node_particle = (self._keys % self._n_part).astype(np.int64)
         n_per = self.cells.shape[1]
-        self._dn, self._w = cell_tables(mesh, self.cell_index)
+        self._dn, self._w = mesh.gradient_tables(self.cell_index)  # (1 or na, q, n, 3), (1 or na, q)
         pts, _ = mesh.element.quadrature
         self._q_shape = mesh.element.shape(pts)  # (q, n)
         self.cell_volume = np.broadcast_to(self._w.sum(axis=1), (self.cell_index.size,))

@@ -18,13 +18,9 @@ from solvers.fem.assembly import (
     apply_dirichlet,
     assemble_elasticity,
     assemble_voxel_stiffness,
-    centroid_gradients,
     elasticity_matrix,
-    element_gradients,
-    gradient_integral,
     lame,
 )
-from solvers.fem.elements import TET10_EDGES
 from solvers.linalg import LinearSolver, rigid_body_modes
 from solvers.mesh.tet import box_boundary, box_face_nodes
 from solvers.mesh.voxel import VoxelMesh
@@ -113,13 +109,10 @@ class ElasticProblem:
         self._K = np.array([self.materials[p].K for p in self.phase_codes])
         self._lame = np.array([lame(self.materials[p].E, self.materials[p].nu) for p in self.phase_codes])
         self.structured = isinstance(mesh, VoxelMesh)
-        if self.structured:  # every voxel alike: one gradient table for all cells
-            self._g = gradient_integral(mesh.element, mesh.spacing)[None]
-            self._gc = centroid_gradients(mesh.element, mesh.spacing)[None]
-        else:  # unstructured cells (tetrahedra): per-cell tables
-            dn, w = element_gradients(mesh.element, mesh.points, mesh.cells)
-            self._g = np.einsum("eq,eqai->eai", w, dn)
-            self._gc = self._g / w.sum(axis=1)[:, None, None]  # cell-mean gradients
+        # voxels share one table (leading axis 1), tetrahedra have one per cell
+        dn, w = mesh.gradient_tables()
+        self._g = np.einsum("eq,eqai->eai", w, dn)  # int grad N dV
+        self._gc = self._g / w.sum(axis=1)[:, None, None]  # cell-mean gradients (= centroid ones on voxels)
         self.fixed = box_constraints(mesh, top)
         self.timings: dict[str, float] = {}
         if backend == "auto":
@@ -214,10 +207,9 @@ class ElasticProblem:
             ext = np.asarray(mesh.extent)
             solid_top = float(np.mean(mesh.phases[-1] != 0)) * ext[1] * ext[2]
             area = area * (solid_top / area.sum()) if area.sum() > 0 else area
-        if mesh.element.n_nodes == 4:  # linear triangle: a third of the area on each corner
-            return tris.ravel(), np.repeat(area / 3, 3)
-        # quadratic triangle under uniform traction: nothing on the corners, a third on each mid-edge node
-        return _mid_nodes(mesh, tris).ravel(), np.repeat(area / 3, 3)
+        # linear triangle: a third of the area on each corner; quadratic triangle under uniform traction:
+        # nothing on the corners, a third on each mid-edge node (listed after the corners)
+        return tris[:, -3:].ravel(), np.repeat(area / 3, 3)
 
     def solve(self, eigenstrain: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
         """Displacement for the given cell eigenstrains, (nn, 3) in metres."""
@@ -241,20 +233,3 @@ class ElasticProblem:
         sig[:, idx, idx] += (lam * tr)[:, None]
         return sig
 
-
-def _mid_nodes(mesh, tris: np.ndarray) -> np.ndarray:
-    """The three mid-edge nodes of corner triangles ``tris`` (m, 3) of a quadratic tet mesh, (m, 3)."""
-    # the mid node of edge (a, b) is found through any cell that has both corners: key the cells' edges
-    i, j = TET10_EDGES.T
-    ends = np.sort(np.stack([mesh.cells[:, i], mesh.cells[:, j]], axis=2), axis=2).reshape(-1, 2)
-    mids = mesh.cells[:, 4:].reshape(-1)
-    n = mesh.n_nodes
-    keys = ends[:, 0].astype(np.int64) * n + ends[:, 1]
-    order = np.argsort(keys)
-    keys, mids = keys[order], mids[order]
-    out = np.empty_like(tris)
-    for k, (u, v) in enumerate(((0, 1), (1, 2), (0, 2))):
-        e = np.sort(tris[:, [u, v]], axis=1)
-        q = e[:, 0].astype(np.int64) * n + e[:, 1]
-        out[:, k] = mids[np.searchsorted(keys, q)]
-    return out
