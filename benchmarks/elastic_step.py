@@ -2,7 +2,7 @@
 
 Each size runs in its own process so that its peak resident memory is its own.
 Usage: python benchmarks/elastic_step.py [SIZES...] [--aggregation auto|smoothed|plain]
-       [--backend assembled|matrix-free]
+       [--backend assembled|matrix-free] [--precision float64|mixed]
 (default 64 96 128, auto)
 Prints a Markdown table (the README's "Performance" table).
 """
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples/matbox_nmc/nmc-1-cal_generatedCBD_bridge.tif"
 AGGREGATION = "auto"  # smoothed below 1.5 M dof, plain above (memory); --aggregation X to force
 BACKEND = "assembled"  # --backend matrix-free for the geometric multigrid solver
+PRECISION = "float64"  # --precision mixed: matrix-free multigrid in float32
 
 
 def one(n: int) -> dict:
@@ -38,7 +39,8 @@ def one(n: int) -> dict:
     mesh = voxel_hex_mesh(phases, (phases == 2).astype(np.int32), [0.4e-6] * 3)
     t_mesh = time.perf_counter() - t
     prob = ElasticProblem(mesh, {1: get_material("Li6PS5Cl"), 2: get_material("NMC811")}, solver="amg",
-                          aggregation=AGGREGATION, backend=BACKEND)
+                          aggregation=AGGREGATION, backend=BACKEND,
+                          **({"precision": PRECISION} if BACKEND != "assembled" else {}))
     eps = np.where(mesh.cell_phase == 2, get_material("NMC811").swelling_strain(0.22, 1.0), 0.0)
     t = time.perf_counter()
     u = prob.solve(eps)
@@ -53,7 +55,7 @@ def one(n: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    global AGGREGATION, BACKEND
+    global AGGREGATION, BACKEND, PRECISION
     if "--aggregation" in argv:
         i = argv.index("--aggregation")
         AGGREGATION = argv[i + 1]
@@ -61,6 +63,10 @@ def main(argv: list[str]) -> None:
     if "--backend" in argv:
         i = argv.index("--backend")
         BACKEND = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    if "--precision" in argv:
+        i = argv.index("--precision")
+        PRECISION = argv[i + 1]
         argv = argv[:i] + argv[i + 2:]
     if argv and argv[0] == "--one":
         print(json.dumps(one(int(argv[1]))))
@@ -70,7 +76,7 @@ def main(argv: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         r = subprocess.run([sys.executable, __file__, "--one", str(n), "--aggregation", AGGREGATION,
-                            "--backend", BACKEND],
+                            "--backend", BACKEND, "--precision", PRECISION],
                            capture_output=True, text=True)
         if r.returncode != 0:
             print(f"| {n}^3 | failed: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode} |")

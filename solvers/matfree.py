@@ -9,6 +9,18 @@ coarsening with averaged Lame moduli (a coarse voxel is void only if all 8
 fine ones are), Chebyshev-Jacobi smoothing, trilinear prolongation and its
 transpose, and a direct solve on the coarsest grid.
 
+Voxel data have features the coarse grids cannot represent: single voxels
+and one-voxel sheets hanging on the solid by one face, thin necks between
+void blobs. Their soft local modes are neither smoothed (too low in the
+spectrum) nor corrected (trilinear coarse functions tie them to material
+across the void), and they alone made the iteration count grow with the
+volume. Setup finds them the way adaptive multigrid does: a few V-cycles
+as a stationary iteration on a random error leave only the modes the cycle
+misses; the nodes where that error stays above ``local_threshold`` (of its
+unit start), and their neighbours, get an exact local solve on the
+fine level before and after the coarse correction (a multiplicative
+Schwarz step, so the preconditioner stays symmetric).
+
 Vectors live on the full node grid, shape (Z+1, Y+1, X+1, 3); fixed dofs
 (box conditions, and nodes that touch no solid voxel) carry the identity
 scaled by ``scale``, exactly as :func:`solvers.fem.assembly.apply_dirichlet`.
@@ -34,41 +46,43 @@ log = logging.getLogger(__name__)
 
 CORNERS = HEX8.nodes.astype(np.int64)  # (8, 3) local corner offsets (z, y, x)
 COARSEST_DOF = 30_000
+LOCAL_BOX = 10  # nodes per side of a local exact solve
 
 
 def _numba_kernel():
     import numba
 
-    @numba.njit(parallel=True, fastmath=False, cache=True)
+    cz, cy, cx = (np.ascontiguousarray(CORNERS[:, i]) for i in range(3))
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
     def apply(x, mat, ke, y):
+        # element by element: gather the 24 dofs, a dense 24 x 24 product, scatter-add. Voxel planes
+        # of one parity touch disjoint node planes, so the two parities run one after the other and
+        # the planes of each in parallel without two threads adding to the same node.
         Z, Y, X = mat.shape
-        for i in numba.prange(Z + 1):
-            for j in range(Y + 1):
-                for k in range(X + 1):
-                    a0 = 0.0
-                    a1 = 0.0
-                    a2 = 0.0
-                    for a in range(8):
-                        ez = i - CORNERS[a, 0]
-                        ey = j - CORNERS[a, 1]
-                        ex = k - CORNERS[a, 2]
-                        if ez < 0 or ey < 0 or ex < 0 or ez >= Z or ey >= Y or ex >= X:
-                            continue
+        y[:] = 0.0
+        for parity in range(2):
+            for iz in numba.prange((Z - parity + 1) // 2):
+                ez = 2 * iz + parity
+                xe = np.empty(24, x.dtype)
+                ye = np.empty(24, x.dtype)
+                for ey in range(Y):
+                    for ex in range(X):
                         m = mat[ez, ey, ex]
                         if m < 0:
                             continue
-                        for b in range(8):
-                            nz = ez + CORNERS[b, 0]
-                            ny = ey + CORNERS[b, 1]
-                            nx = ex + CORNERS[b, 2]
+                        for a in range(8):
                             for c in range(3):
-                                xv = x[nz, ny, nx, c]
-                                a0 += ke[m, a, 0, b, c] * xv
-                                a1 += ke[m, a, 1, b, c] * xv
-                                a2 += ke[m, a, 2, b, c] * xv
-                    y[i, j, k, 0] = a0
-                    y[i, j, k, 1] = a1
-                    y[i, j, k, 2] = a2
+                                xe[3 * a + c] = x[ez + cz[a], ey + cy[a], ex + cx[a], c]
+                        km = ke[m]
+                        for i in range(24):
+                            acc = 0.0
+                            for j in range(24):
+                                acc += km[i, j] * xe[j]
+                            ye[i] = acc
+                        for a in range(8):
+                            for c in range(3):
+                                y[ez + cz[a], ey + cy[a], ex + cx[a], c] += ye[3 * a + c]
 
     return apply
 
@@ -77,12 +91,17 @@ _KERNEL = None
 
 
 def apply_numba(x, mat, ke):
-    """``y = K x`` of the unconstrained voxel operator (numba, parallel over node planes)."""
+    """``y = K x`` of the unconstrained voxel operator (numba, parallel over voxel planes).
+
+    ``x`` (Z+1, Y+1, X+1, 3), ``mat`` (Z, Y, X) int32 (-1: void), ``ke``
+    (n_mat, 8, 3, 8, 3) element matrices; float32 or float64 (``x`` and
+    ``ke`` alike).
+    """
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = _numba_kernel()
     y = np.empty_like(x)
-    _KERNEL(x, mat, ke, y)
+    _KERNEL(x, mat, ke.reshape(ke.shape[0], 24, 24), y)
     return y
 
 
@@ -283,10 +302,18 @@ class MatrixFreeSolver:
     precision : {"float64", "mixed"}
         ``mixed``: multigrid in float32, CG in float64.
     chebyshev_degree : int
+    local_cycles : int
+        V-cycles run at setup to find the modes the cycle misses (0: no local solves).
+    local_threshold : float
+        Node error left after ``local_cycles`` cycles, relative to the unit
+        random start, above which a node joins the local solve.
+    local_max_fraction : float
+        At most this fraction of the fine free nodes join (the largest errors).
     """
 
     def __init__(self, mesh, cell_lame, fixed, *, scale=None, rtol=1e-8, maxiter=500, device="cpu",
-                 precision="float64", chebyshev_degree=2):
+                 precision="float64", chebyshev_degree=2, local_cycles=8, local_threshold=0.003,
+                 local_max_fraction=0.02):
         if device not in ("cpu", "gpu"):
             raise ConfigError(f"solver.device = {device!r}: use 'cpu' or 'gpu'")
         if precision not in ("float64", "mixed"):
@@ -318,6 +345,9 @@ class MatrixFreeSolver:
         fine.scale = float(scale) if scale is not None else _mean_diag(fine)
         self.levels = [fine]
         self._build_hierarchy()
+        self._local = None
+        if local_cycles > 0 and len(self.levels) > 1:
+            self._local = self._local_solve_setup(local_cycles, local_threshold, local_max_fraction)
         self.stats.setup_s = time.perf_counter() - t0
         log.info("geometric multigrid: %d levels %s, setup %.2f s", len(self.levels),
                  [lv.mat.shape for lv in self.levels], self.stats.setup_s)
@@ -342,33 +372,99 @@ class MatrixFreeSolver:
             lv.fixed_dev = self.xp.asarray(lv.fixed)
 
     def _factor(self, lv):
-        class _Grid:  # the coarsest grid as a mesh for the assembled path
-            pass
-
-        g = _Grid()
-        Z, Y, X = lv.mat.shape
-        g.shape = (Z, Y, X)
-        g.element = HEX8
-        g.cell_voxel = np.flatnonzero(lv.mat.ravel() >= 0)
-        g.node_grid = np.flatnonzero(nodes_of(lv.mat >= 0))
-        g.n_nodes = g.node_grid.size
-        self._coarse_nodes = g.node_grid
-        A = assemble_voxel_stiffness(g, lv.mat.ravel()[g.cell_voxel], list(lv.ke))
-        A = apply_dirichlet(A, lv.fixed.reshape(-1, 3)[g.node_grid], scale=lv.scale)
+        A, self._coarse_nodes = _assemble_cells(lv.mat >= 0, lv.mat, lv.ke)
+        A = apply_dirichlet(A, lv.fixed.reshape(-1, 3)[self._coarse_nodes], scale=lv.scale)
         # A Galerkin coarse matrix can be semi-definite where coarse dofs reach the fine free dofs
         # only together; those directions prolong to zero, so a tiny shift makes them harmless.
         A = A + sp.identity(A.shape[0], format="csr") * (1e-10 * lv.scale)
         return spla.splu(A.tocsc())
 
-    def _lambda_max(self, lv, iters=30):
+    def _lambda_max(self, lv, steps=16):
+        """Largest eigenvalue of D^-1 A (times 1.1): Lanczos on D^-1/2 A D^-1/2, the top Ritz value."""
         rng = np.random.default_rng(0)
+        dh = np.sqrt(lv.diag_inv)
         v = rng.standard_normal(lv.node_shape)
-        lam = 1.0
-        for _ in range(iters):
-            w = lv.diag_inv * self._apply_level(lv, v, np)
-            lam = float(np.linalg.norm(w) / np.linalg.norm(v))
-            v = w / np.linalg.norm(w)
-        return 1.1 * lam
+        v /= np.linalg.norm(v)
+        v_old = np.zeros_like(v)
+        alpha, beta = [], [0.0]
+        for _ in range(steps):
+            w = dh * self._apply_level(lv, dh * v, np) - beta[-1] * v_old
+            alpha.append(float(np.sum(w * v)))
+            w -= alpha[-1] * v
+            beta.append(float(np.linalg.norm(w)))
+            if beta[-1] <= 1e-12 * abs(alpha[-1]):
+                break
+            v_old, v = v, w / beta[-1]
+        k = len(alpha)
+        T = np.diag(alpha) + np.diag(beta[1:k], 1) + np.diag(beta[1:k], -1)
+        return 1.1 * float(np.linalg.eigvalsh(T)[-1])
+
+    def _local_solve_setup(self, cycles, threshold, max_fraction):
+        """Nodes the V-cycle leaves behind, their exact local solve and their columns of the operator."""
+        lv = self.levels[0]
+        xp = self.xp
+        rng = np.random.default_rng(0)
+        free = ~lv.fixed
+        e = xp.asarray((rng.standard_normal(lv.node_shape) * free).astype(self.pdtype))
+        for _ in range(cycles):
+            e = e - self._vcycle(0, self._apply_level(lv, e, xp, ke=lv.ke))
+        mag = np.linalg.norm(np.asarray(e.get() if xp is not np else e, float), axis=-1)
+        cap = max(1, int(max_fraction * free.any(-1).sum()))
+        if (mag > threshold).sum() > cap:
+            threshold = np.partition(mag.ravel(), -cap)[-cap]
+        seed = mag > threshold
+        if not seed.any():
+            log.info("multigrid local solves: none needed (error after %d cycles %.1e)", cycles, mag.max())
+            return None
+        weak = seed.copy()  # and their face neighbours
+        for ax in range(3):
+            weak[tuple(slice(1, None) if a == ax else slice(None) for a in range(3))] |= \
+                seed[tuple(slice(None, -1) if a == ax else slice(None) for a in range(3))]
+            weak[tuple(slice(None, -1) if a == ax else slice(None) for a in range(3))] |= \
+                seed[tuple(slice(1, None) if a == ax else slice(None) for a in range(3))]
+        Z, Y, X = lv.mat.shape
+        mat = np.asarray(lv.mat.get() if xp is not np else lv.mat)
+        cells = np.zeros((Z, Y, X), bool)
+        for dz, dy, dx in CORNERS:
+            cells |= weak[dz:dz + Z, dy:dy + Y, dx:dx + X]
+        cells &= mat >= 0
+        ke = np.asarray(self.levels[0].ke.get() if xp is not np else self.levels[0].ke, np.float64)
+        A, grid_nodes = _assemble_cells(cells, mat, ke)
+        dofs = (grid_nodes[:, None] * 3 + np.arange(3)).ravel()  # full-grid dof of each matrix row
+        local = np.flatnonzero(np.repeat(weak.ravel()[grid_nodes], 3) & ~lv.fixed.reshape(-1)[dofs])
+        A = A.tocsr()
+        # exact solves on boxes of LOCAL_BOX^3 nodes (block Jacobi between boxes): the weak nodes
+        # can join up across a sample, and one factorisation of them all fills in like a 3D solve
+        box = (np.stack(np.unravel_index(dofs[local] // 3, weak.shape)) // LOCAL_BOX)
+        box = np.ravel_multi_index(tuple(box), tuple(-(-np.array(weak.shape) // LOCAL_BOX)))
+        All = A[local][:, local].tocoo()
+        same = box[All.row] == box[All.col]
+        All = sp.csc_matrix((All.data[same], (All.row[same], All.col[same])), shape=All.shape)
+        lu = spla.splu(All)
+        couple = A[:, local].tocsr()  # rows: every dof the local correction changes the residual of
+        log.info("multigrid local solves: %d nodes (%d dof) where %d cycles leave an error above %.3g",
+                 int(weak.sum()), local.size, cycles, threshold)
+        if xp is not np:
+            import cupyx.scipy.sparse as csp
+
+            couple = csp.csr_matrix(couple.astype(self.pdtype))
+            return xp.asarray(dofs[local]), lu, xp.asarray(dofs), couple
+        return dofs[local], lu, dofs, couple.astype(self.pdtype)
+
+    def _local_correct(self, x, r):
+        """Exact solve on the local nodes: returns ``x + dx`` and the residual ``r - A dx``."""
+        if self._local is None:
+            return x, r
+        xp = self.xp
+        dof_local, lu, dof_rows, couple = self._local
+        rl = r.reshape(-1)[dof_local]
+        rl = np.asarray(rl.get() if xp is not np else rl, np.float64)
+        dx = xp.asarray(lu.solve(rl).astype(r.dtype))
+        x = x.copy()
+        r = r.copy()
+        x.reshape(-1)[dof_local] += dx
+        r.reshape(-1)[dof_rows] -= couple @ dx
+        return x, r
 
     # -- operator ----------------------------------------------------------------------------
     def _apply_level(self, lv, x, xp, ke=None):
@@ -383,14 +479,14 @@ class MatrixFreeSolver:
         return self._apply_level(self.levels[0], x_grid, self.xp, self._ke_fine64)
 
     # -- V-cycle -------------------------------------------------------------------------------
-    def _smooth(self, lv, x, b):
-        """Chebyshev polynomial smoothing of D^-1 A on [lmax / 30, lmax]."""
+    def _smooth(self, lv, x, b, res=None):
+        """Chebyshev polynomial smoothing of D^-1 A on [lmax / 30, lmax] (``res``: ``b - A x`` if known)."""
         xp = self.xp
         hi, lo = lv.lmax, lv.lmax / self.chebyshev_ratio
         theta, delta = 0.5 * (hi + lo), 0.5 * (hi - lo)
         sigma = theta / delta
         rho = 1.0 / sigma
-        r = lv.diag_inv * (b - self._apply_level(lv, x, xp))
+        r = lv.diag_inv * (b - self._apply_level(lv, x, xp) if res is None else res)
         d = r / theta
         for _ in range(self.degree):
             x = x + d
@@ -410,9 +506,14 @@ class MatrixFreeSolver:
             return xp.asarray(x.reshape(lv.node_shape).astype(b.dtype))
         x = self._smooth(lv, xp.zeros_like(b), b)
         r = b - self._apply_level(lv, x, xp)
+        if k == 0:
+            x, r = self._local_correct(x, r)
         c = self.levels[k + 1]
-        rc = restrict(r, c.node_shape[:3], xp) * (~c.fixed_dev)
+        rc = restrict(r * (~lv.fixed_dev), c.node_shape[:3], xp) * (~c.fixed_dev)  # the transpose of P below
         x = x + prolong(self._vcycle(k + 1, rc), lv.node_shape[:3], xp) * (~lv.fixed_dev)
+        if k == 0 and self._local is not None:
+            x, r = self._local_correct(x, b - self._apply_level(lv, x, xp))
+            return self._smooth(lv, x, b, res=r)
         return self._smooth(lv, x, b)
 
     def precondition(self, r_grid):
@@ -442,6 +543,24 @@ class MatrixFreeSolver:
         return checked_solve(self.stats, self.matvec, b, self.rtol,
                              lambda: counted_cg(A, b, M=M, x0=x0, rtol=self.rtol, maxiter=self.maxiter),
                              "raise [solver] maxiter or use backend = 'assembled'")
+
+
+def _assemble_cells(cells, mat, ke):
+    """Assembled operator of the voxels ``cells`` (Z, Y, X) bool of one level.
+
+    Returns the sparse matrix over the nodes of those voxels and their
+    full-grid node indices (row ``3 i + c`` is dof ``c`` of grid node ``nodes[i]``).
+    """
+    class _Grid:  # the selected voxels as a mesh for the assembled path
+        pass
+
+    g = _Grid()
+    g.shape = mat.shape
+    g.element = HEX8
+    g.cell_voxel = np.flatnonzero(cells.ravel())
+    g.node_grid = np.flatnonzero(nodes_of(cells))
+    g.n_nodes = g.node_grid.size
+    return assemble_voxel_stiffness(g, mat.ravel()[g.cell_voxel], list(ke)), g.node_grid
 
 
 def _diagonal(lv) -> np.ndarray:

@@ -5,7 +5,7 @@ import pytest
 
 from segmentation import make_composite
 from solvers import fields
-from solvers.matfree import apply_arrays, apply_numba, prolong, restrict
+from solvers.matfree import MatrixFreeSolver, apply_arrays, apply_numba, prolong, restrict
 from solvers.mesh import voxel_hex_mesh
 from solvers.physics import ElasticProblem, get_material
 from tomomech.errors import ConfigError
@@ -74,16 +74,34 @@ def test_multigrid_cg_equals_assembled_solution(precision):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap (issue 8): the V-cycle needs 12 -> 17 iterations from 32^3 to "
-                                       "64^3 on this composite, the target is at most +30 %")
-def test_iterations_nearly_flat():
+@pytest.mark.parametrize("top", ["free", "fixed"])
+def test_iterations_nearly_flat(top):
+    """At most +30 % iterations from 32^3 to 64^3 (without the local solves: 12 -> 17 and 11 -> 15)."""
     its = {}
     for n in (32, 64):
         mesh = composite(n)
-        mf = ElasticProblem(mesh, MATS, backend="matrix-free")
+        mf = ElasticProblem(mesh, MATS, backend="matrix-free", top=top)
         mf.solve(np.where(mesh.cell_phase == 2, -0.017, 0.0))
         its[n] = mf.solver.stats.iterations[0]
     assert its[64] <= 1.3 * its[32]
+
+
+def test_preconditioner_with_local_solves_is_symmetric():
+    """CG needs a symmetric preconditioner: the local solves sit on both sides of the coarse correction."""
+    mesh = composite(24)
+    prob = ElasticProblem(mesh, MATS)
+    mf = MatrixFreeSolver(mesh, prob._lame[prob.cell_material], prob.fixed, local_threshold=1e-9,
+                          local_max_fraction=0.2)
+    assert mf._local is not None and mf._local[0].size > 1000
+    rng = np.random.default_rng(3)
+    a, b = (mf._to_grid(mf.matvec(rng.normal(size=prob.n_dof))) for _ in range(2))
+    ma, mb = mf.precondition(a), mf.precondition(b)
+    assert np.sum(ma * b) == pytest.approx(np.sum(a * mb), rel=1e-10)
+    assert np.sum(ma * a) > 0
+    # the residual the local solve hands on (updated through its columns of the operator) is the true one
+    x, r = mf._local_correct(np.zeros_like(a), a)
+    assert np.abs(x).max() > 0
+    assert np.abs(r - (a - mf.apply(x))).max() <= 1e-9 * np.abs(a).max()
 
 
 def test_gpu_without_device_is_a_clear_error():
