@@ -278,14 +278,15 @@ class SolverConfig:
     """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``,
     ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 3 M dof
     to save memory); ``backend = "assembled" | "matrix-free" | "auto"`` (matrix-free: no global
-    matrix, geometric multigrid; experimental), ``device = "cpu" | "gpu"`` and
+    matrix, geometric multigrid, voxel-hex meshes with bonded interfaces; auto: matrix-free above
+    300 k unknowns or when the device or precision ask for it), ``device = "cpu" | "gpu"`` and
     ``precision = "float64" | "mixed"`` for the matrix-free backend."""
 
     method: str = "auto"
     rtol: float = 1e-8
     maxiter: int = 1000
     aggregation: str = "auto"
-    backend: str = "assembled"
+    backend: str = "auto"
     device: str = "cpu"
     precision: str = "float64"
 

@@ -30,8 +30,11 @@ from tomomech.errors import ConfigError, MeshError
 log = logging.getLogger(__name__)
 
 TOP_CONDITIONS = ("free", "fixed", "stack_pressure")
-#: above this many unknowns ``backend="auto"`` uses the matrix-free multigrid solver
-MATRIX_FREE_DOF = 1_500_000
+#: above this many unknowns ``backend="auto"`` uses the matrix-free multigrid solver: one elastic step on
+#: MATBOX crops (benchmarks/elastic_step.py, setup + solve) took 7.2 / 19.6 / 58 s assembled (smoothed AMG)
+#: against 11.0 / 17.6 / 37.6 s matrix-free at 106 k / 347 k / 802 k dof, and the matrix-free solve alone is
+#: faster at every size (it wins from the first step on runs with many solves)
+MATRIX_FREE_DOF = 300_000
 
 
 def box_faces(mesh) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +119,8 @@ class ElasticProblem:
         self.fixed = box_constraints(mesh, top)
         self.timings: dict[str, float] = {}
         if backend == "auto":
-            backend = "matrix-free" if 3 * mesh.n_nodes > MATRIX_FREE_DOF and self.structured else "assembled"
+            wants_mf = 3 * mesh.n_nodes > MATRIX_FREE_DOF or device != "cpu" or precision != "float64"
+            backend = "matrix-free" if wants_mf and self.structured else "assembled"
         if backend == "matrix-free" and not self.structured:
             raise ConfigError("solver.backend = 'matrix-free' works on voxel-hex meshes only")
         if backend not in ("assembled", "matrix-free"):
