@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.ndimage as ndimage
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
@@ -416,12 +417,7 @@ class MatrixFreeSolver:
         if not seed.any():
             log.info("multigrid local solves: none needed (error after %d cycles %.1e)", cycles, mag.max())
             return None
-        weak = seed.copy()  # and their face neighbours
-        for ax in range(3):
-            weak[tuple(slice(1, None) if a == ax else slice(None) for a in range(3))] |= \
-                seed[tuple(slice(None, -1) if a == ax else slice(None) for a in range(3))]
-            weak[tuple(slice(None, -1) if a == ax else slice(None) for a in range(3))] |= \
-                seed[tuple(slice(1, None) if a == ax else slice(None) for a in range(3))]
+        weak = ndimage.binary_dilation(seed)  # and their face neighbours
         Z, Y, X = lv.mat.shape
         mat = np.asarray(lv.mat.get() if xp is not np else lv.mat)
         cells = np.zeros((Z, Y, X), bool)
