@@ -449,8 +449,6 @@ class MatrixFreeSolver:
 
     def _local_correct(self, x, r):
         """Exact solve on the local nodes: returns ``x + dx`` and the residual ``r - A dx``."""
-        if self._local is None:
-            return x, r
         xp = self.xp
         dof_local, lu, dof_rows, couple = self._local
         rl = r.reshape(-1)[dof_local]
@@ -502,15 +500,16 @@ class MatrixFreeSolver:
             return xp.asarray(x.reshape(lv.node_shape).astype(b.dtype))
         x = self._smooth(lv, xp.zeros_like(b), b)
         r = b - self._apply_level(lv, x, xp)
-        if k == 0:
+        local = k == 0 and self._local is not None  # local solves on both sides: a symmetric cycle
+        if local:
             x, r = self._local_correct(x, r)
         c = self.levels[k + 1]
         rc = restrict(r * (~lv.fixed_dev), c.node_shape[:3], xp) * (~c.fixed_dev)  # the transpose of P below
         x = x + prolong(self._vcycle(k + 1, rc), lv.node_shape[:3], xp) * (~lv.fixed_dev)
-        if k == 0 and self._local is not None:
+        r = None
+        if local:
             x, r = self._local_correct(x, b - self._apply_level(lv, x, xp))
-            return self._smooth(lv, x, b, res=r)
-        return self._smooth(lv, x, b)
+        return self._smooth(lv, x, b, res=r)
 
     def precondition(self, r_grid):
         return self._vcycle(0, r_grid.astype(self.pdtype)).astype(np.float64)
