@@ -278,8 +278,9 @@ class SolverConfig:
     """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``,
     ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 3 M dof
     to save memory); ``backend = "assembled" | "matrix-free" | "auto"`` (matrix-free: no global
-    matrix, geometric multigrid, voxel-hex meshes with bonded interfaces; auto: matrix-free above
-    300 k unknowns or when the device or precision ask for it), ``device = "cpu" | "gpu"`` and
+    matrix, voxel-hex meshes only; mechanics by geometric multigrid with bonded interfaces,
+    diffusion by Jacobi-CG; auto: the mechanics above 300 k unknowns, the diffusion above 100 k
+    nodes, or both when the device or precision ask for it), ``device = "cpu" | "gpu"`` and
     ``precision = "float64" | "mixed"`` for the matrix-free backend."""
 
     method: str = "auto"

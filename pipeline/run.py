@@ -183,6 +183,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     weights = None if cfg.mesh.kind == "voxel-hex" else vol  # tets differ in size: volume-weighted statistics
 
     cyc = cfg.cycling
+    diffusion_info = {}
     if cyc.mode == "swell":
         states = swell_states(prob, active, soc_start=cyc.soc_start, soc_end=cyc.soc_end, steps=cyc.steps)
         n_steps = cyc.steps
@@ -191,7 +192,9 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                                  cycles=cyc.cycles, steps=cyc.steps_per_half_cycle(),
                                  stress_assisted=cyc.stress_assisted, temperature_K=cyc.temperature_K)
         states = galvanostatic_states(prob, active, faces, protocol, solver=cfg.solver.method,
-                                      output_every=cyc.output_every,
+                                      backend=cfg.solver.backend, device=cfg.solver.device,
+                                      precision=cfg.solver.precision, output_every=cyc.output_every,
+                                      stats=diffusion_info,
                                       flux_mask=(lambda _st: prob.face_damage() < 1.0) if cohesive else None)
         n_steps = protocol.steps * cyc.cycles
     is_active = mesh.cell_phase == 2
@@ -251,6 +254,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                  "nodes": mesh.n_nodes, "dof": prob.n_dof, "removed_floating_voxels": mesh.removed_voxels,
                  **({"quality": quality} if quality else {})},
         "solver": prob.solver.stats.as_dict(),
+        **({"diffusion_solver": {**diffusion_info["diffusion"].as_dict(),
+                                 "nodes": diffusion_info["diffusion_nodes"]}} if diffusion_info else {}),
         "interface": {"model": cfg.interface.model} if not cohesive else {
             "model": "cohesive", "penalty_Pa_m": prob.law.penalty_Pa_m, "delta_0_m": prob.law.delta_0,
             "delta_f_m": prob.law.delta_f, "preconditioner_rebuilds": prob.rebuilds,

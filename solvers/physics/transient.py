@@ -126,7 +126,8 @@ def galvanostatic_flux(active: Material, protocol: Galvanostatic, accessible_vol
 
 
 def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, protocol: Galvanostatic, *,
-                         solver: str = "auto", output_every: int = 1,
+                         solver: str = "auto", backend: str = "assembled", device: str = "cpu",
+                         precision: str = "float64", output_every: int = 1,
                          flux_mask: Callable[[State | None], np.ndarray] | None = None,
                          stats: dict | None = None) -> Iterator[State]:
     """Transient charge/discharge: yields a :class:`State` every ``output_every`` steps.
@@ -143,7 +144,9 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
     faces : AP|SE faces (:func:`solvers.fields.interface_faces`)
     protocol : Galvanostatic
     solver : {"auto", "direct", "amg"}
-        Linear solver of the diffusion system.
+        Linear solver of the assembled diffusion system.
+    backend, device, precision
+        Of the diffusion system (:class:`~solvers.physics.diffusion.DiffusionProblem`).
     output_every : int
     flux_mask : callable, optional
         Returns the (nf,) bool mask of faces that carry flux given the last
@@ -156,7 +159,8 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
         if getattr(active, name) is None:
             raise ConfigError(f"materials.active ({active.name}) needs {name} for a galvanostatic run")
     mesh = mech.mesh
-    diff = DiffusionProblem(mesh, D=active.D_m2_s, dt=protocol.dt, faces=faces, solver=solver)
+    diff = DiffusionProblem(mesh, D=active.D_m2_s, dt=protocol.dt, faces=faces, solver=solver, backend=backend,
+                            device=device, precision=precision)
     if stats is not None:
         stats["diffusion"] = diff.solver.stats
         stats["diffusion_nodes"] = diff.n_nodes

@@ -8,6 +8,7 @@ from solvers import fields
 from solvers.matfree import MatrixFreeSolver, apply_arrays, apply_numba, prolong, restrict
 from solvers.mesh import voxel_hex_mesh
 from solvers.physics import ElasticProblem, get_material
+from solvers.physics.diffusion import DiffusionProblem
 from tomomech.errors import ConfigError
 
 MATS = {1: get_material("Li6PS5Cl"), 2: get_material("NMC811")}
@@ -116,3 +117,54 @@ def test_gpu_without_device_is_a_clear_error():
         ElasticProblem(mesh, MATS, backend="matrix-free", device="gpu")
     with pytest.raises(ConfigError, match="need backend = 'matrix-free'"):
         ElasticProblem(mesh, MATS, precision="mixed")
+
+
+# -- diffusion --------------------------------------------------------------------------------------
+
+
+def diffusion_pair(n, dt=90.0, seed=1):
+    """Assembled and matrix-free diffusion of NMC811 on an n^3 composite (touching particles)."""
+    mesh = composite(n, seed=seed)
+    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+    D = MATS[2].D_m2_s
+    asm = DiffusionProblem(mesh, D=D, dt=dt, faces=faces, solver="direct" if n <= 32 else "amg")
+    mf = DiffusionProblem(mesh, D=D, dt=dt, faces=faces, backend="matrix-free")
+    return asm, mf
+
+
+def test_diffusion_operator_equals_assembled_matrix():
+    asm, mf = diffusion_pair(16)
+    assert mf.A is None and mf.solver.stats.method == "matrix-free-jacobi-cpu"
+    grid_nodes = np.unique(mf._keys // mf._n_part).size
+    assert mf.n_nodes > grid_nodes  # particles touch: some nodes are duplicated, and kept apart
+    x = np.random.default_rng(0).normal(size=mf.n_nodes)
+    y = asm.A @ x
+    assert np.abs(mf.solver.op(x) - y).max() <= 1e-12 * np.abs(y).max()
+    op = mf.solver.op  # the array-expression path (CuPy on a GPU) with numpy
+    assert np.abs(op.apply_arrays(x, op.cells, op.ke) - y).max() <= 1e-12 * np.abs(y).max()
+    assert np.allclose(op.diagonal, asm.A.diagonal(), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("dt", [90.0, 9000.0])
+def test_matrix_free_diffusion_step_equals_assembled(dt):
+    """Five backward-Euler steps of a 1C-like charge: both backends agree to the solver tolerance."""
+    asm, mf = diffusion_pair(24, dt=dt)
+    flux = np.full(asm.face_area.size, -2e-4)  # mol/m^2/s out of the particles
+    ca = cm = np.full(asm.n_nodes, 5e4)
+    for _ in range(5):
+        ca, cm = asm.step(ca, asm.face_load(flux)), mf.step(cm, mf.face_load(flux))
+    assert np.abs(cm - ca).max() <= 1e-8 * np.abs(ca).max()
+    assert mf.total(cm) == pytest.approx(asm.total(ca), rel=1e-12)
+
+
+def test_matrix_free_diffusion_iterations_flat_in_volume():
+    """Particles are separate diffusion domains: Jacobi-CG iterations depend on their size in voxels
+    and on D dt / h^2, not on the sample size (same particle radius at 24^3 and 48^3)."""
+    its = []
+    for n in (24, 48):
+        mesh = composite(n)
+        faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+        mf = DiffusionProblem(mesh, D=MATS[2].D_m2_s, dt=90.0, faces=faces, backend="matrix-free")
+        mf.step(np.full(mf.n_nodes, 5e4), mf.face_load(np.full(mf.face_area.size, -2e-4)))
+        its.append(mf.solver.stats.iterations[-1])
+    assert its[1] <= 1.1 * its[0], its

@@ -47,19 +47,22 @@ def composite_cycle():
     return mesh, nmc, mech, faces, proto, diff
 
 
-def test_mass_balance_galvanostatic_exact():
+@pytest.mark.parametrize("backend", ["assembled", "matrix-free"])
+def test_mass_balance_galvanostatic_exact(backend):
     """Li in the particles changes exactly by current x time / F (to solver tolerance), charge and back."""
     mesh, nmc, mech, faces, proto, diff = composite_cycle()
     reach = np.bincount(faces["particle"], minlength=mesh.particles.max() + 1) > 0
     vol = diff.mass[reach[diff.node_particle]].sum()
     current_A = 96485.33212 * nmc.c_max_mol_m3 * 0.5 * vol / proto.half_cycle_s  # from the window
-    for st in galvanostatic_states(mech, nmc, faces, proto, solver="direct"):
+    stats = {}
+    for st in galvanostatic_states(mech, nmc, faces, proto, solver="direct", backend=backend, stats=stats):
         moles = diff.mass @ (st.theta_nodes * nmc.c_max_mol_m3)
         t_net = st.time_s if st.cycle == 1 else 2 * proto.half_cycle_s - st.time_s  # current reverses
         expect = 0.8 * nmc.c_max_mol_m3 * diff.mass.sum() - current_A * t_net / 96485.33212
         assert moles == pytest.approx(expect, rel=1e-9, abs=0)  # moles are ~1e-12: no absolute slack
     # isolated particles (no SE contact) keep their initial state
     assert np.allclose(st.theta_nodes[~reach[diff.node_particle]], 0.8)
+    assert stats["diffusion"].method.startswith("matrix-free") == (backend == "matrix-free")
 
 
 def test_flux_mask_blocks_debonded_faces_and_conserves_li():
