@@ -513,7 +513,10 @@ class MatrixFreeSolver:
             e = e - self._vcycle(0, self._apply_level(lv, e, xp, ke=lv.ke))
         mag = np.linalg.norm(np.asarray(e.get() if xp is not np else e, float), axis=-1)
         cap = max(1, int(max_fraction * free.any(-1).sum()))
-        if (mag > threshold).sum() > cap:
+        over = int((mag > threshold).sum())
+        if over > cap:
+            log.warning("multigrid local solves: %d nodes keep an error above %.3g after %d cycles, more than "
+                        "the cap of %d (local_max_fraction); the rest may slow CG down", over, threshold, cycles, cap)
             threshold = np.partition(mag.ravel(), -cap)[-cap]
         seed = mag > threshold
         if not seed.any():
