@@ -264,6 +264,24 @@ def _unpack_keep(codes):
     return (~bits).astype(float).reshape(-1, 8, 3)
 
 
+def _unique_rows(key):
+    """Distinct rows of ``key`` (n, k) int and the row of each: ``np.unique(axis=0, return_inverse=True)``.
+
+    Sorts one 64-bit hash per row instead of the rows (np.unique over rows took 12 of the 78 s of
+    multigrid setup at 128^3); rows that share a hash are checked equal, and a collision falls back to
+    the row sort. The distinct rows come in hash order, not lexicographic order.
+    """
+    key = np.ascontiguousarray(key, np.int64)
+    mult = np.random.default_rng(7).integers(1, 2**62, size=key.shape[1]).astype(np.uint64) * 2 + 1
+    h = (key.astype(np.uint64) * mult).sum(axis=1, dtype=np.uint64)  # arithmetic modulo 2^64
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    if not all(np.array_equal(key[first, j][inv], key[:, j]) for j in range(key.shape[1])):
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        return uniq, inv.ravel()
+    return key[first], inv
+
+
 def _fine_level(mat_phase, ke_phase, box_fixed):
     """Fine level: one masked element matrix per (material, box-constraint pattern) in use.
 
@@ -275,7 +293,7 @@ def _fine_level(mat_phase, ke_phase, box_fixed):
     code = _corner_pattern(box_fixed)
     key = np.concatenate([mat_phase[..., None].astype(np.int64), code.astype(np.int64)], axis=-1)
     solid = mat_phase >= 0
-    uniq, inv = np.unique(key[solid], axis=0, return_inverse=True)
+    uniq, inv = _unique_rows(key[solid])
     mat = np.full((Z, Y, X), -1, np.int32)
     mat[solid] = inv.ravel()
     keep = _unpack_keep(uniq[:, 1:])
@@ -318,7 +336,7 @@ def _galerkin_level(fine: Level, chunk: int = 4096):
     code = _corner_pattern(cbox)
     key = np.concatenate([children.astype(np.int64), code.astype(np.int64)], axis=-1)
     solid = (children >= 0).any(axis=-1)
-    uniq, inv = np.unique(key[solid], axis=0, return_inverse=True)
+    uniq, inv = _unique_rows(key[solid])
     cmat = np.full((z, y, x), -1, np.int32)
     cmat[solid] = inv.ravel()
     ke_f = np.concatenate([fine.ke, np.zeros((1,) + fine.ke.shape[1:])])  # index -1 -> zeros
