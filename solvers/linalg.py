@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from tomomech.errors import ConvergenceError
+from tomomech.errors import ConfigError, ConvergenceError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,26 @@ def rigid_body_modes(points: np.ndarray) -> np.ndarray:
     for k, w in enumerate(np.eye(3)):
         B[:, :, 3 + k] = np.cross(w, x)
     return B.reshape(3 * n, 6)
+
+
+def resolve_backend(backend: str, unknowns: int, limit: int, *, voxels: bool, device: str = "cpu",
+                    precision: str = "float64") -> str:
+    """The ``[solver] backend`` a problem uses: "assembled" or "matrix-free".
+
+    ``auto`` goes matrix-free on voxel meshes above ``limit`` unknowns (a
+    crossover measured per problem kind) or when ``device`` / ``precision``
+    ask for it. Raises ConfigError for a choice the mesh or options rule out.
+    """
+    if backend == "auto":
+        wants = unknowns > limit or device != "cpu" or precision != "float64"
+        backend = "matrix-free" if wants and voxels else "assembled"
+    if backend not in ("assembled", "matrix-free"):
+        raise ConfigError(f"solver.backend = {backend!r}: use 'assembled', 'matrix-free' or 'auto'")
+    if backend == "matrix-free" and not voxels:
+        raise ConfigError("solver.backend = 'matrix-free' works on voxel-hex meshes only")
+    if backend == "assembled" and (device != "cpu" or precision != "float64"):
+        raise ConfigError("solver.device = 'gpu' and precision = 'mixed' need backend = 'matrix-free'")
+    return backend
 
 
 class LinearSolver:

@@ -176,10 +176,12 @@ class CellOperator:
         The element matrix of every cell.
     n : int
         Number of unknowns.
-    xp : numpy or cupy
+    device : {"cpu", "gpu"}
+        ``gpu``: array expressions through CuPy (a clear error without a CUDA device).
     """
 
-    def __init__(self, cells, voxel, ke, n, xp=np):
+    def __init__(self, cells, voxel, ke, n, device="cpu"):
+        xp = _cupy() if device == "gpu" else np
         parity = (np.asarray(voxel) % 2) @ np.array([4, 2, 1])
         order = np.argsort(parity, kind="stable")
         self.cells = np.ascontiguousarray(np.asarray(cells, np.int64)[order])

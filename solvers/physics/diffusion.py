@@ -16,9 +16,8 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.linalg import LinearSolver
+from solvers.linalg import LinearSolver, resolve_backend
 from solvers.mesh.voxel import ACTIVE, VoxelMesh
-from tomomech.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +99,15 @@ class DiffusionProblem:
         na = self.cell_index.size
         self.mass = np.bincount(self.cells.ravel(), weights=np.broadcast_to(m, (na, n_per)).ravel(),
                                 minlength=self.n_nodes)
-        self.backend = self._backend(backend, device, precision)
+        self.backend = resolve_backend(backend, self.n_nodes, MATRIX_FREE_NODES, voxels=isinstance(mesh, VoxelMesh),
+                                       device=device, precision=precision)
         if self.backend == "matrix-free":
-            from solvers.matfree import CellOperator, JacobiCG, _cupy
+            from solvers.matfree import CellOperator, JacobiCG
 
             self.K = self.A = None
             ke = self.D * lap[0] + np.diag(m[0]) / self.dt  # one voxel: stiffness and its lumped mass
             voxel = np.stack(np.unravel_index(mesh.cell_voxel[self.cell_index], mesh.shape), axis=1)
-            op = CellOperator(self.cells, voxel, ke, self.n_nodes, xp=_cupy() if device == "gpu" else np)
+            op = CellOperator(self.cells, voxel, ke, self.n_nodes, device=device)
             self.solver = JacobiCG(op, rtol=rtol, name=f"matrix-free-jacobi-{device}")
         else:
             n = self.n_nodes
@@ -119,19 +119,6 @@ class DiffusionProblem:
             self.solver = LinearSolver(self.A, method=solver, near_nullspace=np.ones((n, 1)), rtol=rtol)
         self.face_nodes = self._face_nodes(faces)
         self.face_area = np.asarray(faces["area"], float)
-
-    def _backend(self, backend, device, precision) -> str:
-        voxels = isinstance(self.mesh, VoxelMesh)
-        if backend == "auto":
-            wants = self.n_nodes > MATRIX_FREE_NODES or device != "cpu" or precision != "float64"
-            backend = "matrix-free" if wants and voxels else "assembled"
-        if backend not in ("assembled", "matrix-free"):
-            raise ConfigError(f"solver.backend = {backend!r}: use 'assembled', 'matrix-free' or 'auto'")
-        if backend == "matrix-free" and not voxels:
-            raise ConfigError("solver.backend = 'matrix-free' works on voxel-hex meshes only")
-        if backend == "assembled" and (device != "cpu" or precision != "float64"):
-            raise ConfigError("solver.device = 'gpu' and precision = 'mixed' need backend = 'matrix-free'")
-        return backend
 
     def _node_key(self, nodes: np.ndarray) -> np.ndarray:
         """Position key of mesh nodes: the grid index (voxel meshes) or the original node (tet meshes)."""

@@ -21,7 +21,7 @@ from solvers.fem.assembly import (
     elasticity_matrix,
     lame,
 )
-from solvers.linalg import LinearSolver, rigid_body_modes
+from solvers.linalg import LinearSolver, resolve_backend, rigid_body_modes
 from solvers.mesh.tet import box_boundary, box_face_nodes
 from solvers.mesh.voxel import VoxelMesh
 from solvers.physics.materials import Material
@@ -118,13 +118,8 @@ class ElasticProblem:
         self._gc = self._g / w.sum(axis=1)[:, None, None]  # cell-mean gradients (= centroid ones on voxels)
         self.fixed = box_constraints(mesh, top)
         self.timings: dict[str, float] = {}
-        if backend == "auto":
-            wants_mf = 3 * mesh.n_nodes > MATRIX_FREE_DOF or device != "cpu" or precision != "float64"
-            backend = "matrix-free" if wants_mf and self.structured else "assembled"
-        if backend == "matrix-free" and not self.structured:
-            raise ConfigError("solver.backend = 'matrix-free' works on voxel-hex meshes only")
-        if backend not in ("assembled", "matrix-free"):
-            raise ConfigError(f"solver.backend = {backend!r}: use 'assembled', 'matrix-free' or 'auto'")
+        backend = resolve_backend(backend, 3 * mesh.n_nodes, MATRIX_FREE_DOF, voxels=self.structured,
+                                  device=device, precision=precision)
         self.backend = backend
         self.A = None
         if backend == "matrix-free":
@@ -134,8 +129,6 @@ class ElasticProblem:
             self.solver = MatrixFreeSolver(mesh, self._lame[self.cell_material], self.fixed, rtol=rtol,
                                            maxiter=maxiter, device=device, precision=precision)
         else:
-            if device != "cpu" or precision != "float64":
-                raise ConfigError("solver.device = 'gpu' and precision = 'mixed' need backend = 'matrix-free'")
             t0 = time.perf_counter()
             self.A = self._finish_matrix(self._assemble())
             self.timings["assembly_s"] = time.perf_counter() - t0
