@@ -569,8 +569,7 @@ class CohesiveProblem(ElasticProblem):
         it (an indefinite tangent: unstable softening) the secant matrix,
         positive definite, gives the direction. The step length halves until
         the incremental potential (:meth:`point_energy`) decreases (Armijo);
-        when it does not after ``MAX_HALVINGS``, the secant direction is tried
-        before _NotConverged is raised.
+        no decrease after ``MAX_HALVINGS`` raises _NotConverged.
         """
         f = self.load(eps)
         # relative to the largest load so far: an unloaded state (f = 0) still has a scale
@@ -598,46 +597,29 @@ class CohesiveProblem(ElasticProblem):
             # inexact Newton (forcing term proportional to the residual: superlinear near the solution)
             lin_rtol = min(1e-2, max(self.solver.rtol, 0.1 * self.nl_rtol / res, 0.1 * res))
             du = self._direction(r, K, u, kappa_old, lin_rtol, record)
-            secant = False
-            if float(r @ du) >= 0.0:  # not a descent direction: the tangent was indefinite after all
-                du, secant = self._direction(r, None, u, kappa_old, lin_rtol, record), True
-            alpha = self._line_search(du, r, f, Ku, delta, kappa_old)
-            if alpha is None and not secant:
-                # the tangent's quadratic model was wrong far from the start (points that it treats as
-                # softening close into contact, where the stiffness is K0): the secant matrix, positive
-                # definite, gives a safer direction before the load increment is given up
-                log.debug("newton %d: no decrease along the tangent direction; secant direction", it)
+            slope = float(r @ du)
+            if slope >= 0.0:  # not a descent direction: the tangent was indefinite after all
                 du = self._direction(r, None, u, kappa_old, lin_rtol, record)
-                alpha = self._line_search(du, r, f, Ku, delta, kappa_old)
-            if alpha is None:
+                slope = float(r @ du)
+            # energy change along the step, without cancellation: dPi(a) = a du.(Ku - f) + a^2/2 du.K du + A dpsi
+            Kdu = self._Kb @ du
+            g1, g2 = float(du @ (Ku - f)), float(du @ Kdu)
+            psi0 = self.point_energy(delta, kappa_old)
+            ddelta = self.openings(du)
+            # trust region: no opening moves by more than delta_f in one iteration (a tangent that is nearly
+            # singular, e.g. a particle debonding all round, would otherwise throw it far in one step)
+            alpha = min(1.0, self.law.delta_f / max(float(np.abs(ddelta).max()), 1e-300))
+            for _ in range(MAX_HALVINGS + 1):
+                dpsi = self.point_energy(delta + alpha * ddelta, kappa_old) - psi0
+                change = alpha * g1 + 0.5 * alpha**2 * g2 + float(dpsi @ area)
+                if change <= 1e-4 * alpha * slope:
+                    break
+                alpha /= 2.0
+            else:
                 raise _NotConverged(f"no energy decrease along the Newton direction at residual {res:.2e}")
             log.debug("newton %d: step length %.3g", it, alpha)
             u += alpha * du
         raise _NotConverged(f"Newton residual {res:.2e} after {self.nl_maxiter} iterations")
-
-    def _line_search(self, du, r, f, Ku, delta, kappa_old) -> float | None:
-        """Step length along ``du`` that decreases the incremental potential (Armijo), or None.
-
-        The trust region first caps the step so that no opening moves by more
-        than ``delta_f`` (a nearly singular tangent, e.g. a particle debonding
-        all round, would otherwise throw it far); the step then halves up to
-        ``MAX_HALVINGS`` times.
-        """
-        slope = float(r @ du)
-        if slope >= 0.0:
-            return None
-        area = self.interface.point_area
-        # energy change along the step, without cancellation: dPi(a) = a du.(Ku - f) + a^2/2 du.K du + A dpsi
-        g1, g2 = float(du @ (Ku - f)), float(du @ (self._Kb @ du))
-        psi0 = self.point_energy(delta, kappa_old)
-        ddelta = self.openings(du)
-        alpha = min(1.0, self.law.delta_f / max(float(np.abs(ddelta).max()), 1e-300))
-        for _ in range(MAX_HALVINGS + 1):
-            dpsi = self.point_energy(delta + alpha * ddelta, kappa_old) - psi0
-            if alpha * g1 + 0.5 * alpha**2 * g2 + float(dpsi @ area) <= 1e-4 * alpha * slope:
-                return alpha
-            alpha /= 2.0
-        return None
 
     def _direction(self, r: np.ndarray, K_points: np.ndarray | None, u: np.ndarray, kappa_old: np.ndarray,
                    rtol: float, record: dict) -> np.ndarray:
