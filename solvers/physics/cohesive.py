@@ -32,12 +32,16 @@ The nonlinear equations are solved by Newton's method with the consistent
 tangent. With the history frozen at the start of a load increment the law
 derives from an incremental potential (:meth:`CohesiveProblem.point_energy`),
 so the total potential is a merit function: every Newton step is shortened
-until it decreases (Armijo), and no opening moves by more than ``delta_f`` in
-one iteration. Where CG cannot solve the tangent (unstable softening makes it
-indefinite) the positive definite secant matrix gives the direction. A load
-increment that does not converge in ``nl_maxiter`` iterations is halved (down
-to 1/2^``max_cuts``, then ConvergenceError); one that converges easily doubles
-the next. The AMG hierarchy or factorisation of an earlier matrix
+until it decreases (Armijo) or lengthened while it keeps decreasing, and no
+opening moves by more than ``delta_f`` in one iteration. Where CG cannot solve
+the tangent (unstable softening makes it indefinite) the positive definite
+secant matrix gives the direction. A load increment that does not converge in
+``nl_maxiter`` iterations is halved (down to 1/2^``max_cuts``, then
+ConvergenceError); one that converges easily doubles the next. Small
+sub-steps get more iterations: where a debonding patch is larger than the
+cohesive length ``E G_c / sigma_c^2`` the interface snaps open at a fixed
+load, and Newton needs 15-20 iterations to cross to the debonded state
+whatever the increment. The AMG hierarchy or factorisation of an earlier matrix
 preconditions CG and is rebuilt when the iterations double.
 """
 
@@ -48,6 +52,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -65,8 +70,13 @@ log = logging.getLogger(__name__)
 MIN_COS = 0.05
 #: penalty stiffness K0 = PENALTY_FACTOR * E_harmonic / voxel size when not given
 PENALTY_FACTOR = 100.0
-#: step halvings of the Newton line search before a load sub-step is cut
-MAX_HALVINGS = 6
+#: step reductions of the Newton line search before a load sub-step is cut
+MAX_BACKTRACKS = 12
+#: a load sub-step cut this many times (1/8 of the step) gets SNAP_FACTOR times the Newton iterations
+SNAP_CUTS = 3
+SNAP_FACTOR = 4
+#: largest multiple of the Newton step the line search tries when the energy keeps falling
+MAX_EXPANSION = 16.0
 
 
 @dataclass(frozen=True)
@@ -345,7 +355,10 @@ class CohesiveProblem(ElasticProblem):
     nl_rtol : float
         Relative residual of the nonlinear equations, ``||r|| / ||f||``.
     nl_maxiter : int
-        Newton iterations per load increment before it is halved.
+        Newton iterations per load increment before it is halved. A sub-step
+        of 1/2^``SNAP_CUTS`` of the step or less gets ``SNAP_FACTOR`` times as
+        many: an unstable debonding (snap-through) does not get easier with a
+        smaller increment, it needs more iterations to cross.
     max_cuts : int
         Smallest increment 1/2^max_cuts of a step before a ConvergenceError.
     rebuild_after : int
@@ -540,8 +553,9 @@ class CohesiveProblem(ElasticProblem):
         s_done, ds = 0.0, 1.0
         while s_done < 1.0 - 1e-12:
             s = min(1.0, s_done + ds)
+            maxiter = self.nl_maxiter * (SNAP_FACTOR if ds <= 2.0**-SNAP_CUTS else 1)
             try:
-                u_new, kappa, its = self._solve_increment(eps_prev + s * (eps - eps_prev), u, record)
+                u_new, kappa, its = self._solve_increment(eps_prev + s * (eps - eps_prev), u, record, maxiter)
             except _NotConverged as exc:
                 record["cuts"] += 1
                 ds /= 2.0
@@ -562,14 +576,14 @@ class CohesiveProblem(ElasticProblem):
         self.history.append(record)
         return u.reshape(-1, 3)
 
-    def _solve_increment(self, eps: np.ndarray, u0, record: dict):
+    def _solve_increment(self, eps: np.ndarray, u0, record: dict, maxiter: int):
         """Newton with an energy line search for one load; returns (u, kappa, iterations).
 
         The direction solves the consistent tangent; where CG cannot solve
         it (an indefinite tangent: unstable softening) the secant matrix,
-        positive definite, gives the direction. The step length halves until
-        the incremental potential (:meth:`point_energy`) decreases (Armijo);
-        no decrease after ``MAX_HALVINGS`` raises _NotConverged.
+        positive definite, gives the direction. :func:`energy_line_search`
+        picks the step length on the incremental potential
+        (:meth:`point_energy`); no decrease raises _NotConverged.
         """
         f = self.load(eps)
         # relative to the largest load so far: an unloaded state (f = 0) still has a scale
@@ -580,7 +594,7 @@ class CohesiveProblem(ElasticProblem):
         u = np.zeros_like(f) if u0 is None else np.asarray(u0, float).ravel().copy()
         fixed = self.fixed.ravel()
         res = np.inf
-        for it in range(self.nl_maxiter + 1):
+        for it in range(maxiter + 1):
             delta = self.openings(u)
             t, K, kappa = self.law_state(delta, kappa_old)
             Ku = self._Kb @ u
@@ -591,7 +605,7 @@ class CohesiveProblem(ElasticProblem):
                       int((kappa > self.law.delta_0).sum()))
             if res < self.nl_rtol:
                 return u, kappa, it
-            if it == self.nl_maxiter:
+            if it == maxiter:
                 break
             record["nonlinear_iterations"] += 1
             # inexact Newton (forcing term proportional to the residual: superlinear near the solution)
@@ -608,18 +622,23 @@ class CohesiveProblem(ElasticProblem):
             ddelta = self.openings(du)
             # trust region: no opening moves by more than delta_f in one iteration (a tangent that is nearly
             # singular, e.g. a particle debonding all round, would otherwise throw it far in one step)
-            alpha = min(1.0, self.law.delta_f / max(float(np.abs(ddelta).max()), 1e-300))
-            for _ in range(MAX_HALVINGS + 1):
-                dpsi = self.point_energy(delta + alpha * ddelta, kappa_old) - psi0
-                change = alpha * g1 + 0.5 * alpha**2 * g2 + float(dpsi @ area)
-                if change <= 1e-4 * alpha * slope:
-                    break
-                alpha /= 2.0
-            else:
+            alpha_max = self.law.delta_f / max(float(np.abs(ddelta).max()), 1e-300)
+            change = partial(self._energy_change, delta, ddelta, psi0, g1, g2, kappa_old)
+            alpha = energy_line_search(change, slope, alpha_max)
+            if alpha == 0.0:
                 raise _NotConverged(f"no energy decrease along the Newton direction at residual {res:.2e}")
             log.debug("newton %d: step length %.3g", it, alpha)
             u += alpha * du
-        raise _NotConverged(f"Newton residual {res:.2e} after {self.nl_maxiter} iterations")
+        raise _NotConverged(f"Newton residual {res:.2e} after {maxiter} iterations")
+
+    def _energy_change(self, delta, ddelta, psi0, g1: float, g2: float, kappa_old, alpha: float) -> float:
+        """Change of the incremental potential along a Newton step of length ``alpha``, J.
+
+        ``g1 = du . (K u - f)`` and ``g2 = du . K du`` carry the bulk part
+        (exact: it is quadratic); the interface part is evaluated point by point.
+        """
+        dpsi = self.point_energy(delta + alpha * ddelta, kappa_old) - psi0
+        return alpha * g1 + 0.5 * alpha**2 * g2 + float(dpsi @ self.interface.point_area)
 
     def _direction(self, r: np.ndarray, K_points: np.ndarray | None, u: np.ndarray, kappa_old: np.ndarray,
                    rtol: float, record: dict) -> np.ndarray:
@@ -668,6 +687,53 @@ class CohesiveProblem(ElasticProblem):
     def face_damage(self, damage: np.ndarray | None = None) -> np.ndarray:
         """Damage of every AP|SE face: the mean of its points (4 on voxel faces, 3 on triangles), (nf,)."""
         return self.interface.face_mean(self.damage if damage is None else damage)
+
+
+def energy_line_search(change, slope: float, alpha_max: float = np.inf, c1: float = 1e-4) -> float:
+    """Step length along a descent direction that lowers the merit function, 0.0 if none is found.
+
+    Parameters
+    ----------
+    change : callable
+        ``change(alpha)``, the merit function's change from ``alpha = 0``; cheap to evaluate.
+    slope : float
+        Its derivative at 0 (negative).
+    alpha_max : float
+        Largest step allowed (trust region).
+    c1 : float
+        Sufficient decrease (Armijo) constant.
+
+    Notes
+    -----
+    Starts from the Newton step ``min(1, alpha_max)``. When it decreases the
+    merit function enough, doubles it while the function keeps falling (up to
+    ``MAX_EXPANSION`` and ``alpha_max``): near a snap-through, where the
+    softening interface makes the energy much flatter than the tangent says,
+    the minimum along the direction lies several Newton steps away and full
+    steps would only creep towards it (a 24^3 charge stalled so at a relative
+    residual of 3e-5, gaining 5 % per iteration). Otherwise backtracks by
+    safeguarded quadratic interpolation (to between 1/10 and 1/2 of the last
+    trial), at most ``MAX_BACKTRACKS`` times.
+    """
+    alpha = min(1.0, alpha_max)
+    value = change(alpha)
+    if value <= c1 * alpha * slope:
+        top = min(MAX_EXPANSION, alpha_max)
+        while 2.0 * alpha <= top:
+            trial = change(2.0 * alpha)
+            if not trial < value:
+                break
+            alpha, value = 2.0 * alpha, trial
+        return alpha
+    for _ in range(MAX_BACKTRACKS):
+        # minimiser of the parabola through value(0) = 0, slope and value(alpha)
+        curv = value - slope * alpha
+        trial = -slope * alpha**2 / (2.0 * curv) if curv > 0 else 0.5 * alpha
+        alpha = min(max(trial, 0.1 * alpha), 0.5 * alpha)
+        value = change(alpha)
+        if value <= c1 * alpha * slope:
+            return alpha
+    return 0.0
 
 
 class _NotConverged(Exception):

@@ -243,3 +243,23 @@ def test_conforming_onset_does_not_depend_on_radius(conforming_onsets):
 def test_conforming_onset_within_5_percent_of_closed_form(conforming_onsets):
     for half, mid in conforming_onsets.values():
         assert half == pytest.approx(mid, rel=0.05)
+
+
+def test_line_search_lengthens_steps_on_a_flat_energy_and_shortens_them_on_a_steep_one():
+    """energy_line_search on parabolas whose minimiser lies beyond, before, or not along the step."""
+    from solvers.physics.cohesive import MAX_EXPANSION, energy_line_search
+
+    def parabola(a_min):  # change(a) with slope -1 at 0 and its minimum at a_min
+        return lambda a: -a + 0.5 * a**2 / a_min
+
+    # snap-through: the energy is 8x flatter than the Newton model, its minimum 8 steps away
+    assert energy_line_search(parabola(8.0), -1.0) == 8.0
+    assert energy_line_search(parabola(1e3), -1.0) == MAX_EXPANSION
+    assert energy_line_search(parabola(8.0), -1.0, alpha_max=3.0) == 2.0  # the trust region caps it
+    # an exact Newton step is kept
+    assert energy_line_search(parabola(1.0), -1.0) == 1.0
+    # a step 20x too long: backtracking lands within a factor 2 of the minimiser with sufficient decrease
+    a = energy_line_search(parabola(0.05), -1.0)
+    assert 0.025 <= a <= 0.1 and parabola(0.05)(a) <= -1e-4 * a
+    # no decrease along the direction at all (the energy rises): 0, so the caller cuts the increment
+    assert energy_line_search(lambda a: a, -1.0) == 0.0
