@@ -10,6 +10,7 @@ import pytest
 from solvers import fields
 from solvers.mesh import voxel_hex_mesh, voxel_tet_mesh
 from solvers.physics import CohesiveLaw, CohesiveProblem, ElasticProblem, Material, default_penalty
+from solvers.physics.cohesive import MAX_EXPANSION, energy_line_search
 from tests.validation.closed_forms import shell_pressure
 
 H = 1e-6
@@ -247,8 +248,6 @@ def test_conforming_onset_within_5_percent_of_closed_form(conforming_onsets):
 
 def test_line_search_lengthens_steps_on_a_flat_energy_and_shortens_them_on_a_steep_one():
     """energy_line_search on parabolas whose minimiser lies beyond, before, or not along the step."""
-    from solvers.physics.cohesive import MAX_EXPANSION, energy_line_search
-
     def parabola(a_min):  # change(a) with slope -1 at 0 and its minimum at a_min
         return lambda a: -a + 0.5 * a**2 / a_min
 
