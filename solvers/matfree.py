@@ -43,6 +43,7 @@ import numpy as np
 import scipy.ndimage as ndimage
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from scipy.sparse.csgraph import connected_components
 from threadpoolctl import threadpool_limits
 
 from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_parts
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 CORNERS = HEX8.nodes.astype(np.int64)  # (8, 3) local corner offsets (z, y, x)
 COARSEST_DOF = 30_000
 LOCAL_BOX = 10  # nodes per side of a local exact solve (at most; the boxes split each axis evenly)
+REFINE_CYCLES = 3  # V-cycles with the local solves in place, to find the features their blocks cut
+REFINE_FRACTION = 0.1  # nodes whose error stays above this fraction of the largest get their blocks merged
 
 
 def _numba_kernel():
@@ -543,6 +546,31 @@ class MatrixFreeSolver:
             log.info("multigrid local solves: none needed (error after %d cycles %.1e)", cycles, mag.max())
             return None
         weak = ndimage.binary_dilation(seed)  # and their face neighbours
+        block = _box_blocks(weak.shape)  # block Jacobi between boxes: one factor of all fills in like 3D
+        local = self._local_factor(weak, block)
+        log.info("multigrid local solves: %d nodes (%d dof) where %d cycles leave an error above %.3g; "
+                 "factor %.1f M entries", int(weak.sum()), local[0].size, cycles, threshold,
+                 (local[1].L.nnz + local[1].U.nnz) / 1e6)
+        if REFINE_CYCLES == 0:
+            return local
+        # the blocks cut some soft features in two; a few more cycles with the local solves show where
+        self._local = local
+        for _ in range(REFINE_CYCLES):
+            e = e - self._vcycle(0, self._apply_level(lv, e, xp, ke=lv.ke))
+        mag = np.linalg.norm(np.asarray(e.get() if xp is not np else e, float), axis=-1)
+        left = mag > max(REFINE_FRACTION * mag.max(), threshold)
+        left = ndimage.binary_dilation(left, iterations=2) & free.any(-1)
+        weak, block = _merge_blocks(weak, block, left)
+        local = self._local_factor(weak, block)
+        log.info("multigrid local solves: %d cycles more leave %.2g; blocks merged around %d nodes: %d nodes, "
+                 "factor %.1f M entries", REFINE_CYCLES, mag.max(), int(left.sum()), int(weak.sum()),
+                 (local[1].L.nnz + local[1].U.nnz) / 1e6)
+        return local
+
+    def _local_factor(self, weak, block):
+        """Exact block solves on the nodes ``weak``, one block per distinct ``block`` id (both node grids)."""
+        lv = self.levels[0]
+        xp = self.xp
         Z, Y, X = lv.mat.shape
         mat = np.asarray(lv.mat.get() if xp is not np else lv.mat)
         cells = np.zeros((Z, Y, X), bool)
@@ -554,22 +582,12 @@ class MatrixFreeSolver:
         dofs = (grid_nodes[:, None] * 3 + np.arange(3)).ravel()  # full-grid dof of each matrix row
         local = np.flatnonzero(np.repeat(weak.ravel()[grid_nodes], 3) & ~lv.fixed.reshape(-1)[dofs])
         A = A.tocsr()
-        # exact solves on boxes of LOCAL_BOX^3 nodes (block Jacobi between boxes): the weak nodes
-        # can join up across a sample, and one factorisation of them all fills in like a 3D solve
-        # boxes of equal size along each axis: with plain multiples of LOCAL_BOX the last box of a 241-node
-        # axis held one node layer, and the free top face's soft features, cut off from the layer beneath,
-        # stayed unsolved (240^3 MATBOX: 74 CG iterations against 21 at 192^3)
-        shape = np.array(weak.shape)
-        nbox = -(-shape // LOCAL_BOX)
-        box = np.stack(np.unravel_index(dofs[local] // 3, weak.shape)) * nbox[:, None] // shape[:, None]
-        box = np.ravel_multi_index(tuple(box), tuple(nbox))
+        blk = block.ravel()[dofs[local] // 3]
         All = A[local][:, local].tocoo()
-        same = box[All.row] == box[All.col]
+        same = blk[All.row] == blk[All.col]
         All = sp.csc_matrix((All.data[same], (All.row[same], All.col[same])), shape=All.shape)
         lu = spla.splu(All)
         couple = A[:, local].tocsr()  # rows: every dof the local correction changes the residual of
-        log.info("multigrid local solves: %d nodes (%d dof) where %d cycles leave an error above %.3g",
-                 int(weak.sum()), local.size, cycles, threshold)
         if xp is not np:
             import cupyx.scipy.sparse as csp
 
@@ -693,6 +711,38 @@ def _assemble_cells(cells, mat, ke):
     g.node_grid = np.flatnonzero(nodes_of(cells))
     g.n_nodes = g.node_grid.size
     return assemble_voxel_stiffness(g, mat.ravel()[g.cell_voxel], list(ke)), g.node_grid
+
+
+def _box_blocks(shape):
+    """Box of every node of a node grid ``shape`` (3 ints), boxes of at most ``LOCAL_BOX`` nodes a side.
+
+    The boxes split each axis evenly: with plain multiples of LOCAL_BOX the last box of a 241-node
+    axis held one node layer, and the free top face's soft features, cut off from the layer beneath,
+    stayed unsolved (240^3 MATBOX: 74 CG iterations against 21 at 192^3).
+    """
+    shape = np.array(shape)
+    nbox = -(-shape // LOCAL_BOX)
+    coords = np.indices(tuple(shape), sparse=True)
+    return np.ravel_multi_index(tuple((c * nb) // sh for c, nb, sh in zip(coords, nbox, shape)), tuple(nbox))
+
+
+def _merge_blocks(weak, block, left):
+    """Add the nodes ``left`` to the local solves and merge every block they touch into one per group.
+
+    Returns the new weak set and block ids; groups of ``left`` are 26-connected.
+    """
+    lab, n = ndimage.label(left, structure=np.ones((3, 3, 3)))
+    ids, old = np.unique(block[weak], return_inverse=True)
+    touch = weak & left
+    # graph: nodes 0..n-1 the groups of ``left``, n.. the old blocks; an edge where a node has both
+    rows = lab[touch] - 1
+    cols = n + np.searchsorted(ids, block[touch])
+    g = sp.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n + ids.size,) * 2)
+    _, comp = connected_components(g, directed=False)
+    new = np.full(weak.shape, -1, np.int64)
+    new[weak] = comp[n + old.ravel()]
+    new[left] = comp[lab[left] - 1]
+    return weak | left, new
 
 
 def _diagonal(lv) -> np.ndarray:
