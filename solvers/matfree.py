@@ -471,7 +471,7 @@ class MatrixFreeSolver:
         fine.scale = float(scale) if scale is not None else _mean_diag(fine)
         self.levels = [fine]
         self._build_hierarchy()
-        self._local = None
+        self._local = []  # stages of exact local solves, each (local dofs, factor, rows it changes, columns)
         if local_cycles > 0 and len(self.levels) > 1:
             self._local = self._local_solve_setup(local_cycles, local_threshold, local_max_fraction)
         self.stats.setup_s = time.perf_counter() - t0
@@ -544,7 +544,7 @@ class MatrixFreeSolver:
         seed = mag > threshold
         if not seed.any():
             log.info("multigrid local solves: none needed (error after %d cycles %.1e)", cycles, mag.max())
-            return None
+            return []
         weak = ndimage.binary_dilation(seed)  # and their face neighbours
         block = _box_blocks(weak.shape)  # block Jacobi between boxes: one factor of all fills in like 3D
         local = self._local_factor(weak, block)
@@ -552,20 +552,25 @@ class MatrixFreeSolver:
                  "factor %.1f M entries", int(weak.sum()), local[0].size, cycles, threshold,
                  (local[1].L.nnz + local[1].U.nnz) / 1e6)
         if REFINE_CYCLES == 0:
-            return local
-        # the blocks cut some soft features in two; a few more cycles with the local solves show where
-        self._local = local
+            return [local]
+        # Block Jacobi between boxes lets the error of a feature that straddles a box face grow (the
+        # two boxes correct it twice). A few more cycles with the local solves show where; a second,
+        # small stage solves each such feature exactly together with every box it touches.
+        self._local = [local]
         for _ in range(REFINE_CYCLES):
             e = e - self._vcycle(0, self._apply_level(lv, e, xp, ke=lv.ke))
         mag = np.linalg.norm(np.asarray(e.get() if xp is not np else e, float), axis=-1)
         left = mag > max(REFINE_FRACTION * mag.max(), threshold)
+        if not left.any():
+            return [local]
         left = ndimage.binary_dilation(left, iterations=2) & free.any(-1)
         weak, block = _merge_blocks(weak, block, left)
-        local = self._local_factor(weak, block)
-        log.info("multigrid local solves: %d cycles more leave %.2g; blocks merged around %d nodes: %d nodes, "
-                 "factor %.1f M entries", REFINE_CYCLES, mag.max(), int(left.sum()), int(weak.sum()),
-                 (local[1].L.nnz + local[1].U.nnz) / 1e6)
-        return local
+        weak &= np.isin(block, np.unique(block[left]))
+        second = self._local_factor(weak, block)
+        log.info("multigrid local solves: %d cycles more leave %.2g; second stage on %d nodes around the %d "
+                 "where the error stays, factor %.1f M entries", REFINE_CYCLES, mag.max(), int(weak.sum()),
+                 int(left.sum()), (second[1].L.nnz + second[1].U.nnz) / 1e6)
+        return [local, second]
 
     def _local_factor(self, weak, block):
         """Exact block solves on the nodes ``weak``, one block per distinct ``block`` id (both node grids)."""
@@ -595,10 +600,10 @@ class MatrixFreeSolver:
             return xp.asarray(dofs[local]), lu, xp.asarray(dofs), couple
         return dofs[local], lu, dofs, couple.astype(self.pdtype)
 
-    def _local_correct(self, x, r):
-        """Exact solve on the local nodes: returns ``x + dx`` and the residual ``r - A dx``."""
+    def _local_correct(self, x, r, stage):
+        """Exact solve on the local nodes of ``stage``: returns ``x + dx`` and the residual ``r - A dx``."""
         xp = self.xp
-        dof_local, lu, dof_rows, couple = self._local
+        dof_local, lu, dof_rows, couple = stage
         rl = r.reshape(-1)[dof_local]
         rl = np.asarray(rl.get() if xp is not np else rl, np.float64)
         dx = xp.asarray(lu.solve(rl).astype(r.dtype))
@@ -622,12 +627,15 @@ class MatrixFreeSolver:
 
     # -- V-cycle -------------------------------------------------------------------------------
     def _smooth(self, lv, x, b, res=None):
-        """Chebyshev polynomial smoothing of D^-1 A on [lmax / 30, lmax] (``res``: ``b - A x`` if known)."""
+        """Chebyshev polynomial smoothing of D^-1 A on [lmax / 30, lmax] (``res``: ``b - A x`` if known;
+        ``x`` None: start from zero, so the residual is ``b``, one operator product fewer)."""
         xp = self.xp
         hi, lo = lv.lmax, lv.lmax / self.chebyshev_ratio
         theta, delta = 0.5 * (hi + lo), 0.5 * (hi - lo)
         sigma = theta / delta
         rho = 1.0 / sigma
+        if x is None:
+            x, res = xp.zeros_like(b), b
         r = lv.diag_inv * (b - self._apply_level(lv, x, xp) if res is None else res)
         d = r / theta
         for _ in range(self.degree):
@@ -646,17 +654,19 @@ class MatrixFreeSolver:
             x = np.zeros_like(bc)  # untouched nodes: identity with zero right-hand side
             x[self._coarse_nodes] = self._coarse_lu.solve(bc[self._coarse_nodes].ravel()).reshape(-1, 3)
             return xp.asarray(x.reshape(lv.node_shape).astype(b.dtype))
-        x = self._smooth(lv, xp.zeros_like(b), b)
+        x = self._smooth(lv, None, b)
         r = b - self._apply_level(lv, x, xp)
-        local = k == 0 and self._local is not None  # local solves on both sides: a symmetric cycle
-        if local:
-            x, r = self._local_correct(x, r)
+        local = self._local if k == 0 else []  # on both sides, in mirrored order: a symmetric cycle
+        for stage in local:
+            x, r = self._local_correct(x, r, stage)
         c = self.levels[k + 1]
         rc = restrict(r * (~lv.fixed_dev), c.node_shape[:3], xp) * (~c.fixed_dev)  # the transpose of P below
         x = x + prolong(self._vcycle(k + 1, rc), lv.node_shape[:3], xp) * (~lv.fixed_dev)
         r = None
         if local:
-            x, r = self._local_correct(x, b - self._apply_level(lv, x, xp))
+            r = b - self._apply_level(lv, x, xp)
+            for stage in local[::-1]:
+                x, r = self._local_correct(x, r, stage)
         return self._smooth(lv, x, b, res=r)
 
     def precondition(self, r_grid):
