@@ -743,7 +743,18 @@ def _box_blocks(shape):
 def _merge_blocks(weak, block, left):
     """Add the nodes ``left`` to the local solves and merge every block they touch into one per group.
 
-    Returns the new weak set and block ids; groups of ``left`` are 26-connected.
+    Parameters
+    ----------
+    weak : (Z+1, Y+1, X+1) bool
+        Nodes of the local solves.
+    block : (Z+1, Y+1, X+1) int
+        Block of every node (read where ``weak``).
+    left : (Z+1, Y+1, X+1) bool
+        Nodes the blocks leave unsolved; its 26-connected groups are merged with the blocks they touch.
+
+    Returns
+    -------
+    weak, block : the same arrays with ``left`` added (block -1 outside ``weak``)
     """
     lab, n = ndimage.label(left, structure=np.ones((3, 3, 3)))
     ids, old = np.unique(block[weak], return_inverse=True)
