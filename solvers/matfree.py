@@ -121,6 +121,119 @@ def apply_numba(x, mat, ke):
     return y
 
 
+# Corners in pairs along x: (0, 1), (3, 2), (4, 5), (7, 6) share (z, y) and sit at x and x + 1, so the six
+# dofs of a pair are six consecutive numbers in a C-ordered node grid row.
+_PAIRED = np.array([0, 1, 3, 2, 4, 5, 7, 6])
+
+
+def _numba_lame_kernel():
+    import numba
+
+    qz = np.array([0, 0, 1, 1])
+    qy = np.array([0, 1, 0, 1])
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def apply(x, phase, lam, mu, k2t, free, scale, y):
+        # One voxel row (fixed z, y) at a time: gather the 24 dofs of its n solid-spanned voxels into
+        # an (n, 24) block (four copies of six consecutive numbers per voxel), one BLAS product with
+        # [K_lam K_mu] (24 x 48), then add lam * (.)_lam + mu * (.)_mu back. Planes of one z parity
+        # touch disjoint node planes, as in the per-voxel kernel.
+        Z, Y, X = phase.shape
+        xf = x.reshape(Z + 1, Y + 1, 3 * (X + 1))
+        ff = free.reshape(Z + 1, Y + 1, 3 * (X + 1))
+        yf = y.reshape(Z + 1, Y + 1, 3 * (X + 1))
+        for iz in numba.prange(Z + 1):
+            yf[iz] = 0.0
+        for parity in range(2):
+            for iz in numba.prange((Z - parity + 1) // 2):
+                ez = 2 * iz + parity
+                for ey in range(Y):
+                    lo = X
+                    hi = -1
+                    for ex in range(X):
+                        if phase[ez, ey, ex] >= 0:
+                            if lo == X:
+                                lo = ex
+                            hi = ex
+                    if hi < 0:
+                        continue
+                    n = hi + 1 - lo
+                    ut = np.empty((n, 24), x.dtype)
+                    for q in range(4):
+                        zq = ez + qz[q]
+                        yq = ey + qy[q]
+                        for k in range(n):
+                            for t in range(6):
+                                j = 3 * (lo + k) + t
+                                ut[k, 6 * q + t] = xf[zq, yq, j] if ff[zq, yq, j] else 0.0
+                    pt = np.dot(ut, k2t)
+                    for k in range(n):
+                        m = phase[ez, ey, lo + k]
+                        if m < 0:
+                            continue
+                        lk = lam[m]
+                        mk = mu[m]
+                        for q in range(4):
+                            for t in range(6):
+                                yf[ez + qz[q], ey + qy[q], 3 * (lo + k) + t] += lk * pt[k, 6 * q + t] + \
+                                    mk * pt[k, 24 + 6 * q + t]
+        for iz in numba.prange(Z + 1):
+            for iy in range(Y + 1):
+                for j in range(3 * (X + 1)):
+                    if not ff[iz, iy, j]:
+                        yf[iz, iy, j] = scale * xf[iz, iy, j]
+
+    return apply
+
+
+_LAME_KERNEL = []
+
+
+class LameOperator:
+    """Fine-level ``y = M K M x + scale (I - M) x`` from the voxels' Lame constants (numba, CPU).
+
+    Every fine element matrix is ``lam K_lam + mu K_mu`` of the same voxel, so a
+    row of voxels needs one dense product of its gathered dofs with
+    ``[K_lam K_mu]``, scaled per voxel afterwards (BLAS instead of one 24 x 24
+    product per voxel: 5x faster in float32, 2.8x in float64 at 96^3). The
+    box conditions enter through the mask ``M`` instead of the element matrices.
+
+    Parameters
+    ----------
+    phase : (Z, Y, X) int
+        Index into ``lame`` of each voxel, -1 for void.
+    lame : (n_phase, 2) float
+        Lame lambda and mu of each phase, Pa.
+    spacing : (3,) float
+        Voxel size, m.
+    fixed : (Z+1, Y+1, X+1, 3) bool
+        Dofs with an identity row.
+    scale : float
+        Diagonal of the fixed dofs, N/m.
+    """
+
+    def __init__(self, phase, lame, spacing, fixed, scale):
+        k_lam, k_mu = (k.reshape(24, 24) for k in elasticity_parts(HEX8, spacing))
+        dofs = (3 * _PAIRED[:, None] + np.arange(3)).ravel()
+        k2t = np.concatenate([k_lam[dofs][:, dofs], k_mu[dofs][:, dofs]]).T  # (24, 48), symmetric blocks
+        self.phase = np.ascontiguousarray(phase, np.int32)
+        self.free = np.ascontiguousarray(~np.asarray(fixed, bool))
+        self.scale = float(scale)
+        lame = np.asarray(lame, np.float64).reshape(-1, 2)
+        self._tables = {np.dtype(dt): (np.ascontiguousarray(lame[:, 0], dt), np.ascontiguousarray(lame[:, 1], dt),
+                                       np.ascontiguousarray(k2t, dt)) for dt in (np.float32, np.float64)}
+
+    def __call__(self, x):
+        """``y`` for ``x`` (Z+1, Y+1, X+1, 3), float32 or float64 (the product runs in that precision)."""
+        if not _LAME_KERNEL:
+            _LAME_KERNEL.append(_numba_lame_kernel())
+        x = np.ascontiguousarray(x)
+        lam, mu, k2t = self._tables[x.dtype]
+        y = np.empty_like(x)
+        _LAME_KERNEL[0](x, self.phase, lam, mu, k2t, self.free, x.dtype.type(self.scale), y)
+        return y
+
+
 def apply_arrays(x, mat, ke, xp=np):
     """The same operator as array expressions (CuPy on the GPU, numpy for tests).
 
@@ -252,6 +365,7 @@ class Level:
     diag_inv: np.ndarray | None = None
     lmax: float = 1.0
     fixed_dev: object = None
+    lame: LameOperator | None = None  # fine level on the CPU: the faster operator of the same matrix
 
     @property
     def node_shape(self):
@@ -473,6 +587,8 @@ class MatrixFreeSolver:
         fixed_full[mesh.node_grid] = fixed
         fine = Level(mat, ke, fixed_full.reshape(Z + 1, Y + 1, X + 1, 3), box)
         fine.scale = float(scale) if scale is not None else _mean_diag(fine)
+        if device == "cpu":
+            fine.lame = LameOperator(mat_phase.reshape(Z, Y, X), pairs, mesh.spacing, fine.fixed, fine.scale)
         self.levels = [fine]
         self._build_hierarchy()
         self._local = []  # stages of exact local solves, each (local dofs, factor, rows it changes, columns)
@@ -620,6 +736,8 @@ class MatrixFreeSolver:
     # -- operator ----------------------------------------------------------------------------
     def _apply_level(self, lv, x, xp, ke=None):
         """``M A M x + scale (I - M) x`` on one level (masks live in the element matrices)."""
+        if lv.lame is not None:
+            return lv.lame(x)  # the precision of x
         ke = lv.ke if ke is None else ke
         fixed = lv.fixed if xp is np else lv.fixed_dev
         y = apply_numba(np.ascontiguousarray(x), lv.mat, ke) if xp is np else apply_arrays(x, lv.mat, ke, xp)
