@@ -97,7 +97,8 @@ def assemble_voxel_stiffness(mesh, cell_material: np.ndarray, element_matrices) 
     Notes
     -----
     Memory is the matrix itself (27 blocks of 9 doubles per node, about
-    650 bytes per dof) plus one stencil grid of 72 bytes per grid node.
+    650 bytes per dof) plus the cell material at the 8 corners of every node
+    (32 bytes per node); the work scales with the nodes, not the grid.
     """
     Z, Y, X = mesh.shape
     gshape = (Z + 1, Y + 1, X + 1)
@@ -108,7 +109,6 @@ def assemble_voxel_stiffness(mesh, cell_material: np.ndarray, element_matrices) 
     mat_grid = np.full(Z * Y * X, nmat, np.int32)
     mat_grid[mesh.cell_voxel] = cell_material
     mat_grid = mat_grid.reshape(Z, Y, X)
-    cell_on = mat_grid < nmat
     corners = mesh.element.nodes.astype(int)
     node_id = np.full(gshape, -1, np.int64)
     node_id.ravel()[mesh.node_grid] = np.arange(mesh.n_nodes)
@@ -118,16 +118,21 @@ def assemble_voxel_stiffness(mesh, cell_material: np.ndarray, element_matrices) 
         return [(a, b) for a in range(8) for b in range(8)
                 if np.array_equal(corners[b] - corners[a], o)]
 
-    def sl(c):
-        return tuple(slice(int(c[d]), int(c[d]) + s) for d, s in enumerate((Z, Y, X)))
+    node_ijk = np.stack(np.unravel_index(mesh.node_grid, gshape), axis=1)
+    # material of the cell at corner a of every node (nmat: no cell), (8, nn); the work below scales
+    # with the nodes, not the grid, so a few scattered cells of a large grid assemble quickly
+    mat_at = np.full((8, nn), nmat, np.int32)
+    for a, c in enumerate(corners):
+        cell = node_ijk - c
+        inside = np.all((cell >= 0) & (cell < (Z, Y, X)), axis=1)
+        mat_at[a, inside] = mat_grid[tuple(cell[inside].T)]
+    on_at = mat_at < nmat
 
     # pass 1: which (node, offset) pairs share an element
     valid = np.zeros((27, nn), bool)
     for k, o in enumerate(_OFFSETS):
-        present = np.zeros(gshape, bool)
         for a, _ in pairs(o):
-            present[sl(corners[a])] |= cell_on
-        valid[k] = present.ravel()[mesh.node_grid]
+            valid[k] |= on_at[a]
     counts = valid.sum(axis=0)
     indptr = np.zeros(nn + 1, np.int64)
     np.cumsum(counts, out=indptr[1:])
@@ -136,20 +141,19 @@ def assemble_voxel_stiffness(mesh, cell_material: np.ndarray, element_matrices) 
     indices = np.empty(nnzb, idx_dtype)
     data = np.empty((nnzb, 3, 3))
     fill = indptr[:-1].copy()
-    node_ijk = np.stack(np.unravel_index(mesh.node_grid, gshape), axis=1)
 
     # pass 2: the stencil values, one offset at a time
     for k, o in enumerate(_OFFSETS):
         rows = np.flatnonzero(valid[k])
         if rows.size == 0:
             continue
-        stencil = np.zeros(gshape + (3, 3))
+        block = np.zeros((rows.size, 3, 3))
         for a, b in pairs(o):
-            stencil[sl(corners[a])] += kb[mat_grid, a, b]
+            block += np.ascontiguousarray(kb[:, a, b]).reshape(-1, 9)[mat_at[a, rows]].reshape(-1, 3, 3)
         nb = node_ijk[rows] + o
         pos = fill[rows]
         indices[pos] = node_id[nb[:, 0], nb[:, 1], nb[:, 2]]
-        data[pos] = stencil.reshape(-1, 3, 3)[mesh.node_grid[rows]]
+        data[pos] = block
         fill[rows] += 1
     return sp.bsr_matrix((data, indices, indptr.astype(idx_dtype)), shape=(3 * nn, 3 * nn))
 
