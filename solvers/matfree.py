@@ -512,8 +512,89 @@ def _galerkin_level(fine: Level, chunk: int = 4096):
     return lv
 
 
+def _numba_transfers():
+    import numba
+
+    @numba.njit(inline="always")
+    def taps(i):  # coarse neighbours and weights of fine node i along one axis
+        return (i // 2, (i + 1) // 2, 1.0 if i % 2 == 0 else 0.5)
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def prolong_kernel(xc, out):
+        Zf, Yf, Xf, C = out.shape
+        for i in numba.prange(Zf):
+            i0, i1, wi = taps(i)
+            for j in range(Yf):
+                j0, j1, wj = taps(j)
+                for k in range(Xf):
+                    k0, k1, wk = taps(k)
+                    for c in range(C):
+                        v = 0.0
+                        for ii, wa in ((i0, wi), (i1, 1.0 - wi)):
+                            if wa == 0.0:
+                                continue
+                            for jj, wb in ((j0, wj), (j1, 1.0 - wj)):
+                                if wb == 0.0:
+                                    continue
+                                for kk, wc in ((k0, wk), (k1, 1.0 - wk)):
+                                    if wc == 0.0:
+                                        continue
+                                    v += wa * wb * wc * xc[ii, jj, kk, c]
+                        out[i, j, k, c] = v
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def restrict_kernel(xf, out):
+        Zc, Yc, Xc, C = out.shape
+        Zf, Yf, Xf, _ = xf.shape
+        for I in numba.prange(Zc):
+            for J in range(Yc):
+                for K in range(Xc):
+                    for c in range(C):
+                        v = 0.0
+                        for i in range(max(2 * I - 1, 0), min(2 * I + 2, Zf)):
+                            wa = 1.0 if i == 2 * I else 0.5
+                            for j in range(max(2 * J - 1, 0), min(2 * J + 2, Yf)):
+                                wb = 1.0 if j == 2 * J else 0.5
+                                for k in range(max(2 * K - 1, 0), min(2 * K + 2, Xf)):
+                                    wc = 1.0 if k == 2 * K else 0.5
+                                    v += wa * wb * wc * xf[i, j, k, c]
+                        out[I, J, K, c] = v
+
+    return prolong_kernel, restrict_kernel
+
+
+_TRANSFERS = []
+
+
+def _transfers():
+    if not _TRANSFERS:
+        _TRANSFERS.extend(_numba_transfers())
+    return _TRANSFERS
+
+
 def prolong(xc, fine_nodes, xp=np):
-    """Trilinear interpolation from a coarse node grid to the fine one (2h -> h), per component."""
+    """Trilinear interpolation from a coarse node grid to the fine one (2h -> h), per component.
+
+    ``xc`` (Zc, Yc, Xc, 3) to (``fine_nodes``, 3); numba on the CPU, array expressions otherwise.
+    """
+    if xp is np:
+        out = np.empty(tuple(fine_nodes) + xc.shape[3:], xc.dtype)
+        _transfers()[0](np.ascontiguousarray(xc), out)
+        return out
+    return prolong_arrays(xc, fine_nodes, xp)
+
+
+def restrict(xf, coarse_nodes, xp=np):
+    """Transpose of :func:`prolong`."""
+    if xp is np:
+        out = np.empty(tuple(coarse_nodes) + xf.shape[3:], xf.dtype)
+        _transfers()[1](np.ascontiguousarray(xf), out)
+        return out
+    return restrict_arrays(xf, coarse_nodes, xp)
+
+
+def prolong_arrays(xc, fine_nodes, xp=np):
+    """:func:`prolong` as array expressions (CuPy on the GPU)."""
     out = xc
     for ax in range(3):
         nf = fine_nodes[ax]
@@ -537,8 +618,8 @@ def prolong(xc, fine_nodes, xp=np):
     return out
 
 
-def restrict(xf, coarse_nodes, xp=np):
-    """Transpose of :func:`prolong`."""
+def restrict_arrays(xf, coarse_nodes, xp=np):
+    """:func:`restrict` as array expressions (CuPy on the GPU)."""
     out = xf
     for ax in (2, 1, 0):
         nc = coarse_nodes[ax]
@@ -757,17 +838,14 @@ class MatrixFreeSolver:
         return dofs[local], lu, dofs, couple.astype(self.pdtype)
 
     def _local_correct(self, x, r, stage):
-        """Exact solve on the local nodes of ``stage``: returns ``x + dx`` and the residual ``r - A dx``."""
+        """Exact solve on the local nodes of ``stage``: ``x += dx`` and ``r -= A dx`` in place."""
         xp = self.xp
         dof_local, lu, dof_rows, couple = stage
         rl = r.reshape(-1)[dof_local]
         rl = np.asarray(rl.get() if xp is not np else rl, np.float64)
         dx = xp.asarray(lu.solve(rl).astype(r.dtype))
-        x = x.copy()
-        r = r.copy()
         x.reshape(-1)[dof_local] += dx
         r.reshape(-1)[dof_rows] -= couple @ dx
-        return x, r
 
     # -- operator ----------------------------------------------------------------------------
     def _apply_level(self, lv, x, xp, ke=None):
@@ -817,7 +895,7 @@ class MatrixFreeSolver:
         r = b - self._apply_level(lv, x, xp)
         local = self._local if k == 0 else []  # on both sides, in mirrored order: a symmetric cycle
         for stage in local:
-            x, r = self._local_correct(x, r, stage)
+            self._local_correct(x, r, stage)
         c = self.levels[k + 1]
         rc = restrict(r * lv.free_dev, c.node_shape[:3], xp) * c.free_dev  # the transpose of P below
         x = x + prolong(self._vcycle(k + 1, rc), lv.node_shape[:3], xp) * lv.free_dev
@@ -825,7 +903,7 @@ class MatrixFreeSolver:
         if local:
             r = b - self._apply_level(lv, x, xp)
             for stage in local[::-1]:
-                x, r = self._local_correct(x, r, stage)
+                self._local_correct(x, r, stage)
         return self._smooth(lv, x, b, res=r)
 
     def precondition(self, r_grid):

@@ -7,7 +7,15 @@ import pytest
 
 from segmentation import make_composite
 from solvers import fields
-from solvers.matfree import MatrixFreeSolver, apply_arrays, apply_numba, prolong, restrict
+from solvers.matfree import (
+    MatrixFreeSolver,
+    apply_arrays,
+    apply_numba,
+    prolong,
+    prolong_arrays,
+    restrict,
+    restrict_arrays,
+)
 from solvers.mesh import voxel_hex_mesh
 from solvers.physics import ElasticProblem, get_material
 from solvers.physics.diffusion import DiffusionProblem
@@ -56,6 +64,18 @@ def test_transfers_are_adjoint_on_odd_grids():
     lin = np.stack([2 * z + 3 * y - x] * 3, axis=-1)
     zf, yf, xf_ = np.indices(fine, dtype=float) / 2
     assert np.allclose(prolong(lin, fine), np.stack([2 * zf + 3 * yf - xf_] * 3, axis=-1))
+
+
+@pytest.mark.parametrize("fine", [(9, 8, 7), (8, 9, 10)])
+def test_numba_transfers_equal_the_array_expressions(fine):
+    """The CPU kernels and the array form the GPU runs (odd and even grids, where the last
+    coarse node has one fine neighbour or two)."""
+    rng = np.random.default_rng(3)
+    coarse = tuple((f + 2) // 2 for f in fine)
+    xc = rng.normal(size=coarse + (3,))
+    xf = rng.normal(size=fine + (3,))
+    assert np.abs(prolong(xc, fine) - prolong_arrays(xc, fine)).max() <= 1e-14
+    assert np.abs(restrict(xf, coarse) - restrict_arrays(xf, coarse)).max() <= 1e-13
 
 
 @pytest.mark.parametrize("precision", ["float64", "mixed"])
