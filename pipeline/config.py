@@ -279,7 +279,7 @@ class SolverConfig:
     ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 3 M dof
     to save memory); ``backend = "assembled" | "matrix-free" | "auto"`` (matrix-free: no global
     matrix, voxel-hex meshes only; mechanics by geometric multigrid with bonded interfaces,
-    diffusion by Jacobi-CG; auto: the mechanics above 300 k unknowns, the diffusion above 100 k
+    diffusion by Jacobi-CG; auto: the mechanics above 150 k unknowns, the diffusion above 100 k
     nodes, or both when the device or precision ask for it), ``device = "cpu" | "gpu"`` and
     ``precision = "float64" | "mixed"`` for the matrix-free backend."""
 

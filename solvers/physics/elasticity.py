@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 
 TOP_CONDITIONS = ("free", "fixed", "stack_pressure")
 #: above this many unknowns ``backend="auto"`` uses the matrix-free multigrid solver: one elastic step on
-#: MATBOX crops (benchmarks/elastic_step.py, setup + solve) took 7.2 / 19.6 / 58 s assembled (smoothed AMG)
-#: against 11.0 / 17.6 / 37.6 s matrix-free at 106 k / 347 k / 802 k dof, and the matrix-free solve alone is
-#: faster at every size (it wins from the first step on runs with many solves)
-MATRIX_FREE_DOF = 300_000
+#: MATBOX crops (benchmarks/elastic_step.py, setup + solve, 2026-11-26) took 3.5 / 13.7 / 35.0 s assembled
+#: (smoothed AMG) against 5.7 / 4.8 / 9.9 s matrix-free at 106 k / 347 k / 802 k dof (the 106 k run
+#: includes loading the compiled kernels, about 2 s once per process)
+MATRIX_FREE_DOF = 150_000
 
 
 def box_faces(mesh) -> tuple[np.ndarray, np.ndarray]:
