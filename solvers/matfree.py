@@ -6,7 +6,8 @@ voxel (voxel planes of one parity in parallel, so threads never add to the
 same node) by a numba kernel on the CPU, or by array expressions on the GPU
 (CuPy). On the CPU the fine level, where every element matrix is
 ``lam K_lam + mu K_mu`` of its voxel, runs one BLAS product per voxel row
-instead (:class:`LameOperator`, 5x faster). The preconditioner is a geometric V-cycle: 2x2x2
+instead (:class:`LameOperator`, 5x faster), and so do the coarse voxels whose 8
+children share one phase (their Galerkin matrix is the 2h one). The preconditioner is a geometric V-cycle: 2x2x2
 coarsening with averaged Lame moduli (a coarse voxel is void only if all 8
 fine ones are), Chebyshev-Jacobi smoothing, trilinear prolongation and its
 transpose, and a direct solve on the coarsest grid.
@@ -192,22 +193,24 @@ _LAME_KERNEL = []
 
 
 class LameOperator:
-    """Fine-level ``y = M K M x + scale (I - M) x`` from the voxels' Lame constants (numba, CPU).
+    """``y = M K M x + scale (I - M) x`` over the voxels whose ``K_e = lam K_lam + mu K_mu`` (numba, CPU).
 
-    Every fine element matrix is ``lam K_lam + mu K_mu`` of the same voxel, so a
-    row of voxels needs one dense product of its gathered dofs with
-    ``[K_lam K_mu]``, scaled per voxel afterwards (BLAS instead of one 24 x 24
-    product per voxel: 5x faster in float32, 2.8x in float64 at 96^3). The
-    box conditions enter through the mask ``M`` instead of the element matrices.
+    Every fine element matrix, and every coarse one whose 8 children share a
+    phase, is ``lam K_lam + mu K_mu`` of its grid, so a row of voxels needs one
+    dense product of its gathered dofs with ``[K_lam K_mu]``, scaled per voxel
+    afterwards (BLAS instead of one 24 x 24 product per voxel: 5x faster in
+    float32, 2.8x in float64 at 96^3). The box conditions enter through the
+    mask ``M`` instead of the element matrices.
 
     Parameters
     ----------
     phase : (Z, Y, X) int
-        Index into ``lame`` of each voxel, -1 for void.
+        Index into ``lame`` of each voxel, -1 for void and for voxels left to
+        the per-voxel kernel.
     lame : (n_phase, 2) float
         Lame lambda and mu of each phase, Pa.
     spacing : (3,) float
-        Voxel size, m.
+        Voxel size of this grid, m.
     fixed : (Z+1, Y+1, X+1, 3) bool
         Dofs with an identity row.
     scale : float
@@ -402,7 +405,9 @@ class Level:
     lmax: float = 1.0
     fixed_dev: object = None
     free_dev: object = None
-    lame: LameOperator | None = None  # fine level on the CPU: the faster operator of the same matrix
+    phase: np.ndarray | None = None  # (Z, Y, X) int32: Lame index where K_e = lam K_lam + mu K_mu of this grid, else -1
+    lame: LameOperator | None = None  # on the CPU: the voxels with a phase, through the faster row kernel
+    rest: np.ndarray | None = None  # (Z, Y, X) int32: ``mat`` of the other voxels (-1 elsewhere), with ``lame``
 
     @property
     def node_shape(self):
@@ -508,6 +513,13 @@ def _galerkin_level(fine: Level, chunk: int = 4096):
         kp = keep[i:i + chunk]
         ke_c[i:i + chunk] = kc * kp[:, :, :, None, None] * kp[:, None, None, :, :]
     lv = Level(cmat, ke_c, cbox.copy(), cbox)
+    # A coarse voxel whose 8 children share one phase has exactly the element matrix of that phase
+    # on the 2h grid (nested trilinear spaces, exact quadrature); box conditions mask the fine and
+    # the coarse face dofs alike, so the masked matrices agree as well.
+    cph = np.pad(fine.phase, pad, constant_values=-1).reshape(z, 2, y, 2, x, 2).transpose(0, 2, 4, 1, 3, 5)
+    cph = cph.reshape(z, y, x, 8)
+    pure = (cph == cph[..., :1]).all(axis=-1) & (cph[..., 0] >= 0)
+    lv.phase = np.where(pure, cph[..., 0], -1).astype(np.int32)
     d = _diagonal(lv)
     lv.fixed = cbox | (d <= 1e-12 * d.max())  # box-fixed, and dofs with no solid left
     lv.scale = float(d[~lv.fixed].mean())
@@ -705,8 +717,8 @@ class MatrixFreeSolver:
         fixed_full[mesh.node_grid] = fixed
         fine = Level(mat, ke, fixed_full.reshape(Z + 1, Y + 1, X + 1, 3), box)
         fine.scale = float(scale) if scale is not None else _mean_diag(fine)
-        if device == "cpu":
-            fine.lame = LameOperator(mat_phase.reshape(Z, Y, X), pairs, mesh.spacing, fine.fixed, fine.scale)
+        fine.phase = mat_phase.reshape(Z, Y, X).astype(np.int32)
+        self._lame_pairs = pairs
         self.levels = [fine]
         self._build_hierarchy()
         self._local = []  # stages of exact local solves, each (local dofs, factor, rows it changes, columns)
@@ -722,6 +734,12 @@ class MatrixFreeSolver:
         while 3 * int(np.prod(lv.node_shape[:3])) > COARSEST_DOF and min(lv.mat.shape) >= 4:
             lv = _galerkin_level(lv)
             self.levels.append(lv)
+        if self.xp is np:
+            for k, lv in enumerate(self.levels[:-1]):
+                spacing = np.asarray(self.mesh.spacing, float) * 2**k
+                lv.lame = LameOperator(lv.phase, self._lame_pairs, spacing, lv.fixed, lv.scale)
+                rest = np.where(lv.phase >= 0, -1, lv.mat).astype(np.int32)
+                lv.rest = rest if (rest >= 0).any() else None
         for lv in self.levels[:-1]:
             d = _diagonal(lv)
             lv.diag_inv = np.where(lv.fixed, 1.0 / lv.scale, 1.0 / np.where(d > 0, d, 1.0))
@@ -852,9 +870,12 @@ class MatrixFreeSolver:
     # -- operator ----------------------------------------------------------------------------
     def _apply_level(self, lv, x, xp, ke=None):
         """``M A M x + scale (I - M) x`` on one level (masks live in the element matrices)."""
-        if lv.lame is not None:
-            return lv.lame(x)  # the precision of x
         ke = lv.ke if ke is None else ke
+        if lv.lame is not None:
+            y = lv.lame(x)  # in the precision of x
+            if lv.rest is not None:
+                y += apply_numba(np.ascontiguousarray(x), lv.rest, ke)
+            return y
         fixed = lv.fixed if xp is np else lv.fixed_dev
         y = apply_numba(np.ascontiguousarray(x), lv.mat, ke) if xp is np else apply_arrays(x, lv.mat, ke, xp)
         return y + lv.scale * (x * fixed)

@@ -53,6 +53,24 @@ def test_array_kernel_equals_numba_kernel():
     assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max()
 
 
+@pytest.mark.parametrize("top", ["free", "fixed"])
+def test_coarse_levels_through_the_lame_kernel_equal_the_galerkin_operator(monkeypatch, top):
+    """Coarse voxels whose children share one phase run the row kernel with the 2h element matrices
+    (box conditions as a mask); the rest keep their Galerkin matrices: together the operator of all
+    Galerkin matrices (fails if voxels of mixed children take the row kernel)."""
+    import solvers.matfree as matfree
+
+    monkeypatch.setattr(matfree, "COARSEST_DOF", 3000)  # levels 24^3, 12^3, 6^3
+    mf = ElasticProblem(composite(24), MATS, backend="matrix-free", top=top).solver
+    assert len(mf.levels) == 3
+    lv = mf.levels[1]
+    pure = (lv.phase >= 0).sum() / (lv.mat >= 0).sum()
+    assert 0.1 < pure < 0.9 and lv.rest is not None  # both paths in use
+    x = np.random.default_rng(4).normal(size=lv.node_shape)
+    ref = apply_numba(x, np.asarray(lv.mat), np.asarray(lv.ke)) + lv.scale * x * lv.fixed
+    assert np.abs(mf._apply_level(lv, x, np) - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
 def test_transfers_are_adjoint_on_odd_grids():
     rng = np.random.default_rng(2)
     fine, coarse = (9, 8, 7), (5, 5, 4)
