@@ -869,7 +869,8 @@ class MatrixFreeSolver:
 
     # -- operator ----------------------------------------------------------------------------
     def _apply_level(self, lv, x, xp, ke=None):
-        """``M A M x + scale (I - M) x`` on one level (masks live in the element matrices)."""
+        """``M A M x + scale (I - M) x`` on one level (masks live in the element matrices, and in the
+        free mask of the Lame row kernel where it runs)."""
         ke = lv.ke if ke is None else ke
         if lv.lame is not None:
             y = lv.lame(x)  # in the precision of x
