@@ -42,6 +42,7 @@ scaled by ``scale``, exactly as :func:`solvers.fem.assembly.apply_dirichlet`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ REFINE_CYCLES = 3  # V-cycles with the local solves in place, to find the featur
 REFINE_FRACTION = 0.1  # nodes whose error stays above this fraction of the largest get their blocks merged
 
 
+@functools.cache  # each kernel factory compiles on first use (numba import and JIT cost seconds)
 def _numba_kernel():
     import numba
 
@@ -106,9 +108,6 @@ def _numba_kernel():
     return apply
 
 
-_KERNEL = None
-
-
 def apply_numba(x, mat, ke):
     """``y = K x`` of the unconstrained voxel operator (numba, parallel over voxel planes).
 
@@ -116,11 +115,8 @@ def apply_numba(x, mat, ke):
     (n_mat, 8, 3, 8, 3) element matrices; float32 or float64 (``x`` and
     ``ke`` alike).
     """
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _numba_kernel()
     y = np.empty_like(x)
-    _KERNEL(x, mat, ke.reshape(ke.shape[0], 24, 24), y)
+    _numba_kernel()(x, mat, ke.reshape(ke.shape[0], 24, 24), y)
     return y
 
 
@@ -129,6 +125,7 @@ def apply_numba(x, mat, ke):
 _PAIRED = np.array([0, 1, 3, 2, 4, 5, 7, 6])
 
 
+@functools.cache
 def _numba_lame_kernel():
     import numba
 
@@ -189,9 +186,6 @@ def _numba_lame_kernel():
     return apply
 
 
-_LAME_KERNEL = []
-
-
 class LameOperator:
     """``y = M K M x + scale (I - M) x`` over the voxels whose ``K_e = lam K_lam + mu K_mu`` (numba, CPU).
 
@@ -230,12 +224,10 @@ class LameOperator:
 
     def __call__(self, x):
         """``y`` for ``x`` (Z+1, Y+1, X+1, 3), float32 or float64 (the product runs in that precision)."""
-        if not _LAME_KERNEL:
-            _LAME_KERNEL.append(_numba_lame_kernel())
         x = np.ascontiguousarray(x)
         lam, mu, k2t = self._tables[x.dtype]
         y = np.empty_like(x)
-        _LAME_KERNEL[0](x, self.phase, lam, mu, k2t, self.free, x.dtype.type(self.scale), y)
+        _numba_lame_kernel()(x, self.phase, lam, mu, k2t, self.free, x.dtype.type(self.scale), y)
         return y
 
 
@@ -262,6 +254,7 @@ def apply_arrays(x, mat, ke, xp=np):
     return y
 
 
+@functools.cache
 def _numba_cell_kernel():
     import numba
 
@@ -281,9 +274,7 @@ def _numba_cell_kernel():
     return apply
 
 
-_CELL_KERNEL = []
-
-
+@functools.cache
 def _numba_chebyshev_step():
     import numba
 
@@ -295,9 +286,6 @@ def _numba_chebyshev_step():
             d[i] = c_d * d[i] + c_r * r[i]
 
     return step
-
-
-_CHEBYSHEV_STEP = []
 
 
 def chebyshev_step(x, d, r, ad, dinv, c_d, c_r, xp=np):
@@ -312,10 +300,9 @@ def chebyshev_step(x, d, r, ad, dinv, c_d, c_r, xp=np):
         d *= c_d
         d += c_r * r
         return
-    if not _CHEBYSHEV_STEP:
-        _CHEBYSHEV_STEP.append(_numba_chebyshev_step())
     t = x.dtype.type
-    _CHEBYSHEV_STEP[0](x.reshape(-1), d.reshape(-1), r.reshape(-1), ad.reshape(-1), dinv.reshape(-1), t(c_d), t(c_r))
+    flat = (a.reshape(-1) for a in (x, d, r, ad, dinv))
+    _numba_chebyshev_step()(*flat, t(c_d), t(c_r))
 
 
 class CellOperator:
@@ -355,10 +342,8 @@ class CellOperator:
     def __call__(self, x):
         """``A x`` for x (n,) float64 (numpy or, with ``xp`` = cupy, on the device)."""
         if self.xp is np:
-            if not _CELL_KERNEL:
-                _CELL_KERNEL.append(_numba_cell_kernel())
             y = np.empty(self.n)
-            _CELL_KERNEL[0](np.ascontiguousarray(x, np.float64), self.cells, self.starts, self.ke, y)
+            _numba_cell_kernel()(np.ascontiguousarray(x, np.float64), self.cells, self.starts, self.ke, y)
             return y
         return self.apply_arrays(x, self.cells_dev, self.ke_dev, self.xp)
 
@@ -526,6 +511,7 @@ def _galerkin_level(fine: Level, chunk: int = 4096):
     return lv
 
 
+@functools.cache
 def _numba_transfers():
     import numba
 
@@ -577,13 +563,11 @@ def _numba_transfers():
     return prolong_kernel, restrict_kernel
 
 
-_TRANSFERS = []
-
-
-def _transfers():
-    if not _TRANSFERS:
-        _TRANSFERS.extend(_numba_transfers())
-    return _TRANSFERS
+def _transfer_numba(kernel, x, nodes):
+    """Run one of the :func:`_numba_transfers` kernels from ``x`` to a new (``nodes``, 3) grid."""
+    out = np.empty(tuple(nodes) + x.shape[3:], x.dtype)
+    kernel(np.ascontiguousarray(x), out)
+    return out
 
 
 def prolong(xc, fine_nodes, xp=np):
@@ -592,18 +576,14 @@ def prolong(xc, fine_nodes, xp=np):
     ``xc`` (Zc, Yc, Xc, 3) to (``fine_nodes``, 3); numba on the CPU, array expressions otherwise.
     """
     if xp is np:
-        out = np.empty(tuple(fine_nodes) + xc.shape[3:], xc.dtype)
-        _transfers()[0](np.ascontiguousarray(xc), out)
-        return out
+        return _transfer_numba(_numba_transfers()[0], xc, fine_nodes)
     return prolong_arrays(xc, fine_nodes, xp)
 
 
 def restrict(xf, coarse_nodes, xp=np):
     """Transpose of :func:`prolong`."""
     if xp is np:
-        out = np.empty(tuple(coarse_nodes) + xf.shape[3:], xf.dtype)
-        _transfers()[1](np.ascontiguousarray(xf), out)
-        return out
+        return _transfer_numba(_numba_transfers()[1], xf, coarse_nodes)
     return restrict_arrays(xf, coarse_nodes, xp)
 
 
@@ -718,9 +698,8 @@ class MatrixFreeSolver:
         fine = Level(mat, ke, fixed_full.reshape(Z + 1, Y + 1, X + 1, 3), box)
         fine.scale = float(scale) if scale is not None else _mean_diag(fine)
         fine.phase = mat_phase.reshape(Z, Y, X).astype(np.int32)
-        self._lame_pairs = pairs
         self.levels = [fine]
-        self._build_hierarchy()
+        self._build_hierarchy(pairs)
         self._local = []  # stages of exact local solves, each (local dofs, factor, rows it changes, columns)
         if local_cycles > 0 and len(self.levels) > 1:
             self._local = self._local_solve_setup(local_cycles, local_threshold, local_max_fraction)
@@ -729,7 +708,9 @@ class MatrixFreeSolver:
                  [lv.mat.shape for lv in self.levels], self.stats.setup_s)
 
     # -- hierarchy -------------------------------------------------------------------------
-    def _build_hierarchy(self):
+    def _build_hierarchy(self, lame):
+        """Galerkin levels down to ``COARSEST_DOF``, their smoother data and the coarsest factor;
+        ``lame`` (n_phase, 2): the Lame constants the levels' ``phase`` index (row kernels on the CPU)."""
         lv = self.levels[0]
         while 3 * int(np.prod(lv.node_shape[:3])) > COARSEST_DOF and min(lv.mat.shape) >= 4:
             lv = _galerkin_level(lv)
@@ -737,7 +718,7 @@ class MatrixFreeSolver:
         if self.xp is np:
             for k, lv in enumerate(self.levels[:-1]):
                 spacing = np.asarray(self.mesh.spacing, float) * 2**k
-                lv.lame = LameOperator(lv.phase, self._lame_pairs, spacing, lv.fixed, lv.scale)
+                lv.lame = LameOperator(lv.phase, lame, spacing, lv.fixed, lv.scale)
                 rest = np.where(lv.phase >= 0, -1, lv.mat).astype(np.int32)
                 lv.rest = rest if (rest >= 0).any() else None
         for lv in self.levels[:-1]:
