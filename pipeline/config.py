@@ -130,7 +130,9 @@ class MeshConfig:
 
     Conforming meshes only: ``cell_size_voxels`` (largest cell circumradius in
     the particles, voxels), ``electrolyte_cell_size_voxels`` (the same in the
-    electrolyte; 0 = as in the particles), ``facet_distance_voxels`` (largest
+    electrolyte; 0 = as in the particles), ``interface_cell_size_voxels`` (the same in
+    the electrolyte within ``interface_shell_voxels`` of a particle, where the shell stress
+    of a swelling particle is steepest; 0 = no shell), ``facet_distance_voxels`` (largest
     distance of a surface facet to the labelled surface), the CGAL optimisers
     ``lloyd``, ``odt``, ``perturb`` (not reproducible: CGAL runs it under a
     time limit), ``exude``, and ``seed``.
@@ -143,6 +145,8 @@ class MeshConfig:
     msh: bool = False
     cell_size_voxels: float = 1.0
     electrolyte_cell_size_voxels: float = 0.0
+    interface_cell_size_voxels: float = 0.0
+    interface_shell_voxels: float = 2.0
     facet_distance_voxels: float = 0.25
     lloyd: bool = False
     odt: bool = False
@@ -158,6 +162,8 @@ class MeshConfig:
             raise ConfigError("mesh.order = 2 (quadratic elements) needs mesh.kind = 'voxel-tet' or 'conforming-tet'")
         _check_positive("mesh.cell_size_voxels", self.cell_size_voxels)
         _check_positive("mesh.electrolyte_cell_size_voxels", self.electrolyte_cell_size_voxels, allow_zero=True)
+        _check_positive("mesh.interface_cell_size_voxels", self.interface_cell_size_voxels, allow_zero=True)
+        _check_positive("mesh.interface_shell_voxels", self.interface_shell_voxels)
         _check_positive("mesh.facet_distance_voxels", self.facet_distance_voxels)
         _check_positive("mesh.seed", self.seed, allow_zero=True)
         if self.kind == "conforming-tet":
@@ -171,6 +177,8 @@ class MeshConfig:
         """Keyword arguments of :func:`solvers.mesh.conforming.conforming_tet_mesh`."""
         return dict(max_cell_size_voxels=self.cell_size_voxels,
                     electrolyte_cell_size_voxels=self.electrolyte_cell_size_voxels or None,
+                    interface_cell_size_voxels=self.interface_cell_size_voxels or None,
+                    interface_shell_voxels=self.interface_shell_voxels,
                     max_facet_distance_voxels=self.facet_distance_voxels, lloyd=self.lloyd, odt=self.odt,
                     perturb=self.perturb, exude=self.exude, seed=self.seed)
 

@@ -18,6 +18,8 @@ def make(**sections):
     ({"mesh": {"kind": "octree"}}, "mesh.kind = 'octree' is not allowed"),
     ({"mesh": {"kind": "conforming-tet", "cell_size_voxels": 0}}, "mesh.cell_size_voxels = 0 must be > 0"),
     ({"mesh": {"kind": "voxel-tet"}, "solver": {"backend": "matrix-free"}}, "matrix-free' works on voxel-hex"),
+    ({"mesh": {"interface_shell_voxels": 0}}, "mesh.interface_shell_voxels = 0 must be > 0"),
+    ({"mesh": {"interface_cell_size_voxels": -0.5}}, "mesh.interface_cell_size_voxels = -0.5 must be >= 0"),
     ({"mesh": {"order": 2}}, "mesh.order = 2 .quadratic elements. needs mesh.kind"),
     ({"mesh": {"kind": "voxel-tet", "order": 2}, "interface": {"model": "cohesive"}}, "cohesive' needs mesh.order = 1"),
     ({"meshing": {}}, r"unknown section \[meshing\]"),
@@ -37,6 +39,12 @@ def make(**sections):
 def test_bad_config_names_the_key(sections, match):
     with pytest.raises(ConfigError, match=match):
         make(**sections)
+
+
+def test_interface_shell_reaches_the_mesher_and_zero_means_none():
+    assert make().mesh.conforming_options()["interface_cell_size_voxels"] is None
+    opts = make(mesh={"interface_cell_size_voxels": 0.5, "interface_shell_voxels": 3.0}).mesh.conforming_options()
+    assert opts["interface_cell_size_voxels"] == 0.5 and opts["interface_shell_voxels"] == 3.0
 
 
 def test_missing_input_and_missing_file(tmp_path):

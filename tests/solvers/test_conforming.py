@@ -109,6 +109,40 @@ def test_conforming_mesh_is_reproducible_and_tagged():
     assert all(abs(e) < 0.05 for e in q["phase_volume_rel_error"].values())
 
 
+def circumradius_voxels(mesh):
+    x = mesh.points[mesh.corners] / mesh.spacing.min()
+    a, b, c = (x[:, k] - x[:, 0] for k in (1, 2, 3))
+    num = (np.einsum("ei,ei->e", a, a)[:, None] * np.cross(b, c) + np.einsum("ei,ei->e", b, b)[:, None]
+           * np.cross(c, a) + np.einsum("ei,ei->e", c, c)[:, None] * np.cross(a, b))
+    return np.linalg.norm(num, axis=1) / (12 * np.abs(mesh.cell_volumes()) / mesh.spacing.min() ** 3)
+
+
+def test_interface_shell_refines_only_the_electrolyte_next_to_particles():
+    """interface_cell_size_voxels = 0.5 in a 1.5-voxel shell: electrolyte cells within a voxel of a
+    particle get at most that circumradius, cells far from particles keep theirs, and the shell is
+    electrolyte again in the tags (no new phase, every particle kept)."""
+    from scipy import ndimage as ndi
+
+    ph, pa = small_composite()
+    dist = ndi.distance_transform_edt(ph != 2)
+    out = []
+    for opts in ({}, {"interface_cell_size_voxels": 0.5, "interface_shell_voxels": 1.5}):
+        m = conforming_tet_mesh(ph, pa, [1e-6] * 3, seed=3, **opts)
+        assert set(np.unique(m.cell_phase)) == {1, 2}
+        assert set(np.unique(m.cell_particle[m.cell_particle > 0])) == set(np.unique(pa[pa > 0]))
+        r = circumradius_voxels(m)
+        d = ndi.map_coordinates(dist, (m.points[m.corners].mean(axis=1) / 1e-6).T, order=1)
+        se = m.cell_phase == 1
+        out.append((r[se & (d < 1.0)], r[se & (d > 3.5)], m.n_cells))
+    (near0, far0, n0), (near1, far1, n1) = out
+    print(f"cells {n0} -> {n1}; near-particle electrolyte circumradius median {np.median(near0):.2f} -> "
+          f"{np.median(near1):.2f} voxel (p99 {np.percentile(near1, 99):.3f}), far {np.median(far0):.2f} -> "
+          f"{np.median(far1):.2f}")
+    assert np.percentile(near0, 99) > 0.9  # without the shell they are voxel-sized
+    assert np.percentile(near1, 99) <= 0.5 * 1.01 and near1.max() < 0.6  # CGAL's criterion, after exude
+    assert np.median(far1) == pytest.approx(np.median(far0), rel=0.1)
+
+
 def test_mesh_quality_names_a_vanished_particle_and_a_volume_error():
     """The checks behind the conforming mesher's clear errors, on a voxel-tet mesh with cells taken away."""
     import dataclasses
