@@ -25,8 +25,8 @@ def sphere(R, n):
     return ph, (ph == 2).astype(np.int32)
 
 
-def mesh_and_faces(ph, pa, kind="voxel-hex"):
-    """Bonded mesh of a label image and its AP|SE faces, for each mesh kind."""
+def mesh_and_faces(ph, pa, kind="voxel-hex", **mesh_opts):
+    """Bonded mesh of a label image and its AP|SE faces, for each mesh kind (``mesh_opts``: conforming only)."""
     if kind == "voxel-hex":
         mesh = voxel_hex_mesh(ph, pa, [H] * 3)
         return mesh, fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
@@ -35,12 +35,12 @@ def mesh_and_faces(ph, pa, kind="voxel-hex"):
         return mesh, fields.tet_interface_faces(mesh, sigma_voxels=1.5)
     from solvers.mesh.conforming import conforming_tet_mesh
 
-    mesh = conforming_tet_mesh(ph, pa, [H] * 3, max_facet_distance_voxels=0.1, seed=1)
+    mesh = conforming_tet_mesh(ph, pa, [H] * 3, max_facet_distance_voxels=0.1, seed=1, **mesh_opts)
     return mesh, fields.tet_interface_faces(mesh)
 
 
-def problem(ph, pa, law, kind="voxel-hex", **kw):
-    mesh, faces = mesh_and_faces(ph, pa, kind)
+def problem(ph, pa, law, kind="voxel-hex", mesh_opts=None, **kw):
+    mesh, faces = mesh_and_faces(ph, pa, kind, **(mesh_opts or {}))
     return mesh, CohesiveProblem(mesh, MATS, faces, law, **kw)
 
 
@@ -182,11 +182,11 @@ def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate():
     print(f"faces with d > 0.9: {damaged:.2f}; deepest penetration {-dn.min() / H:.1e} voxel")
 
 
-def onset(R, n, step=0.0005, start=0.004, stop=0.0131, kind="voxel-hex"):
+def onset(R, n, step=0.0005, start=0.004, stop=0.0131, kind="voxel-hex", mesh_opts=None):
     """dV/V (positive number) at first damage and at half of the interface area damaged."""
     law = CohesiveLaw(strength_Pa=100e6, fracture_energy_J_m2=10.0, penalty_Pa_m=K0)
     ph, pa = sphere(R, n)
-    mesh, prob = problem(ph, pa, law, kind, solver="amg")
+    mesh, prob = problem(ph, pa, law, kind, mesh_opts, solver="amg")
     area = prob.interface.point_area
     first, half, prev = None, None, (0.0, 0.0)
     for dv in np.arange(start, stop, step):
@@ -198,18 +198,55 @@ def onset(R, n, step=0.0005, start=0.004, stop=0.0131, kind="voxel-hex"):
             half = prev[0] + (0.5 - prev[1]) * (dv - prev[0]) / (frac - prev[1])
             break
         prev = (dv, frac)
-    phi = float((ph == 2).mean())
-    ref = {o: 3 * law.strength_Pa / abs(shell_pressure(1.0, phi, 140e9, 0.3, 22e9, 0.3, o)) for o in ("free", "fixed")}
-    return first, half, ref
+    # the particle's volume fraction of the meshed box: a CGAL box runs between the outer voxel
+    # centres, (n - 1)^3 voxels, so phi is 8.0 % where the voxels give 6.8 % (R = 4 in 16^3)
+    vol = np.abs(mesh.cell_volumes())
+    phi = float(vol[mesh.cell_phase == 2].sum() / vol.sum()) if kind == "conforming-tet" else float((ph == 2).mean())
+    return first, half, onset_references(phi, law.strength_Pa)
+
+
+def onset_references(phi, strength_Pa):
+    """3(d) onsets dV/V of the free and fixed outer shell, and of the box (top free, rollers elsewhere).
+
+    The box has no closed form; its interface pressure is the mean of the two shell pressures to
+    1 % (:func:`test_box_pressure_is_the_mean_of_the_shell_bounds`), so its onset is 3 F_c over that mean.
+    """
+    p = {o: abs(shell_pressure(1.0, phi, 140e9, 0.3, 22e9, 0.3, o)) for o in ("free", "fixed")}
+    return {"free": 3 * strength_Pa / p["free"], "fixed": 3 * strength_Pa / p["fixed"],
+            "box": 3 * strength_Pa / (0.5 * (p["free"] + p["fixed"]))}
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="voxel-hex staircase: half-damage onset 23 % below 3(d) at R = 4 (see README)")
+def test_box_pressure_is_the_mean_of_the_shell_bounds():
+    """The onset reference of the box: bonded quadratic tets of 1.5 voxel (the mesh-converged reference
+    of the 3(b) comparison) give a particle pressure within 1.5 % of the mean of the free- and
+    fixed-shell pressures (tension: the particle shrinks), at the particle's volume fraction of the meshed box."""
+    pytest.importorskip("pygalmesh")
+    from solvers.mesh import quadratic_tet_mesh
+
+    eps = -0.01 / 3
+    for R, n in ((4, 16), (6, 24)):
+        mesh = quadratic_tet_mesh(mesh_and_faces(*sphere(R, n), "conforming-tet", max_cell_size_voxels=1.5)[0])
+        ap = mesh.cell_phase == 2
+        vol = np.abs(mesh.cell_volumes())
+        phi = vol[ap].sum() / vol.sum()
+        prob = ElasticProblem(mesh, MATS, top="free")
+        e = np.where(ap, eps, 0.0)
+        p = np.average(fields.hydrostatic(prob.cell_stress(prob.solve(e), e)[ap]), weights=vol[ap])
+        bounds = [abs(shell_pressure(eps, phi, 140e9, 0.3, 22e9, 0.3, o)) for o in ("free", "fixed")]
+        print(f"R = {R}: phi {phi:.4f}, box pressure {p / 1e6:.2f} MPa, shell bounds {bounds[0] / 1e6:.2f} / "
+              f"{bounds[1] / 1e6:.2f} MPa, mean {np.mean(bounds) / 1e6:.2f} ({100 * (p / np.mean(bounds) - 1):+.2f} %)")
+        assert p == pytest.approx(np.mean(bounds), rel=0.015)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="voxel-hex staircase: half-damage onset 24 % below 3(d) at R = 4 (and 21 % at "
+                   "R = 8: it does not close with resolution; see README)")
 def test_delamination_onset_matches_closed_form_on_two_radii():
     out = {}
     for R, n in ((4, 24), (6, 36)):
         first, half, ref = onset(R, n)
-        mid = 0.5 * (ref["free"] + ref["fixed"])
+        mid = ref["box"]
         out[R] = half
         print(f"R = {R}: first damage at dV/V = {100 * first:.3f} %, half damaged at {100 * half:.3f} %; "
               f"3(d) fixed/free outer shell {100 * ref['fixed']:.3f} / {100 * ref['free']:.3f} %")
@@ -217,14 +254,20 @@ def test_delamination_onset_matches_closed_form_on_two_radii():
     assert out[4] == pytest.approx(out[6], rel=0.10)
 
 
+#: conforming cells of 1 voxel, 0.5 voxel in the electrolyte within 1.5 voxels of the particle: the
+#: r^-3 shell stress needs the small cells (R = 4: -20 % with 1-voxel cells everywhere, -11 % with the
+#: shell, -11 % with cells of 0.35 or 0.25 voxel in the shell: the staircase of the image is left)
+SHELL = {"interface_cell_size_voxels": 0.5, "interface_shell_voxels": 1.5}
+
+
 @pytest.fixture(scope="module")
 def conforming_onsets():
-    """Onsets on conforming tets (cells of 1 voxel) for R = 4 in 16^3 and R = 6 in 24^3 (about 70 s)."""
+    """Onsets on conforming tets for R = 4 in 16^3 and R = 6 in 24^3 (about 60 s)."""
     pytest.importorskip("pygalmesh")
     out = {}
     for R, n in ((4, 16), (6, 24)):
-        first, half, ref = onset(R, n, kind="conforming-tet")
-        mid = 0.5 * (ref["free"] + ref["fixed"])
+        first, half, ref = onset(R, n, kind="conforming-tet", mesh_opts=SHELL)
+        mid = ref["box"]
         print(f"conforming tets R = {R}: first damage at dV/V <= {100 * first:.3f} %, half damaged at "
               f"{100 * half:.3f} % ({100 * (half / mid - 1):+.1f} %); 3(d) fixed/free outer shell "
               f"{100 * ref['fixed']:.3f} / {100 * ref['free']:.3f} %")
@@ -234,13 +277,13 @@ def conforming_onsets():
 
 @pytest.mark.slow
 def test_conforming_onset_does_not_depend_on_radius(conforming_onsets):
-    """Half-damage onset on R = 4 and R = 6 within 10 % (measured: 0.764 and 0.798 %)."""
+    """Half-damage onset on R = 4 and R = 6 within 10 % (measured: 0.841 and 0.841 %)."""
     assert conforming_onsets[4][0] == pytest.approx(conforming_onsets[6][0], rel=0.10)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="linear tets of 1 voxel: half-damage onset 16-20 % below 3(d); the nodal "
-                   "interface tractions spread from 8 to 96 MPa (p10-p90) around a 50 MPa mean (see README)")
+@pytest.mark.xfail(strict=True, reason="linear tets, 0.5-voxel electrolyte shell: half-damage onset 10 % below 3(d); "
+                   "nodal interface tractions spread from 0.47 to 1.69 x their mean (p10-p90) (see README)")
 def test_conforming_onset_within_5_percent_of_closed_form(conforming_onsets):
     for half, mid in conforming_onsets.values():
         assert half == pytest.approx(mid, rel=0.05)
