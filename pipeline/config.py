@@ -147,6 +147,7 @@ class MeshConfig:
     electrolyte_cell_size_voxels: float = 0.0
     interface_cell_size_voxels: float = 0.0
     interface_shell_voxels: float = 2.0
+    smooth_surface_iterations: int = 0
     facet_distance_voxels: float = 0.25
     lloyd: bool = False
     odt: bool = False
@@ -164,6 +165,7 @@ class MeshConfig:
         _check_positive("mesh.electrolyte_cell_size_voxels", self.electrolyte_cell_size_voxels, allow_zero=True)
         _check_positive("mesh.interface_cell_size_voxels", self.interface_cell_size_voxels, allow_zero=True)
         _check_positive("mesh.interface_shell_voxels", self.interface_shell_voxels)
+        _check_positive("mesh.smooth_surface_iterations", self.smooth_surface_iterations, allow_zero=True)
         _check_positive("mesh.facet_distance_voxels", self.facet_distance_voxels)
         _check_positive("mesh.seed", self.seed, allow_zero=True)
         if self.kind == "conforming-tet":
@@ -179,6 +181,7 @@ class MeshConfig:
                     electrolyte_cell_size_voxels=self.electrolyte_cell_size_voxels or None,
                     interface_cell_size_voxels=self.interface_cell_size_voxels or None,
                     interface_shell_voxels=self.interface_shell_voxels,
+                    smooth_iterations=self.smooth_surface_iterations,
                     max_facet_distance_voxels=self.facet_distance_voxels, lloyd=self.lloyd, odt=self.odt,
                     perturb=self.perturb, exude=self.exude, seed=self.seed)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from solvers.mesh.smooth import smooth_surfaces
 from solvers.mesh.tet import TetMesh, _volumes
 from solvers.mesh.voxel import ACTIVE, ELECTROLYTE, solid_body
 from tomomech.errors import ConfigError, MeshError
@@ -31,6 +32,7 @@ PHASE_VOLUME_RTOL = 0.05
 def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: float = 1.0,
                         electrolyte_cell_size_voxels: float | None = None,
                         interface_cell_size_voxels: float | None = None, interface_shell_voxels: float = 2.0,
+                        smooth_iterations: int = 0,
                         max_facet_distance_voxels: float = 0.25, lloyd: bool = False, odt: bool = False,
                         perturb: bool = False, exude: bool = True, seed: int = 0) -> TetMesh:
     """Mesh the electrolyte and every particle with conforming linear tetrahedra.
@@ -56,6 +58,9 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
         refining the whole electrolyte does, at a fifth of the cells.
     interface_shell_voxels : float
         Thickness of that electrolyte shell, voxels (Euclidean distance to the nearest particle voxel).
+    smooth_iterations : int
+        Taubin lambda|mu steps on the material surfaces after meshing
+        (:func:`solvers.mesh.smooth.smooth_surfaces`); 0 keeps the surfaces on the voxel staircase.
     max_facet_distance_voxels : float
         Maximal distance of a surface facet to the labelled surface, in voxels.
     lloyd, odt, perturb, exude : bool
@@ -123,12 +128,18 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
         ref = np.where(ref == shell_label, 1, ref)
     cell_phase = np.where(ref == 1, ELECTROLYTE, ACTIVE).astype(np.uint8)
     cell_particle = np.where(ref >= 2, ref - 1, 0).astype(np.int32)
-    cen = pts[tets].mean(axis=1)
-    ijk = np.clip(np.rint(cen / sp).astype(np.int64), 0, np.array(phases.shape) - 1)  # voxel centres at i*h
     mesh = TetMesh(points=pts, cells=tets, cell_phase=cell_phase, cell_particle=cell_particle,
-                   cell_voxel=np.ravel_multi_index(tuple(ijk.T), phases.shape), shape=phases.shape, spacing=sp,
+                   cell_voxel=np.zeros(len(tets), np.int64), shape=phases.shape, spacing=sp,
                    extent=(np.array(phases.shape) - 1) * sp, phases=phases, particles=particles,
                    removed_voxels=removed, kind="conforming-tet")
+    if smooth_iterations:
+        pts, scale = smooth_surfaces(mesh, ref, smooth_iterations)
+        log.info("surface smoothing: %.2f of the displacement applied on average (less where cells would "
+                 "flatten)", scale)
+        mesh = dataclasses.replace(mesh, points=pts)
+    cen = pts[tets].mean(axis=1)
+    ijk = np.clip(np.rint(cen / sp).astype(np.int64), 0, np.array(phases.shape) - 1)  # voxel centres at i*h
+    mesh = dataclasses.replace(mesh, cell_voxel=np.ravel_multi_index(tuple(ijk.T), phases.shape))
     report = mesh_quality(mesh, phases, particles)
     log.info("conforming mesh: %d tets, min dihedral %.1f deg, phase volume errors %s", mesh.n_cells,
              report["min_dihedral_deg"], report["phase_volume_rel_error"])

@@ -143,6 +143,34 @@ def test_interface_shell_refines_only_the_electrolyte_next_to_particles():
     assert np.median(far1) == pytest.approx(np.median(far0), rel=0.1)
 
 
+def test_surface_smoothing_removes_the_staircase_without_shrinking_or_degrading_cells():
+    """Taubin smoothing of a voxelised sphere (R = 4): the radii of its AP|SE nodes spread a third less,
+    the particle keeps its volume (plain Laplacian smoothing shrinks it by a quarter), the box stays
+    put, only points move, and no cell loses more than the guard allows."""
+    from solvers.mesh.conforming import radius_ratio
+    from solvers.mesh.smooth import MIN_QUALITY_KEPT, MIN_RADIUS_RATIO
+
+    ph, pa = sphere(4, 16)
+    rough, smooth = (conforming_tet_mesh(ph, pa, [1e-6] * 3, max_facet_distance_voxels=0.1, seed=1,
+                                         smooth_iterations=it) for it in (0, 20))
+    assert np.array_equal(rough.cells, smooth.cells)
+    nodes = np.unique(fields.tet_interface_faces(rough)["nodes"])
+    width = [np.subtract(*np.percentile(np.linalg.norm(m.points[nodes] / 1e-6 - 7.5, axis=1), [95, 5]))
+             for m in (rough, smooth)]
+    err = [m.quality["phase_volume_rel_error"]["active"] for m in (rough, smooth)]
+    print(f"interface node radius p5-p95 width {width[0]:.3f} -> {width[1]:.3f} voxel; particle volume "
+          f"error {100 * err[0]:+.1f} -> {100 * err[1]:+.1f} %; min dihedral {rough.quality['min_dihedral_deg']:.1f}"
+          f" -> {smooth.quality['min_dihedral_deg']:.1f} deg")
+    assert width[1] < 0.7 * width[0]
+    assert abs(err[1]) <= abs(err[0]) and abs(err[1]) < 0.025
+    ext = rough.extent
+    on_box = np.any((rough.points < 1e-12) | (rough.points > ext - 1e-12), axis=1)
+    assert on_box.sum() > 100 and np.array_equal(rough.points[on_box], smooth.points[on_box])
+    rr0, rr1 = radius_ratio(rough.points, rough.cells), radius_ratio(smooth.points, smooth.cells)
+    assert np.all(rr1 >= np.minimum(MIN_QUALITY_KEPT * rr0, MIN_RADIUS_RATIO))
+    assert np.all(smooth.cell_volumes() > 0)
+
+
 def test_mesh_quality_names_a_vanished_particle_and_a_volume_error():
     """The checks behind the conforming mesher's clear errors, on a voxel-tet mesh with cells taken away."""
     import dataclasses
