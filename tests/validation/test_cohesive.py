@@ -254,10 +254,11 @@ def test_delamination_onset_matches_closed_form_on_two_radii():
     assert out[4] == pytest.approx(out[6], rel=0.10)
 
 
-#: conforming cells of 1 voxel, 0.5 voxel in the electrolyte within 1.5 voxels of the particle: the
-#: r^-3 shell stress needs the small cells (R = 4: -20 % with 1-voxel cells everywhere, -11 % with the
-#: shell, -11 % with cells of 0.35 or 0.25 voxel in the shell: the staircase of the image is left)
-SHELL = {"interface_cell_size_voxels": 0.5, "interface_shell_voxels": 1.5}
+#: conforming cells of 1 voxel, 0.5 voxel in the electrolyte within 1.5 voxels of the particle, and the
+#: surfaces smoothed off the voxel staircase: on R = 4, -20 % with 1-voxel cells everywhere, -10 % with
+#: the shell (cells of 0.35 or 0.25 voxel in it change nothing more), -7 % smoothed; -5 % with the
+#: interface nodes put on the exact sphere (some cells inverted), so linear tets of this size leave ~5 %
+CONFORMING = {"interface_cell_size_voxels": 0.5, "interface_shell_voxels": 1.5, "smooth_iterations": 20}
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +267,7 @@ def conforming_onsets():
     pytest.importorskip("pygalmesh")
     out = {}
     for R, n in ((4, 16), (6, 24)):
-        first, half, ref = onset(R, n, kind="conforming-tet", mesh_opts=SHELL)
+        first, half, ref = onset(R, n, kind="conforming-tet", mesh_opts=CONFORMING)
         mid = ref["box"]
         print(f"conforming tets R = {R}: first damage at dV/V <= {100 * first:.3f} %, half damaged at "
               f"{100 * half:.3f} % ({100 * (half / mid - 1):+.1f} %); 3(d) fixed/free outer shell "
@@ -277,13 +278,14 @@ def conforming_onsets():
 
 @pytest.mark.slow
 def test_conforming_onset_does_not_depend_on_radius(conforming_onsets):
-    """Half-damage onset on R = 4 and R = 6 within 10 % (measured: 0.841 and 0.841 %)."""
+    """Half-damage onset on R = 4 and R = 6 within 10 % (measured: 0.861 and 0.857 %)."""
     assert conforming_onsets[4][0] == pytest.approx(conforming_onsets[6][0], rel=0.10)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="linear tets, 0.5-voxel electrolyte shell: half-damage onset 10 % below 3(d); "
-                   "nodal interface tractions spread from 0.47 to 1.69 x their mean (p10-p90) (see README)")
+@pytest.mark.xfail(strict=True, reason="linear tets, 0.5-voxel electrolyte shell, smoothed surfaces: half-damage "
+                   "onset 7-8 % below 3(d); nodal interface tractions spread from 0.66 to 1.46 x their mean (p10-p90), "
+                   "0.85 to 1.17 on the exact sphere (see README)")
 def test_conforming_onset_within_5_percent_of_closed_form(conforming_onsets):
     for half, mid in conforming_onsets.values():
         assert half == pytest.approx(mid, rel=0.05)
