@@ -7,7 +7,7 @@ Every case runs in its own process, so the peak resident memory is its own.
 
 Usage::
 
-    python benchmarks/meshing.py [SIZE]      # crop edge in voxels, default 96
+    python benchmarks/meshing.py [SIZE] [MATCH]  # crop edge in voxels, default 96; only cases containing MATCH
 
 Prints a Markdown table (the README's "Meshing" table).
 """
@@ -33,6 +33,12 @@ CASES = {
     "conforming-tet, 1 voxel cells": {"max_cell_size_voxels": 1.0, "max_facet_distance_voxels": 0.25},
     "conforming-tet, 1 voxel in particles, 3 in electrolyte": {
         "max_cell_size_voxels": 1.0, "electrolyte_cell_size_voxels": 3.0, "max_facet_distance_voxels": 0.25},
+    "conforming-tet, 1 voxel, 0.5 in a 1.5-voxel electrolyte shell": {
+        "max_cell_size_voxels": 1.0, "max_facet_distance_voxels": 0.25, "interface_cell_size_voxels": 0.5,
+        "interface_shell_voxels": 1.5},
+    "conforming-tet, as above, surfaces smoothed (20 Taubin steps)": {
+        "max_cell_size_voxels": 1.0, "max_facet_distance_voxels": 0.25, "interface_cell_size_voxels": 0.5,
+        "interface_shell_voxels": 1.5, "smooth_iterations": 20},
 }
 
 
@@ -78,10 +84,11 @@ def main(argv: list[str]) -> None:
         print(json.dumps(one(int(argv[1]), argv[2])))
         return
     n = int(argv[0]) if argv else 96
+    cases = [c for c in CASES if len(argv) < 2 or argv[1] in c]
     print(f"| {n}^3 MATBOX crop | cells | nodes (dof/3) | meshing s | min / p1 dihedral (deg) | "
           "active volume error | peak RSS GB |")
     print("|---|---|---|---|---|---|---|")
-    for case in CASES:
+    for case in cases:
         out = subprocess.run([sys.executable, __file__, "--one", str(n), case], capture_output=True, text=True,
                              check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])

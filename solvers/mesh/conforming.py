@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from solvers.mesh.smooth import smooth_surfaces
-from solvers.mesh.tet import TetMesh, _volumes
+from solvers.mesh.tet import TetMesh, _volumes, radius_ratio
 from solvers.mesh.voxel import ACTIVE, ELECTROLYTE, solid_body
 from tomomech.errors import ConfigError, MeshError
 
@@ -195,22 +195,6 @@ def dihedral_angles(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
         for j in range(i + 1, 4):
             out.append(180.0 - np.degrees(np.arccos(np.clip(np.einsum("ei,ei->e", n[i], n[j]), -1, 1))))
     return np.stack(out, axis=1)
-
-
-def radius_ratio(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """3 r_in / r_circ of every tetrahedron (1 for a regular one)."""
-    x = points[cells]
-    vol = np.abs(_volumes(x))
-    faces = [(1, 2, 3), (0, 2, 3), (0, 1, 3), (0, 1, 2)]
-    area = sum(0.5 * np.linalg.norm(np.cross(x[:, b] - x[:, a], x[:, c] - x[:, a]), axis=1) for a, b, c in faces)
-    r_in = 3 * vol / area
-    a = x[:, 1] - x[:, 0]
-    b = x[:, 2] - x[:, 0]
-    c = x[:, 3] - x[:, 0]
-    num = (np.einsum("ei,ei->e", a, a)[:, None] * np.cross(b, c) + np.einsum("ei,ei->e", b, b)[:, None]
-           * np.cross(c, a) + np.einsum("ei,ei->e", c, c)[:, None] * np.cross(a, b))
-    r_circ = np.linalg.norm(num, axis=1) / (12 * vol)
-    return 3 * r_in / r_circ
 
 
 def mesh_quality(mesh: TetMesh, phases: np.ndarray, particles: np.ndarray) -> dict:

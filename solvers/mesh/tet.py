@@ -110,6 +110,22 @@ def _volumes(x: np.ndarray) -> np.ndarray:
     return np.linalg.det(d) / 6.0
 
 
+def radius_ratio(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """3 r_in / r_circ of every tetrahedron (1 for a regular one)."""
+    x = points[cells]
+    vol = np.abs(_volumes(x))
+    faces = [(1, 2, 3), (0, 2, 3), (0, 1, 3), (0, 1, 2)]
+    area = sum(0.5 * np.linalg.norm(np.cross(x[:, b] - x[:, a], x[:, c] - x[:, a]), axis=1) for a, b, c in faces)
+    r_in = 3 * vol / area
+    a = x[:, 1] - x[:, 0]
+    b = x[:, 2] - x[:, 0]
+    c = x[:, 3] - x[:, 0]
+    num = (np.einsum("ei,ei->e", a, a)[:, None] * np.cross(b, c) + np.einsum("ei,ei->e", b, b)[:, None]
+           * np.cross(c, a) + np.einsum("ei,ei->e", c, c)[:, None] * np.cross(a, b))
+    r_circ = np.linalg.norm(num, axis=1) / (12 * vol)
+    return 3 * r_in / r_circ
+
+
 def voxel_tet_mesh(phases, particles, spacing_m) -> TetMesh:
     """Split the meshed solid voxels of :func:`voxel_hex_mesh` into 6 tetrahedra each.
 
