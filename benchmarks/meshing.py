@@ -36,7 +36,7 @@ CASES = {
     "conforming-tet, 1 voxel, 0.5 in a 1.5-voxel electrolyte shell": {
         "max_cell_size_voxels": 1.0, "max_facet_distance_voxels": 0.25, "interface_cell_size_voxels": 0.5,
         "interface_shell_voxels": 1.5},
-    "conforming-tet, as above, surfaces smoothed (20 Taubin steps)": {
+    "conforming-tet, 1 voxel, 0.5 in the shell, surfaces smoothed (20 Taubin steps)": {
         "max_cell_size_voxels": 1.0, "max_facet_distance_voxels": 0.25, "interface_cell_size_voxels": 0.5,
         "interface_shell_voxels": 1.5, "smooth_iterations": 20},
 }
