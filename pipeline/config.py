@@ -147,6 +147,8 @@ class MeshConfig:
     electrolyte_cell_size_voxels: float = 0.0
     interface_cell_size_voxels: float = 0.0
     interface_shell_voxels: float = 2.0
+    upsample: int = 1
+    upsample_sigma_voxels: float = 1.0
     smooth_surface_iterations: int = 0
     facet_distance_voxels: float = 0.25
     lloyd: bool = False
@@ -166,6 +168,8 @@ class MeshConfig:
         _check_positive("mesh.interface_cell_size_voxels", self.interface_cell_size_voxels, allow_zero=True)
         _check_positive("mesh.interface_shell_voxels", self.interface_shell_voxels)
         _check_positive("mesh.smooth_surface_iterations", self.smooth_surface_iterations, allow_zero=True)
+        _check_positive("mesh.upsample", self.upsample)
+        _check_positive("mesh.upsample_sigma_voxels", self.upsample_sigma_voxels)
         _check_positive("mesh.facet_distance_voxels", self.facet_distance_voxels)
         _check_positive("mesh.seed", self.seed, allow_zero=True)
         if self.kind == "conforming-tet":
@@ -181,7 +185,8 @@ class MeshConfig:
                     electrolyte_cell_size_voxels=self.electrolyte_cell_size_voxels or None,
                     interface_cell_size_voxels=self.interface_cell_size_voxels or None,
                     interface_shell_voxels=self.interface_shell_voxels,
-                    smooth_iterations=self.smooth_surface_iterations,
+                    smooth_iterations=self.smooth_surface_iterations, upsample=self.upsample,
+                    upsample_sigma_voxels=self.upsample_sigma_voxels,
                     max_facet_distance_voxels=self.facet_distance_voxels, lloyd=self.lloyd, odt=self.odt,
                     perturb=self.perturb, exude=self.exude, seed=self.seed)
 

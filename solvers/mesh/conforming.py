@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 
 from solvers.mesh.smooth import smooth_surfaces
 from solvers.mesh.tet import TetMesh, _volumes, radius_ratio
+from solvers.mesh.upsample import smooth_upsample
 from solvers.mesh.voxel import ACTIVE, ELECTROLYTE, solid_body
 from tomomech.errors import ConfigError, MeshError
 
@@ -32,7 +33,7 @@ PHASE_VOLUME_RTOL = 0.05
 def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: float = 1.0,
                         electrolyte_cell_size_voxels: float | None = None,
                         interface_cell_size_voxels: float | None = None, interface_shell_voxels: float = 2.0,
-                        smooth_iterations: int = 0,
+                        smooth_iterations: int = 0, upsample: int = 1, upsample_sigma_voxels: float = 1.0,
                         max_facet_distance_voxels: float = 0.25, lloyd: bool = False, odt: bool = False,
                         perturb: bool = False, exude: bool = True, seed: int = 0) -> TetMesh:
     """Mesh the electrolyte and every particle with conforming linear tetrahedra.
@@ -58,6 +59,12 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
         refining the whole electrolyte does, at a fifth of the cells.
     interface_shell_voxels : float
         Thickness of that electrolyte shell, voxels (Euclidean distance to the nearest particle voxel).
+    upsample : int
+        1: mesh the label image as it is (its surfaces follow the voxel staircase). 2 or more: mesh
+        :func:`solvers.mesh.upsample.smooth_upsample` of it, ``upsample`` times finer, whose surfaces
+        follow smoothed phase indicators with each phase's volume kept (memory: upsample^3 labels).
+    upsample_sigma_voxels : float
+        The Gaussian width of that smoothing, voxels.
     smooth_iterations : int
         Taubin lambda|mu steps on the material surfaces after meshing
         (:func:`solvers.mesh.smooth.smooth_surfaces`); 0 keeps the surfaces on the voxel staircase.
@@ -88,7 +95,11 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     phases, particles, removed = solid_body(phases, particles)
     sp = np.asarray(spacing_m, float)
     h = float(sp.min())
-    labels = np.where(phases == ELECTROLYTE, 1, np.where(phases == ACTIVE, particles.astype(np.int64) + 1, 0))
+    f = int(upsample)
+    mesh_phases, mesh_particles = (phases, particles) if f == 1 else smooth_upsample(
+        phases, particles, f, upsample_sigma_voxels, spacing=sp)
+    labels = np.where(mesh_phases == ELECTROLYTE, 1,
+                      np.where(mesh_phases == ACTIVE, mesh_particles.astype(np.int64) + 1, 0))
     if labels.max() > np.iinfo(np.uint16).max:
         raise MeshError("more than 65 534 particles: crop the volume for conforming meshing")
     size = float(max_cell_size_voxels)
@@ -101,8 +112,8 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
         shell_label = int(labels.max()) + 1
         if shell_label > np.iinfo(np.uint16).max:
             raise MeshError("more than 65 533 particles: crop the volume for conforming meshing")
-        dist = ndi.distance_transform_edt(phases != ACTIVE, sampling=sp / h)
-        labels = np.where((phases == ELECTROLYTE) & (dist <= float(interface_shell_voxels)), shell_label, labels)
+        dist = ndi.distance_transform_edt(mesh_phases != ACTIVE, sampling=sp / h / f)
+        labels = np.where((mesh_phases == ELECTROLYTE) & (dist <= float(interface_shell_voxels)), shell_label, labels)
         size = {shell_label: float(interface_cell_size_voxels),
                 **(size if isinstance(size, dict) else {"default": size})}
     if perturb:
@@ -111,7 +122,7 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     # pygalmesh.generate_from_array writes its INR image without closing (or flushing) the file: write it here
     with tempfile.TemporaryDirectory() as tmp, _quiet_stdio():  # the sizing path prints whatever `verbose` says
         inr = Path(tmp) / "labels.inr"
-        _write_inr(labels.astype(np.uint16), sp / h, inr)
+        _write_inr(labels.astype(np.uint16), sp / h / f, inr)
         m = pygalmesh.generate_from_inr(
             str(inr), lloyd=lloyd, odt=odt, perturb=perturb, exude=exude, max_cell_circumradius=size,
             max_facet_distance=float(max_facet_distance_voxels), verbose=False, seed=seed)
@@ -130,15 +141,16 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     cell_particle = np.where(ref >= 2, ref - 1, 0).astype(np.int32)
     mesh = TetMesh(points=pts, cells=tets, cell_phase=cell_phase, cell_particle=cell_particle,
                    cell_voxel=np.zeros(len(tets), np.int64), shape=phases.shape, spacing=sp,
-                   extent=(np.array(phases.shape) - 1) * sp, phases=phases, particles=particles,
+                   extent=(np.array(phases.shape) - 1 / f) * sp, phases=phases, particles=particles,
                    removed_voxels=removed, kind="conforming-tet")
     if smooth_iterations:
         pts, scale = smooth_surfaces(mesh, ref, smooth_iterations)
         log.info("surface smoothing: %.2f of the displacement applied on average (less where cells would "
                  "flatten)", scale)
         mesh = dataclasses.replace(mesh, points=pts)
+    # CGAL's box runs between the outer (fine) voxel centres: voxel i spans [i - 1/2f, i + 1 - 1/2f] voxels
     cen = pts[tets].mean(axis=1)
-    ijk = np.clip(np.rint(cen / sp).astype(np.int64), 0, np.array(phases.shape) - 1)  # voxel centres at i*h
+    ijk = np.clip(np.floor(cen / sp + 0.5 / f).astype(np.int64), 0, np.array(phases.shape) - 1)
     mesh = dataclasses.replace(mesh, cell_voxel=np.ravel_multi_index(tuple(ijk.T), phases.shape))
     report = mesh_quality(mesh, phases, particles)
     log.info("conforming mesh: %d tets, min dihedral %.1f deg, phase volume errors %s", mesh.n_cells,
@@ -215,12 +227,15 @@ def mesh_quality(mesh: TetMesh, phases: np.ndarray, particles: np.ndarray) -> di
     vox = float(np.prod(mesh.spacing))
     vol = np.abs(mesh.cell_volumes())
     w = np.ones(phases.shape)
-    if mesh.kind == "conforming-tet":  # CGAL's box runs between the outer voxel centres: those voxels count half
+    if mesh.kind == "conforming-tet":
+        # CGAL's box runs between the outer voxel centres (of the upsampled image, if any): the outer
+        # voxels count half (1 - 1/2f)
+        inside = 0.5 * (np.asarray(mesh.extent) / np.asarray(mesh.spacing) - (np.array(phases.shape) - 2))
         for ax, n in enumerate(phases.shape):
             sl = [slice(None)] * 3
             for i in (0, n - 1):
                 sl[ax] = i
-                w[tuple(sl)] *= 0.5
+                w[tuple(sl)] *= inside[ax]
     dih = dihedral_angles(mesh.points, mesh.corners)
     rr = radius_ratio(mesh.points, mesh.corners)
     report = {"cells": mesh.n_cells, "nodes": mesh.n_nodes, "min_dihedral_deg": float(dih.min()),

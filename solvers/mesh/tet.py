@@ -43,7 +43,8 @@ class TetMesh:
     shape : (Z, Y, X) of the voxel grid
     spacing : (3,) voxel size, metres
     extent : (3,) box size, metres; the box is [0, extent] (voxel-tet: shape * spacing;
-        conforming CGAL meshes place voxel centres on integer coordinates: (shape - 1) * spacing)
+        conforming CGAL meshes run between the outer voxel centres: (shape - 1) * spacing, or
+        (shape - 1/f) * spacing on an image upsampled f times)
     phases, particles : (Z, Y, X) the label image that was meshed (floating solid removed), so
         per-particle geometry and phase fractions read the same labels as on voxel meshes
     removed_voxels : int, solid voxels not face-connected to the main body (left out)

@@ -18,6 +18,7 @@ def make(**sections):
     ({"mesh": {"kind": "octree"}}, "mesh.kind = 'octree' is not allowed"),
     ({"mesh": {"kind": "conforming-tet", "cell_size_voxels": 0}}, "mesh.cell_size_voxels = 0 must be > 0"),
     ({"mesh": {"kind": "voxel-tet"}, "solver": {"backend": "matrix-free"}}, "matrix-free' works on voxel-hex"),
+    ({"mesh": {"upsample": 0}}, "mesh.upsample = 0 must be > 0"),
     ({"mesh": {"smooth_surface_iterations": -1}}, "mesh.smooth_surface_iterations = -1 must be >= 0"),
     ({"mesh": {"interface_shell_voxels": 0}}, "mesh.interface_shell_voxels = 0 must be > 0"),
     ({"mesh": {"interface_cell_size_voxels": -0.5}}, "mesh.interface_cell_size_voxels = -0.5 must be >= 0"),
@@ -45,9 +46,9 @@ def test_bad_config_names_the_key(sections, match):
 def test_interface_shell_reaches_the_mesher_and_zero_means_none():
     assert make().mesh.conforming_options()["interface_cell_size_voxels"] is None
     opts = make(mesh={"interface_cell_size_voxels": 0.5, "interface_shell_voxels": 3.0,
-                      "smooth_surface_iterations": 20}).mesh.conforming_options()
+                      "smooth_surface_iterations": 20, "upsample": 4}).mesh.conforming_options()
     assert opts["interface_cell_size_voxels"] == 0.5 and opts["interface_shell_voxels"] == 3.0
-    assert opts["smooth_iterations"] == 20
+    assert opts["smooth_iterations"] == 20 and opts["upsample"] == 4 and opts["upsample_sigma_voxels"] == 1.0
 
 
 def test_missing_input_and_missing_file(tmp_path):
