@@ -39,6 +39,9 @@ CASES = {
     "conforming-tet, 1 voxel, 0.5 in the shell, surfaces smoothed (20 Taubin steps)": {
         "max_cell_size_voxels": 1.0, "max_facet_distance_voxels": 0.25, "interface_cell_size_voxels": 0.5,
         "interface_shell_voxels": 1.5, "smooth_iterations": 20},
+    "conforming-tet, 1 voxel, 0.5 in the shell, labels upsampled 4x, surfaces smoothed": {
+        "max_cell_size_voxels": 1.0, "max_facet_distance_voxels": 0.25, "interface_cell_size_voxels": 0.5,
+        "interface_shell_voxels": 1.5, "smooth_iterations": 20, "upsample": 4},
 }
 
 
