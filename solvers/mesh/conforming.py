@@ -99,7 +99,7 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     mesh_phases, mesh_particles = (phases, particles) if f == 1 else smooth_upsample(
         phases, particles, f, upsample_sigma_voxels, spacing=sp)
     labels = np.where(mesh_phases == ELECTROLYTE, 1,
-                      np.where(mesh_phases == ACTIVE, mesh_particles.astype(np.int64) + 1, 0))
+                      np.where(mesh_phases == ACTIVE, mesh_particles.astype(np.int32) + 1, 0))
     if labels.max() > np.iinfo(np.uint16).max:
         raise MeshError("more than 65 534 particles: crop the volume for conforming meshing")
     size = float(max_cell_size_voxels)
