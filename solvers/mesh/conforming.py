@@ -56,7 +56,7 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
         The electrolyte next to a particle carries the steepest stress gradients (the shell stress of
         a swelling sphere falls as r^-3), which linear tetrahedra resolve only with small cells: on a
         sphere of radius 4 voxels, cells of 0.5 voxel there move the delamination onset as far as
-        refining the whole electrolyte does, at a fifth of the cells.
+        refining the whole electrolyte does, at a third of the cells.
     interface_shell_voxels : float
         Thickness of that electrolyte shell, voxels (Euclidean distance to the nearest particle voxel).
     upsample : int
@@ -146,7 +146,7 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     if smooth_iterations:
         pts, scale = smooth_surfaces(mesh, ref, smooth_iterations)
         log.info("surface smoothing: %.2f of the displacement applied on average (less where cells would "
-                 "flatten)", scale)
+                 "degrade)", scale)
         mesh = dataclasses.replace(mesh, points=pts)
     # CGAL's box runs between the outer (fine) voxel centres: voxel i spans [i - 1/2f, i + 1 - 1/2f] voxels
     cen = pts[tets].mean(axis=1)
