@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from solvers.mesh.tet import cell_triangles
+from solvers.mesh.tet import triangle_cells
 
 ACTIVE, ELECTROLYTE = 2, 1
 
@@ -173,16 +173,14 @@ def tet_interface_faces(mesh, *, sigma_voxels: float | None = None) -> dict[str,
     ``nodes`` (nf, 3) the triangle's corner node indices.
     """
     cells = mesh.corners  # quadratic tets list their mid-edge nodes after the corners
-    tri, owner, inv, counts = cell_triangles(cells)
-    order = np.argsort(inv, kind="stable")
-    shared = counts[inv[order]] == 2
-    pairs = order[shared].reshape(-1, 2)  # the two (cell, face) entries of each interior triangle
-    a, b = owner[pairs[:, 0]], owner[pairs[:, 1]]
+    tri, sides = triangle_cells(cells)
+    inner = sides[:, 1] >= 0
+    a, b = sides[inner, 0], sides[inner, 1]
     pa, pb = mesh.cell_phase[a], mesh.cell_phase[b]
     sel = ((pa == ACTIVE) & (pb == ELECTROLYTE)) | ((pa == ELECTROLYTE) & (pb == ACTIVE))
     ap = np.where(pa == ACTIVE, a, b)[sel]
     se = np.where(pa == ACTIVE, b, a)[sel]
-    t = tri[pairs[sel, 0]]
+    t = tri[inner][sel]
     p = mesh.points[t]
     n = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
     area = 0.5 * np.linalg.norm(n, axis=1)

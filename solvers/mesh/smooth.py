@@ -18,7 +18,7 @@ import numpy as np
 import pyamg
 import scipy.sparse as sp
 
-from solvers.mesh.tet import _volumes, box_boundary, cell_triangles, radius_ratio
+from solvers.mesh.tet import _volumes, box_boundary, radius_ratio, triangle_cells
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,10 @@ def smooth_surfaces(mesh, cell_label: np.ndarray, iterations: int = 10):
     """
     cells = np.asarray(mesh.cells[:, :4])
     label = np.asarray(cell_label, np.int64)
-    tri, owner, inv, counts = cell_triangles(cells)
-    order = np.argsort(inv, kind="stable")  # the one or two cells of every distinct triangle, adjacent
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    two = counts == 2
-    utri = tri[order[starts]]  # one sorted corner triple per distinct triangle
-    la = label[owner[order[starts]]]
-    lb = np.full(counts.size, -1, np.int64)  # -1: outside (void or box)
-    lb[two] = label[owner[order[starts[two] + 1]]]
+    utri, sides = triangle_cells(cells)
+    two = sides[:, 1] >= 0
+    la = label[sides[:, 0]]
+    lb = np.where(two, label[sides[:, 1]], -1)  # -1: outside (void or box)
     surface = ~two | (la != lb)
     box_nodes = np.zeros(mesh.n_nodes, bool)
     for nodes, _, _ in box_boundary(mesh).values():

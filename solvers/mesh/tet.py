@@ -190,6 +190,28 @@ def cell_triangles(corners: np.ndarray):
     return tri, np.repeat(np.arange(corners.shape[0]), 4), inv.ravel(), counts
 
 
+def triangle_cells(corners: np.ndarray):
+    """Every distinct face of a tet mesh and the one or two cells that share it.
+
+    Parameters
+    ----------
+    corners : (ne, 4) int, corner nodes
+
+    Returns
+    -------
+    tri : (nd, 3) sorted corner nodes of each distinct face
+    cells : (nd, 2) int, the cells on either side (the second is -1 on the boundary)
+    """
+    tri, owner, inv, counts = cell_triangles(corners)
+    order = np.argsort(inv, kind="stable")  # the entries of each distinct face, next to each other
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    two = counts == 2
+    cells = np.full((counts.size, 2), -1, np.int64)
+    cells[:, 0] = owner[order[starts]]
+    cells[two, 1] = owner[order[starts[two] + 1]]
+    return tri[order[starts]], cells
+
+
 #: a boundary triangle belongs to a box face when its outward normal is within 60 degrees of the face's
 #: and its corners lie within this many voxels of the face's plane (CGAL rounds the box edges by ~0.5 voxel)
 BOX_FACE_MIN_COS = 0.5

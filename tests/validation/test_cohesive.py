@@ -198,10 +198,10 @@ def onset(R, n, step=0.0005, start=0.004, stop=0.0131, kind="voxel-hex", mesh_op
             half = prev[0] + (0.5 - prev[1]) * (dv - prev[0]) / (frac - prev[1])
             break
         prev = (dv, frac)
-    # the particle's volume fraction of the meshed box: a CGAL box runs between the outer voxel
-    # centres, (n - 1)^3 voxels, so phi is 8.0 % where the voxels give 6.8 % (R = 4 in 16^3)
+    # the particle's volume fraction of the meshed box (no void here): a CGAL box runs between the outer
+    # voxel centres, (n - 1)^3 voxels, so phi is 8.0 % where the voxels give 6.8 % (R = 4 in 16^3)
     vol = np.abs(mesh.cell_volumes())
-    phi = float(vol[mesh.cell_phase == 2].sum() / vol.sum()) if kind == "conforming-tet" else float((ph == 2).mean())
+    phi = float(vol[mesh.cell_phase == 2].sum() / vol.sum())
     return first, half, onset_references(phi, law.strength_Pa)
 
 
