@@ -52,13 +52,16 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
         Per-phase sizing: the maximal cell circumradius in the electrolyte
         (coarser electrolyte cells save elements where no delamination is judged).
     interface_cell_size_voxels : float, optional
-        Maximal cell circumradius in the electrolyte within ``interface_shell_voxels`` of a particle.
-        The electrolyte next to a particle carries the steepest stress gradients (the shell stress of
-        a swelling sphere falls as r^-3), which linear tetrahedra resolve only with small cells: on a
-        sphere of radius 4 voxels, cells of 0.5 voxel there move the delamination onset as far as
-        refining the whole electrolyte does, at a third of the cells.
+        Maximal cell circumradius within ``interface_shell_voxels`` of the AP|SE interface, on both
+        sides. The interface tractions that decide delamination come from the cells next to it: the
+        shell stress of a swelling sphere falls as r^-3, which linear tetrahedra resolve only with
+        small cells, and the nodal tractions of a coarse particle side spread around their mean. On a
+        sphere of radius 4 voxels, 0.35 voxel within 1.5 voxels of the interface moves the
+        delamination onset as far as refining the whole box does, and the particle cores and the
+        electrolyte away from particles keep ``max_cell_size_voxels``.
     interface_shell_voxels : float
-        Thickness of that electrolyte shell, voxels (Euclidean distance to the nearest particle voxel).
+        Depth of those shells on each side, voxels (Euclidean distance to the nearest voxel of the
+        other phase).
     upsample : int
         1: mesh the label image as it is (its surfaces follow the voxel staircase). 2 or more: mesh
         :func:`solvers.mesh.upsample.smooth_upsample` of it, ``upsample`` times finer, whose surfaces
@@ -105,16 +108,31 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     size = float(max_cell_size_voxels)
     if electrolyte_cell_size_voxels is not None:  # subdomain 1 is the electrolyte, the particles take the default
         size = {1: float(electrolyte_cell_size_voxels), "default": size}
-    shell_label = 0
+    n_lab = int(labels.max())  # 1 electrolyte, 2..n_lab the particles
+    shell_of = None  # subdomain -> the subdomain it was split from (the interface shells)
     if interface_cell_size_voxels is not None:
-        # the electrolyte shell around the particles is a subdomain of its own with its own cell size;
-        # CGAL meshes the shell | electrolyte boundary as an internal surface, and both sides are electrolyte
-        shell_label = int(labels.max()) + 1
-        if shell_label > np.iinfo(np.uint16).max:
-            raise MeshError("more than 65 533 particles: crop the volume for conforming meshing")
-        dist = ndi.distance_transform_edt(mesh_phases != ACTIVE, sampling=sp / h / f)
-        labels = np.where((mesh_phases == ELECTROLYTE) & (dist <= float(interface_shell_voxels)), shell_label, labels)
-        size = {shell_label: float(interface_cell_size_voxels),
+        # the interface shells are subdomains of their own with their own cell size: the electrolyte
+        # within interface_shell_voxels of a particle (n_lab + 1), and the same depth of every particle
+        # next to the electrolyte (its label + n_lab); CGAL meshes their inner boundaries as internal
+        # surfaces, and the shells take their subdomain's tags back after meshing
+        if 2 * n_lab > np.iinfo(np.uint16).max:
+            raise MeshError("more than 32 766 particles with interface_cell_size_voxels: crop the volume "
+                            "for conforming meshing")
+        depth = float(interface_shell_voxels)
+        scale = sp / h / f
+        near_ap = ndi.distance_transform_edt(mesh_phases != ACTIVE, sampling=scale) <= depth
+        se_shell = (mesh_phases == ELECTROLYTE) & near_ap
+        del near_ap
+        near_se = ndi.distance_transform_edt(mesh_phases != ELECTROLYTE, sampling=scale) <= depth
+        ap_shell = (mesh_phases == ACTIVE) & near_se
+        del near_se
+        labels = np.where(se_shell, n_lab + 1, np.where(ap_shell, labels + n_lab, labels))
+        del se_shell, ap_shell
+        shell_of = np.arange(2 * n_lab + 1)
+        shell_of[n_lab + 1] = 1
+        shell_of[n_lab + 2:] -= n_lab
+        fine = float(interface_cell_size_voxels)
+        size = {**{lab: fine for lab in range(n_lab + 1, 2 * n_lab + 1)},
                 **(size if isinstance(size, dict) else {"default": size})}
     if perturb:
         log.warning("mesh.perturb = true: CGAL perturbs under a time limit, so the mesh is not reproducible")
@@ -135,8 +153,8 @@ def conforming_tet_mesh(phases, particles, spacing_m, *, max_cell_size_voxels: f
     pts = np.asarray(m.points, float)[used] * h
     flip = _volumes(pts[tets][..., ::-1]) < 0
     tets[flip] = tets[flip][:, [0, 2, 1, 3]]
-    if shell_label:
-        ref = np.where(ref == shell_label, 1, ref)
+    if shell_of is not None:
+        ref = shell_of[ref]
     cell_phase = np.where(ref == 1, ELECTROLYTE, ACTIVE).astype(np.uint8)
     cell_particle = np.where(ref >= 2, ref - 1, 0).astype(np.int32)
     mesh = TetMesh(points=pts, cells=tets, cell_phase=cell_phase, cell_particle=cell_particle,
