@@ -51,6 +51,23 @@ def test_interface_shell_reaches_the_mesher_and_zero_means_none():
     assert opts["smooth_iterations"] == 20 and opts["upsample"] == 4 and opts["upsample_sigma_voxels"] == 1.0
 
 
+def test_cohesive_runs_on_unvalidated_meshes_are_told_the_validated_options():
+    """The advice names the mesh options of the 5 % onset validation (tests/validation/test_cohesive.py)
+    and falls silent under exactly those."""
+    import tomllib
+
+    from pipeline.run import ONSET_MESH, onset_advice
+    from tests.validation.test_cohesive import CONFORMING
+
+    advised = tomllib.loads(ONSET_MESH.replace(", ", "\n"))
+    mesh = make(mesh=advised).mesh
+    assert onset_advice(mesh) is None
+    opts = mesh.conforming_options()
+    assert {k: opts[k] for k in CONFORMING} == CONFORMING
+    for other in ({}, {"kind": "voxel-tet"}, {**advised, "upsample": 1}, {**advised, "interface_cell_size_voxels": 0}):
+        assert "interface_cell_size_voxels = 0.35" in onset_advice(make(mesh=other).mesh)
+
+
 def test_missing_input_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"\[input\]"):
         config_from_dict({})
