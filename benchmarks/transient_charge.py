@@ -92,6 +92,8 @@ def report(model, n, particles, t_seg, mesh, mech, info, steps, wall, peak):
         h = mech.history
         print(f"cohesive: {sum(r['nonlinear_iterations'] for r in h)} Newton iterations over {len(h)} solves, "
               f"{sum(r['cuts'] for r in h)} step cuts, {mech.rebuilds} preconditioner rebuilds, "
+              f"{sum(r['linear_iterations'] for r in h)} CG iterations, "
+              f"{sum(r['secant_directions'] for r in h)} tangent directions rejected (secant instead), "
               f"debonded fraction at the end {float(np.mean(mech.face_damage() >= 1.0)):.3f}")
 
 

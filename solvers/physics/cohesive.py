@@ -549,7 +549,8 @@ class CohesiveProblem(ElasticProblem):
         t0 = time.perf_counter()
         eps = np.asarray(eigenstrain, float)
         eps_prev, u = self._eps_prev, (self._u_prev if x0 is None else np.ravel(x0))
-        record = {"nonlinear_iterations": 0, "linear_iterations": 0, "cuts": 0, "substeps": 0}
+        record = {"nonlinear_iterations": 0, "linear_iterations": 0, "cuts": 0, "substeps": 0,
+                  "secant_directions": 0}
         s_done, ds = 0.0, 1.0
         while s_done < 1.0 - 1e-12:
             s = min(1.0, s_done + ds)
@@ -613,6 +614,7 @@ class CohesiveProblem(ElasticProblem):
             du = self._direction(r, K, u, kappa_old, lin_rtol, record)
             slope = float(r @ du)
             if slope >= 0.0:  # not a descent direction: the tangent was indefinite after all
+                record["secant_directions"] += 1
                 du = self._direction(r, None, u, kappa_old, lin_rtol, record)
                 slope = float(r @ du)
             # energy change along the step, without cancellation: dPi(a) = a du.(Ku - f) + a^2/2 du.K du + A dpsi
@@ -667,6 +669,7 @@ class CohesiveProblem(ElasticProblem):
                 if secant:
                     raise _NotConverged(str(exc)) from None
                 log.info("cohesive: CG cannot solve the tangent (unstable softening); secant direction")
+                record["secant_directions"] += 1
                 return self._direction(r, None, u, kappa_old, rtol, record)
             its = int(self.solver.stats.iterations[-1])
             record["linear_iterations"] += its
