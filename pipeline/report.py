@@ -202,6 +202,12 @@ def _mesh_html(mesh: dict) -> str:
     return line
 
 
+def _onset_html(summary: dict) -> str:
+    """The cohesive run's warning about its mesh's delamination onset, as a paragraph ('' if none)."""
+    warning = summary.get("interface", {}).get("onset_warning")
+    return f'\n<p><b>Delamination onset:</b> {html.escape(warning)}.</p>' if warning else ""
+
+
 def write_report(out: str | Path) -> Path:
     """Write ``report.html`` (and PNGs) into a results folder."""
     out = Path(out)
@@ -231,7 +237,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}img{{max-width:10
 phase fractions: active {fr['active']:.3f}, electrolyte {fr['electrolyte']:.3f}, void {fr['void']:.3f};
 mesh {_mesh_html(summary['mesh'])}; voxel size {summary['voxel_size_um']} µm.</p>
 <p>Stresses in MPa, tension positive. Particles that touch the box are cut by the crop: their
-stresses depend on the box conditions.</p>
+stresses depend on the box conditions.</p>{_onset_html(summary)}
 <h2>Steps</h2>{_table_html(steps_cols, range(len(summary['steps'])))}
 {''.join(f'<h3>{html.escape(c)}</h3><img src="{f}">' for f, c in plots)}
 <h2>Ten most stressed particles (last step)</h2>{_table_html({k: table[k] for k in show}, top)}

@@ -262,7 +262,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         "interface": {"model": cfg.interface.model} if not cohesive else {
             "model": "cohesive", "penalty_Pa_m": prob.law.penalty_Pa_m, "delta_0_m": prob.law.delta_0,
             "delta_f_m": prob.law.delta_f, "preconditioner_rebuilds": prob.rebuilds,
-            "step_cuts": int(sum(h["cuts"] for h in prob.history))},
+            "step_cuts": int(sum(h["cuts"] for h in prob.history)),
+            "onset_warning": onset_advice(cfg.mesh)},
         "timings_s": {k: round(v, 3) for k, v in t.items()},
         "steps": summaries,
     }

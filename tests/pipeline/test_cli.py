@@ -199,6 +199,8 @@ dir = "out"
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interface"]["model"] == "cohesive"
+    # neither mesh is the validated one: the warning stays with the results, naming the options
+    assert "interface_cell_size_voxels = 0.35" in summary["interface"]["onset_warning"]
     steps = summary["steps"]
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
     damaged = np.array([s["damaged_fraction"] for s in steps])
@@ -226,7 +228,8 @@ dir = "out"
     face_d = np.concatenate(cell_data["interface_damage"])
     assert 0 < face_d.max() <= 1 and face_d.min() >= 0
     assert (out / "delamination_vs_soc.png").exists() and (out / "delamination_per_particle.png").exists()
-    assert "delamination_vs_soc.png" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "delamination_vs_soc.png" in page and "interface_cell_size_voxels = 0.35" in page
 
 
 @pytest.mark.parametrize("mode", ["swell", "galvanostatic"])
