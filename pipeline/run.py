@@ -169,10 +169,10 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                 solver=cfg.solver.method, rtol=cfg.solver.rtol, maxiter=cfg.solver.maxiter,
                 aggregation=cfg.solver.aggregation)
     cohesive = cfg.interface.model == "cohesive"
+    onset_warning = onset_advice(cfg.mesh) if cohesive else None
+    if onset_warning:
+        log.warning(onset_warning)
     if cohesive:
-        advice = onset_advice(cfg.mesh)
-        if advice:
-            log.warning(advice)
         ic = cfg.interface
         k0 = ic.penalty_stiffness * 1e15 or default_penalty(active.E, electrolyte.E, float(mesh.spacing.min()))
         law = CohesiveLaw(strength_Pa=ic.strength_MPa * 1e6, fracture_energy_J_m2=ic.fracture_energy_J_m2,
@@ -263,7 +263,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
             "model": "cohesive", "penalty_Pa_m": prob.law.penalty_Pa_m, "delta_0_m": prob.law.delta_0,
             "delta_f_m": prob.law.delta_f, "preconditioner_rebuilds": prob.rebuilds,
             "step_cuts": int(sum(h["cuts"] for h in prob.history)),
-            "onset_warning": onset_advice(cfg.mesh)},
+            "onset_warning": onset_warning},
         "timings_s": {k: round(v, 3) for k, v in t.items()},
         "steps": summaries,
     }

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from solvers.mesh.smooth import smooth_surfaces
-from solvers.mesh.tet import TetMesh, _volumes, radius_ratio
+from solvers.mesh.tet import FACE_CORNERS, TetMesh, _volumes, radius_ratio
 from solvers.mesh.upsample import smooth_upsample
 from solvers.mesh.voxel import ACTIVE, ELECTROLYTE, solid_body
 from tomomech.errors import ConfigError, MeshError
@@ -214,9 +214,8 @@ def _quiet_stdio():
 def dihedral_angles(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """The six dihedral angles of every tetrahedron, degrees, (ne, 6)."""
     x = points[cells]
-    faces = [(1, 2, 3), (0, 2, 3), (0, 1, 3), (0, 1, 2)]  # face opposite node k
     n = []
-    for k, (a, b, c) in enumerate(faces):
+    for k, (a, b, c) in enumerate(FACE_CORNERS):  # the face opposite corner k
         v = np.cross(x[:, b] - x[:, a], x[:, c] - x[:, a])
         toward = x[:, k] - x[:, a]
         v *= np.sign(np.einsum("ei,ei->e", v, toward))[:, None]  # inward normal

@@ -111,12 +111,17 @@ def _volumes(x: np.ndarray) -> np.ndarray:
     return np.linalg.det(d) / 6.0
 
 
+#: the corners of the face opposite each corner of a tetrahedron, and (quadratic) its mid-edge nodes
+FACE_CORNERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+FACE_MIDS = np.array([[5, 9, 8], [6, 9, 7], [4, 8, 7], [4, 5, 6]])
+
+
 def radius_ratio(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
     """3 r_in / r_circ of every tetrahedron (1 for a regular one)."""
     x = points[cells]
     vol = np.abs(_volumes(x))
-    faces = [(1, 2, 3), (0, 2, 3), (0, 1, 3), (0, 1, 2)]
-    area = sum(0.5 * np.linalg.norm(np.cross(x[:, b] - x[:, a], x[:, c] - x[:, a]), axis=1) for a, b, c in faces)
+    area = sum(0.5 * np.linalg.norm(np.cross(x[:, b] - x[:, a], x[:, c] - x[:, a]), axis=1)
+               for a, b, c in FACE_CORNERS)
     r_in = 3 * vol / area
     a = x[:, 1] - x[:, 0]
     b = x[:, 2] - x[:, 0]
@@ -164,11 +169,6 @@ def quadratic_tet_mesh(mesh: TetMesh) -> TetMesh:
         origin = np.concatenate([origin, mesh.n_nodes + np.arange(len(uniq))])
     return dataclasses.replace(mesh, points=np.concatenate([mesh.points, mid]), cells=cells, element=TET10,
                                node_origin=origin)
-
-
-#: the corners of the face opposite each corner of a tetrahedron, and (quadratic) its mid-edge nodes
-FACE_CORNERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
-FACE_MIDS = np.array([[5, 9, 8], [6, 9, 7], [4, 8, 7], [4, 5, 6]])
 
 
 def cell_triangles(corners: np.ndarray):
