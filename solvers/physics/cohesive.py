@@ -56,9 +56,7 @@ from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 from scipy.sparse import csgraph
-from scipy.spatial import cKDTree
 
 from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_matrix
 from solvers.mesh.voxel import ACTIVE, ELECTROLYTE, VoxelMesh
@@ -79,10 +77,6 @@ SNAP_CUTS = 3
 SNAP_FACTOR = 4
 #: largest multiple of the Newton step the line search tries when the energy keeps falling
 MAX_EXPANSION = 16.0
-#: scaling sweeps that make the opening averaging row-stochastic and symmetric in the area measure
-SINKHORN_ITERATIONS = 50
-#: support of the opening averaging, in averaging lengths (the Gaussian weight there is 4 %)
-AVERAGING_CUTOFF = 2.5
 
 
 @dataclass(frozen=True)
@@ -374,11 +368,6 @@ class CohesiveProblem(ElasticProblem):
         An increment converged within this many iterations doubles the next one.
     linear_maxiter : int
         CG iterations of one Newton correction before the preconditioner is rebuilt.
-    averaging_length_m : float
-        Length ``ell`` of the Gaussian that averages the opening vector over
-        the particle's interface before the law sees it (0: local law).
-        See :func:`opening_averaging`; the rest of the opening (its
-        fluctuation about that average) keeps the undamaged stiffness.
     **kwargs : passed to ElasticProblem (top, stack_pressure_Pa, solver, rtol, ...)
 
     Attributes
@@ -391,8 +380,7 @@ class CohesiveProblem(ElasticProblem):
 
     def __init__(self, mesh, materials: Mapping[int, Material], faces: Mapping, law: CohesiveLaw,
                  *, nl_rtol: float = 1e-6, nl_maxiter: int = 12, max_cuts: int = 10, rebuild_after: int = 30,
-                 easy_iterations: int = 4, linear_maxiter: int = 300, averaging_length_m: float = 0.0,
-                 **kwargs):
+                 easy_iterations: int = 4, linear_maxiter: int = 300, **kwargs):
         if kwargs.get("backend", "assembled") != "assembled":
             raise ConfigError("interface.model = 'cohesive' needs solver.backend = 'assembled' (the matrix-free "
                               "multigrid covers bonded voxel meshes only)")
@@ -413,15 +401,6 @@ class CohesiveProblem(ElasticProblem):
         split, self.ap_node, self.interface = split_interface(mesh, faces)
         self.interface_particle = np.asarray(faces["particle"], np.int64)
         self.kappa = np.zeros(self.interface.n_points)
-        self.averaging_length_m = float(averaging_length_m)
-        if not (np.isfinite(self.averaging_length_m) and self.averaging_length_m >= 0):
-            raise ConfigError(f"cohesive averaging length {averaging_length_m!r} m must be >= 0")
-        self._W = None  # (npt, npt) averaging of the opening vector; None: local law
-        if self.averaging_length_m > 0:
-            k = self.interface.points_per_face
-            self._W = opening_averaging(mesh.points[self.interface.pair_se][self.interface.point_pair],
-                                        self.interface.point_normal, self.interface.point_area,
-                                        np.repeat(self.interface_particle, k), self.averaging_length_m)
         self.history: list[dict] = []
         self.rebuild_after = int(rebuild_after)
         self.easy_iterations = int(easy_iterations)
@@ -534,72 +513,8 @@ class CohesiveProblem(ElasticProblem):
         return below + beyond + 0.5 * law.penalty_Pa_m * np.minimum(dn, 0.0) ** 2
 
     def tractions(self, u: np.ndarray) -> np.ndarray:
-        """Traction on the electrolyte side for the committed history, (npt, 3) in Pa.
-
-        With an averaged opening: each point's share of the interface forces over its area.
-        """
-        forces = self.interface_forces(self.openings(u), self.kappa, tangent=False)[0]
-        return forces / self.interface.point_area[:, None]
-
-    def interface_forces(self, delta: np.ndarray, kappa_old: np.ndarray, *, tangent: bool = True):
-        """Point forces, law matrices and history for the local openings ``delta`` (npt, 3).
-
-        Local law: ``area * t(delta)``. Averaged opening (``averaging_length_m``
-        > 0): the law acts on ``delta_bar = W delta`` and replaces the
-        undamaged response of that smooth part only, as derived from
-        :meth:`interface_energy`.
-
-        Returns
-        -------
-        forces : (npt, 3) force on the electrolyte side of every point, N
-        K : (npt, 3, 3) law tangent (or secant) at the law's openings, Pa/m
-        kappa : (npt,) largest effective opening of the law so far, m
-        """
-        area = self.interface.point_area[:, None]
-        if self._W is None:
-            t, K, kappa = self.law_state(delta, kappa_old, tangent=tangent)
-            return t * area, K, kappa
-        bar = self._W @ delta
-        t, K, kappa = self.law_state(bar, kappa_old, tangent=tangent)
-        return area * self._undamaged(delta) + self._W.T @ (area * (t - self._undamaged(bar))), K, kappa
-
-    def interface_energy(self, delta: np.ndarray, kappa_old: np.ndarray) -> np.ndarray:
-        """Incremental potential per area of every point for local openings ``delta`` (npt, 3), J/m^2.
-
-        Local law: :meth:`point_energy`. Averaged opening: the undamaged energy
-        of the local opening, with the undamaged energy of the smooth part
-        ``delta_bar = W delta`` swapped for the law's,
-        ``delta.K_u delta / 2 - delta_bar.K_u delta_bar / 2 + psi(delta_bar)``:
-        while nothing is damaged this is exactly the local law (bonded results
-        unchanged), and damage softens only the smooth part of the opening.
-        """
-        if self._W is None:
-            return self.point_energy(delta, kappa_old)
-        bar = self._W @ delta
-        return 0.5 * (np.einsum("pi,pi->p", delta, self._undamaged(delta))
-                      - np.einsum("pi,pi->p", bar, self._undamaged(bar))) + self.point_energy(bar, kappa_old)
-
-    def _undamaged(self, delta: np.ndarray) -> np.ndarray:
-        """Traction of the undamaged law, ``K0 (delta_n n + beta^2 delta_t)``, (npt, 3) in Pa."""
-        n = self.interface.point_normal
-        dn = np.einsum("pi,pi->p", delta, n)[:, None] * n
-        return self.law.penalty_Pa_m * (dn + self.law.mode_mixity**2 * (delta - dn))
-
-    def _interface_operator(self, K_points: np.ndarray):
-        """Tangent of bulk + averaged-opening interface as a LinearOperator (Dirichlet rows as identity)."""
-        keep = (~self.fixed).ravel().astype(float)
-        area = self.interface.point_area[:, None]
-        W = self._W
-
-        def matvec(x):
-            x = np.ravel(x)
-            d = self.openings(keep * x)
-            bar = W @ d
-            y = area * self._undamaged(d) + W.T @ (area * (np.einsum("pij,pj->pi", K_points, bar)
-                                                           - self._undamaged(bar)))
-            return self._Kb @ x + keep * self._scatter(y)
-
-        return spla.LinearOperator(self._A.shape, matvec=matvec, dtype=float)
+        """Traction on the electrolyte side for the committed history, (npt, 3) in Pa."""
+        return self.law_state(self.openings(u), self.kappa, tangent=False)[0]
 
     def _scatter(self, point_forces: np.ndarray) -> np.ndarray:
         """Point forces on the SE side (npt, 3) -> nodal vector (+ on SE nodes, - on AP nodes)."""
@@ -676,14 +591,15 @@ class CohesiveProblem(ElasticProblem):
         self._f_scale = max(self._f_scale, float(np.linalg.norm(f)))
         fnorm = max(self._f_scale, 1e-300)
         kappa_old = self.kappa
+        area = self.interface.point_area
         u = np.zeros_like(f) if u0 is None else np.asarray(u0, float).ravel().copy()
         fixed = self.fixed.ravel()
         res = np.inf
         for it in range(maxiter + 1):
             delta = self.openings(u)
-            forces, K, kappa = self.interface_forces(delta, kappa_old)
+            t, K, kappa = self.law_state(delta, kappa_old)
             Ku = self._Kb @ u
-            r = Ku + self._scatter(forces) - f
+            r = Ku + self._scatter(t * area[:, None]) - f
             r[fixed] = 0.0
             res = float(np.linalg.norm(r)) / fnorm
             log.debug("newton %d: residual %.2e, points past onset %d", it, res,
@@ -704,7 +620,7 @@ class CohesiveProblem(ElasticProblem):
             # energy change along the step, without cancellation: dPi(a) = a du.(Ku - f) + a^2/2 du.K du + A dpsi
             Kdu = self._Kb @ du
             g1, g2 = float(du @ (Ku - f)), float(du @ Kdu)
-            psi0 = self.interface_energy(delta, kappa_old)
+            psi0 = self.point_energy(delta, kappa_old)
             ddelta = self.openings(du)
             # trust region: no opening moves by more than delta_f in one iteration (a tangent that is nearly
             # singular, e.g. a particle debonding all round, would otherwise throw it far in one step)
@@ -723,7 +639,7 @@ class CohesiveProblem(ElasticProblem):
         ``g1 = du . (K u - f)`` and ``g2 = du . K du`` carry the bulk part
         (exact: it is quadratic); the interface part is evaluated point by point.
         """
-        dpsi = self.interface_energy(delta + alpha * ddelta, kappa_old) - psi0
+        dpsi = self.point_energy(delta + alpha * ddelta, kappa_old) - psi0
         return alpha * g1 + 0.5 * alpha**2 * g2 + float(dpsi @ self.interface.point_area)
 
     def _direction(self, r: np.ndarray, K_points: np.ndarray | None, u: np.ndarray, kappa_old: np.ndarray,
@@ -739,15 +655,13 @@ class CohesiveProblem(ElasticProblem):
         """
         secant = K_points is None
         if secant:
-            K_points = self.interface_forces(self.openings(u), kappa_old, tangent=False)[1]
+            K_points = self.law_state(self.openings(u), kappa_old, tangent=False)[1]
         self._set_interface(K_points)
         if self._last_its > max(2 * self._fresh_its, self.rebuild_after):
             self._rebuild_preconditioner()
-        # the assembled matrix lumps an averaged interface onto its pairs: it only preconditions
-        op = self._A if self._W is None else self._interface_operator(K_points)
         for attempt in range(2):
             try:
-                du = self.solver.solve(-r, A=op, rtol=rtol, maxiter=self.linear_maxiter)
+                du = self.solver.solve(-r, A=self._A, rtol=rtol, maxiter=self.linear_maxiter)
             except ConvergenceError as exc:
                 if attempt == 0:
                     self._rebuild_preconditioner()
@@ -776,52 +690,6 @@ class CohesiveProblem(ElasticProblem):
     def face_damage(self, damage: np.ndarray | None = None) -> np.ndarray:
         """Damage of every AP|SE face: the mean of its points (4 on voxel faces, 3 on triangles), (nf,)."""
         return self.interface.face_mean(self.damage if damage is None else damage)
-
-
-def opening_averaging(points: np.ndarray, normal: np.ndarray, area: np.ndarray, particle: np.ndarray,
-                      length_m: float, cutoff: float = AVERAGING_CUTOFF) -> sp.csr_matrix:
-    """Averaging of interface-point values over a particle's interface, (npt, npt) sparse.
-
-    ``W_ij = k_ij A_j / m`` for ``i != j`` and the rest of each row on the
-    diagonal, with the kernel ``k_ij = exp(-r^2 / (2 ell^2)) max(n_i . n_j, 0)``
-    between points of the same particle within ``cutoff * ell`` (``r`` their
-    distance, ``A`` point areas, ``n`` smoothed normals: the two sides of a
-    thin feature are not averaged together) and ``m`` the largest row sum
-    ``max_i sum_j k_ij A_j``. Rows sum to one (a uniform opening is kept) and
-    ``A_i W_ij = A_j W_ji``, so ``sum A |W x|^2 <= sum A |x|^2``: the smooth
-    part never holds more energy than the opening it comes from.
-
-    On a voxel staircase the opening of a face is the smooth opening plus a
-    corner pattern: the steps shear (tangential openings of 0.2-0.3x the 3(d)
-    normal opening on R = 4-8 spheres) and the nodal openings spread from
-    0.3 to 2.9x their median. Averaging the opening vector over about a
-    voxel cancels the pattern and keeps the smooth part.
-
-    Parameters
-    ----------
-    points : (npt, 3) point positions, m
-    normal : (npt, 3) unit normals
-    area : (npt,) point areas, m^2
-    particle : (npt,) particle label of every point
-    length_m : float, ``ell`` > 0, m
-    cutoff : float, support radius in units of ``ell``
-    """
-    pairs = cKDTree(points).query_pairs(cutoff * length_m, output_type="ndarray")
-    n = points.shape[0]
-    i, j = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
-    r2 = np.einsum("pi,pi->p", points[i] - points[j], points[i] - points[j])
-    k = (np.exp(-0.5 * r2 / length_m**2) * np.maximum(np.einsum("pi,pi->p", normal[i], normal[j]), 0.0)
-         * (particle[i] == particle[j]))
-    K = sp.csr_matrix((np.concatenate([k, np.ones(n)]), (np.concatenate([i, np.arange(n)]),
-                                                        np.concatenate([j, np.arange(n)]))), shape=(n, n))
-    K.eliminate_zeros()
-    # symmetric Sinkhorn scaling: c_i sum_j k_ij A_j c_j = 1, so W = diag(c) K diag(A c) is row-stochastic
-    # and A-self-adjoint; what the iterations leave of the row sums goes on the diagonal
-    c = 1.0 / np.sqrt(K @ area)
-    for _ in range(SINKHORN_ITERATIONS):
-        c = np.sqrt(c / (K @ (area * c)))
-    W = (sp.diags(c) @ K @ sp.diags(area * c)).tocsr()
-    return W + sp.diags(1.0 - np.asarray(W.sum(axis=1)).ravel())
 
 
 def energy_line_search(change, slope: float, alpha_max: float = np.inf, c1: float = 1e-4) -> float:
