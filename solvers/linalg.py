@@ -174,13 +174,6 @@ class LinearSolver:
                              MECHANISM_HINT)
 
 
-    def preconditioner(self) -> spla.LinearOperator:
-        """The factorisation or AMG cycle of the matrix this solver was built from, as an operator."""
-        if self.method == "direct":
-            return spla.LinearOperator(self.A.shape, matvec=self._lu.solve, dtype=float)
-        return self._M
-
-
 MECHANISM_HINT = ("the mesh may contain a mechanism (free rigid motion) or the materials are extreme: "
                   "check [mechanics] and [materials], or raise [solver] maxiter")
 

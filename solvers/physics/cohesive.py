@@ -56,9 +56,7 @@ from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 from scipy.sparse import csgraph
-from scipy.spatial import cKDTree
 
 from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_matrix
 from solvers.mesh.voxel import ACTIVE, ELECTROLYTE, VoxelMesh
@@ -79,10 +77,6 @@ SNAP_CUTS = 3
 SNAP_FACTOR = 4
 #: largest multiple of the Newton step the line search tries when the energy keeps falling
 MAX_EXPANSION = 16.0
-#: scaling sweeps that make the opening averaging row-stochastic and symmetric in the area measure
-SINKHORN_ITERATIONS = 50
-#: support of the opening averaging, in averaging lengths (the Gaussian weight there is 4 %)
-AVERAGING_CUTOFF = 2.5
 
 
 @dataclass(frozen=True)
@@ -374,15 +368,6 @@ class CohesiveProblem(ElasticProblem):
         An increment converged within this many iterations doubles the next one.
     linear_maxiter : int
         CG iterations of one Newton correction before the preconditioner is rebuilt.
-    averaging_length_m : float
-        0 (default): the local law. Otherwise damage grows with the effective
-        opening of the opening vector averaged over the particle's interface
-        with a Gaussian of this length (:func:`opening_averaging`), a nonlocal
-        damage model: tractions stay local, ``(1 - d) K0`` of the local
-        opening, and each load sub-step alternates equilibrium at frozen
-        damage (convex: Newton on the secant law, contact included) with a
-        damage update from the averaged opening, until equilibrium holds
-        under the updated damage.
     **kwargs : passed to ElasticProblem (top, stack_pressure_Pa, solver, rtol, ...)
 
     Attributes
@@ -395,8 +380,7 @@ class CohesiveProblem(ElasticProblem):
 
     def __init__(self, mesh, materials: Mapping[int, Material], faces: Mapping, law: CohesiveLaw,
                  *, nl_rtol: float = 1e-6, nl_maxiter: int = 12, max_cuts: int = 10, rebuild_after: int = 30,
-                 easy_iterations: int = 4, linear_maxiter: int = 300, averaging_length_m: float = 0.0,
-                 **kwargs):
+                 easy_iterations: int = 4, linear_maxiter: int = 300, **kwargs):
         if kwargs.get("backend", "assembled") != "assembled":
             raise ConfigError("interface.model = 'cohesive' needs solver.backend = 'assembled' (the matrix-free "
                               "multigrid covers bonded voxel meshes only)")
@@ -417,15 +401,6 @@ class CohesiveProblem(ElasticProblem):
         split, self.ap_node, self.interface = split_interface(mesh, faces)
         self.interface_particle = np.asarray(faces["particle"], np.int64)
         self.kappa = np.zeros(self.interface.n_points)
-        self.averaging_length_m = float(averaging_length_m)
-        if not (np.isfinite(self.averaging_length_m) and self.averaging_length_m >= 0):
-            raise ConfigError(f"cohesive averaging length {averaging_length_m!r} m must be >= 0")
-        self._W = None  # (npt, npt) averaging of the opening vector; None: local law
-        if self.averaging_length_m > 0:
-            k = self.interface.points_per_face
-            self._W = opening_averaging(mesh.points[self.interface.pair_se][self.interface.point_pair],
-                                        self.interface.point_normal, self.interface.point_area,
-                                        np.repeat(self.interface_particle, k), self.averaging_length_m)
         self.history: list[dict] = []
         self.rebuild_after = int(rebuild_after)
         self.easy_iterations = int(easy_iterations)
@@ -485,11 +460,8 @@ class CohesiveProblem(ElasticProblem):
         """Committed damage of every integration point, (npt,)."""
         return self.law.damage(self.kappa)
 
-    def law_state(self, delta: np.ndarray, kappa_old: np.ndarray, *, tangent: bool = True, grow: bool = True):
+    def law_state(self, delta: np.ndarray, kappa_old: np.ndarray, *, tangent: bool = True):
         """Tractions, tangent (or secant) matrices and history for openings ``delta`` (npt, 3).
-
-        With ``grow=False`` the damage stays that of ``kappa_old`` (the frozen,
-        piecewise linear law of the averaged-opening scheme; its tangent is the secant).
 
         Returns
         -------
@@ -505,14 +477,14 @@ class CohesiveProblem(ElasticProblem):
         dt = delta - dn[:, None] * n
         pos = np.maximum(dn, 0.0)
         lam = np.sqrt(pos**2 + beta2 * np.einsum("pi,pi->p", dt, dt))
-        kappa = np.maximum(kappa_old, lam) if grow else kappa_old
+        kappa = np.maximum(kappa_old, lam)
         d = law.damage(kappa)
         soft = np.maximum(1.0 - d, law.residual)
         nn = np.einsum("pi,pj->pij", n, n)
         kn = np.where(dn < 0.0, 1.0, soft)  # contact keeps the full normal penalty
         K = law.penalty_Pa_m * (kn[:, None, None] * nn + (soft * beta2)[:, None, None] * (np.eye(3)[None] - nn))
         t = np.einsum("pij,pj->pi", K, delta)
-        if tangent and grow:  # softening points that open further: add (T' lam - T) / lam^3 v v^T
+        if tangent:  # softening points that open further: add (T' lam - T) / lam^3 v v^T
             load = (lam >= kappa_old) & (lam > law.delta_0) & (lam < law.residual_onset)
             if load.any():
                 v = pos[load, None] * n[load] + beta2 * dt[load]
@@ -522,14 +494,13 @@ class CohesiveProblem(ElasticProblem):
                 K[load] += ((dT * lm - T) / lm**3)[:, None, None] * np.einsum("pi,pj->pij", v, v)
         return t, K, kappa
 
-    def point_energy(self, delta: np.ndarray, kappa_old: np.ndarray, *, grow: bool = True) -> np.ndarray:
+    def point_energy(self, delta: np.ndarray, kappa_old: np.ndarray) -> np.ndarray:
         """Incremental potential per area of every point for openings ``delta`` (npt, 3), J/m^2.
 
         With the history ``kappa_old`` frozen, the tractions of
         :meth:`law_state` are the gradient of this potential: unloading and
         reloading below ``kappa_old`` is linear with the committed damage,
-        beyond it the envelope is followed (``grow=False``: not followed, the
-        damage stays). Contact adds ``K0 <-delta_n>^2 / 2``.
+        beyond it the envelope is followed. Contact adds ``K0 <-delta_n>^2 / 2``.
         """
         law = self.law
         n = self.interface.point_normal
@@ -537,24 +508,13 @@ class CohesiveProblem(ElasticProblem):
         dt = delta - dn[:, None] * n
         lam = np.sqrt(np.maximum(dn, 0.0) ** 2 + law.mode_mixity**2 * np.einsum("pi,pi->p", dt, dt))
         soft = np.maximum(1.0 - law.damage(kappa_old), law.residual)
-        contact = 0.5 * law.penalty_Pa_m * np.minimum(dn, 0.0) ** 2
-        if not grow:
-            return 0.5 * soft * law.penalty_Pa_m * lam**2 + contact
         below = 0.5 * soft * law.penalty_Pa_m * np.minimum(lam, kappa_old) ** 2
         beyond = law.envelope_energy(np.maximum(lam, kappa_old)) - law.envelope_energy(kappa_old)
-        return below + beyond + contact
+        return below + beyond + 0.5 * law.penalty_Pa_m * np.minimum(dn, 0.0) ** 2
 
     def tractions(self, u: np.ndarray) -> np.ndarray:
         """Traction on the electrolyte side for the committed history, (npt, 3) in Pa."""
-        return self.law_state(self.openings(u), self.kappa, tangent=False, grow=self._W is None)[0]
-
-    def averaged_opening(self, u: np.ndarray) -> np.ndarray:
-        """Effective opening of the averaged opening vector ``W delta`` at every point, (npt,) in m."""
-        bar = self._W @ self.openings(u)
-        n = self.interface.point_normal
-        dn = np.einsum("pi,pi->p", bar, n)
-        dt = bar - dn[:, None] * n
-        return np.sqrt(np.maximum(dn, 0.0) ** 2 + self.law.mode_mixity**2 * np.einsum("pi,pi->p", dt, dt))
+        return self.law_state(self.openings(u), self.kappa, tangent=False)[0]
 
     def _scatter(self, point_forces: np.ndarray) -> np.ndarray:
         """Point forces on the SE side (npt, 3) -> nodal vector (+ on SE nodes, - on AP nodes)."""
@@ -590,14 +550,13 @@ class CohesiveProblem(ElasticProblem):
         eps = np.asarray(eigenstrain, float)
         eps_prev, u = self._eps_prev, (self._u_prev if x0 is None else np.ravel(x0))
         record = {"nonlinear_iterations": 0, "linear_iterations": 0, "cuts": 0, "substeps": 0,
-                  "secant_directions": 0, "damage_updates": 0}
+                  "secant_directions": 0}
         s_done, ds = 0.0, 1.0
         while s_done < 1.0 - 1e-12:
             s = min(1.0, s_done + ds)
             maxiter = self.nl_maxiter * (SNAP_FACTOR if ds <= 2.0**-SNAP_CUTS else 1)
             try:
-                step = self._solve_increment if self._W is None else self._solve_nonlocal
-                u_new, kappa, its = step(eps_prev + s * (eps - eps_prev), u, record, maxiter)
+                u_new, kappa, its = self._solve_increment(eps_prev + s * (eps - eps_prev), u, record, maxiter)
             except _NotConverged as exc:
                 record["cuts"] += 1
                 ds /= 2.0
@@ -618,105 +577,8 @@ class CohesiveProblem(ElasticProblem):
         self.history.append(record)
         return u.reshape(-1, 3)
 
-    def _solve_nonlocal(self, eps: np.ndarray, u0, record: dict, maxiter: int):
-        """Newton for the averaged-opening (nonlocal damage) law; returns (u, kappa, iterations).
-
-        Tractions are the local secant law at the damage of
-        ``kappa = max(kappa_old, lambda(W delta))``; the consistent tangent
-        adds, on points whose averaged opening drives their damage, the
-        nonsymmetric term ``-g'(lambda_bar) (K0 v) (v_bar / lambda_bar)^T W``.
-        GMRES solves it, preconditioned by the AMG / factorisation of the
-        secant matrix; where it fails or gives no residual decrease the
-        secant direction (CG, frozen damage) is taken. The step length
-        backtracks on the residual norm, no opening moving by more than
-        ``delta_f`` per iteration.
-        """
-        f = self.load(eps)
-        self._f_scale = max(self._f_scale, float(np.linalg.norm(f)))
-        fnorm = max(self._f_scale, 1e-300)
-        kappa_old, law, it_ = self.kappa, self.law, self.interface
-        area = it_.point_area
-        fixed = self.fixed.ravel()
-        keep = (~fixed).astype(float)
-        u = np.zeros_like(f) if u0 is None else np.asarray(u0, float).ravel().copy()
-
-        def state(v):
-            delta = self.openings(v)
-            bar = self._W @ delta
-            n = it_.point_normal
-            dn = np.einsum("pi,pi->p", bar, n)
-            vbar = np.maximum(dn, 0.0)[:, None] * n + law.mode_mixity**2 * (bar - dn[:, None] * n)
-            lam = np.sqrt(np.maximum(dn, 0.0) ** 2 + law.mode_mixity**2 * np.einsum(
-                "pi,pi->p", bar - dn[:, None] * n, bar - dn[:, None] * n))
-            kappa = np.maximum(kappa_old, lam)
-            t, K, _ = self.law_state(delta, kappa, tangent=False, grow=False)
-            r = self._Kb @ v + self._scatter(t * area[:, None]) - f
-            r[fixed] = 0.0
-            return r, K, kappa, delta, lam, vbar
-
-        r, K, kappa, delta, lam, vbar = state(u)
-        res = float(np.linalg.norm(r)) / fnorm
-        for it in range(maxiter + 1):
-            log.debug("nonlocal newton %d: residual %.2e", it, res)
-            if res < self.nl_rtol:
-                return u, kappa, it
-            if it == maxiter:
-                break
-            record["nonlinear_iterations"] += 1
-            lin_rtol = min(1e-2, max(self.solver.rtol, 0.1 * self.nl_rtol / res, 0.1 * res))
-            self._set_interface(K)
-            if self._last_its > max(2 * self._fresh_its, self.rebuild_after):
-                self._rebuild_preconditioner()
-            load = (lam >= kappa_old) & (lam > law.delta_0) & (lam < law.residual_onset)
-            du = None
-            if load.any():
-                n = it_.point_normal
-                dn = np.einsum("pi,pi->p", delta, n)
-                p = law.penalty_Pa_m * (np.maximum(dn, 0.0)[:, None] * n
-                                        + law.mode_mixity**2 * (delta - dn[:, None] * n))
-                c = np.zeros_like(lam)
-                c[load] = (area[load] * law.delta_f * law.delta_0
-                           / (lam[load] ** 3 * (law.delta_f - law.delta_0)))
-                cp, W, A = c[:, None] * p, self._W, self._A
-
-                def matvec(x, cp=cp, W=W, A=A, vbar=vbar):
-                    x = np.ravel(x)
-                    s_ = np.einsum("pi,pi->p", vbar, W @ self.openings(keep * x))
-                    return A @ x - keep * self._scatter(cp * s_[:, None])
-
-                op = spla.LinearOperator(self._A.shape, matvec=matvec, dtype=float)
-                norms: list[float] = []
-                x, info = spla.gmres(op, -r, rtol=lin_rtol, atol=0.0, restart=60, maxiter=5,
-                                     M=self.solver.preconditioner(), callback=norms.append,
-                                     callback_type="pr_norm")
-                record["linear_iterations"] += len(norms)
-                self._last_its = len(norms)
-                if info == 0:
-                    du = x
-            if du is None:  # nothing softening (the secant is the tangent), or GMRES failed
-                if load.any():
-                    record["secant_directions"] += 1
-                du = self._direction(r, K, u, kappa_old, lin_rtol, record, grow=False)
-            ddelta = self.openings(du)
-            alpha = min(1.0, law.delta_f / max(float(np.abs(ddelta).max()), 1e-300))
-            for _ in range(MAX_BACKTRACKS):
-                trial = state(u + alpha * du)
-                res_new = float(np.linalg.norm(trial[0])) / fnorm
-                if res_new < (1.0 - 1e-4 * alpha) * res:
-                    break
-                alpha *= 0.5
-            else:
-                raise _NotConverged(f"no residual decrease along the nonlocal Newton direction at {res:.2e}")
-            u = u + alpha * du
-            r, K, kappa, delta, lam, vbar = trial
-            res = res_new
-        raise _NotConverged(f"nonlocal Newton residual {res:.2e} after {maxiter} iterations")
-
-    def _solve_increment(self, eps: np.ndarray, u0, record: dict, maxiter: int, *, kappa_old=None,
-                         grow: bool = True):
+    def _solve_increment(self, eps: np.ndarray, u0, record: dict, maxiter: int):
         """Newton with an energy line search for one load; returns (u, kappa, iterations).
-
-        ``kappa_old`` (default the committed history) and ``grow`` as in :meth:`law_state`.
 
         The direction solves the consistent tangent; where CG cannot solve
         it (an indefinite tangent: unstable softening) the secant matrix,
@@ -728,14 +590,14 @@ class CohesiveProblem(ElasticProblem):
         # relative to the largest load so far: an unloaded state (f = 0) still has a scale
         self._f_scale = max(self._f_scale, float(np.linalg.norm(f)))
         fnorm = max(self._f_scale, 1e-300)
-        kappa_old = self.kappa if kappa_old is None else kappa_old
+        kappa_old = self.kappa
         area = self.interface.point_area
         u = np.zeros_like(f) if u0 is None else np.asarray(u0, float).ravel().copy()
         fixed = self.fixed.ravel()
         res = np.inf
         for it in range(maxiter + 1):
             delta = self.openings(u)
-            t, K, kappa = self.law_state(delta, kappa_old, grow=grow)
+            t, K, kappa = self.law_state(delta, kappa_old)
             Ku = self._Kb @ u
             r = Ku + self._scatter(t * area[:, None]) - f
             r[fixed] = 0.0
@@ -749,21 +611,21 @@ class CohesiveProblem(ElasticProblem):
             record["nonlinear_iterations"] += 1
             # inexact Newton (forcing term proportional to the residual: superlinear near the solution)
             lin_rtol = min(1e-2, max(self.solver.rtol, 0.1 * self.nl_rtol / res, 0.1 * res))
-            du = self._direction(r, K, u, kappa_old, lin_rtol, record, grow)
+            du = self._direction(r, K, u, kappa_old, lin_rtol, record)
             slope = float(r @ du)
             if slope >= 0.0:  # not a descent direction: the tangent was indefinite after all
                 record["secant_directions"] += 1
-                du = self._direction(r, None, u, kappa_old, lin_rtol, record, grow)
+                du = self._direction(r, None, u, kappa_old, lin_rtol, record)
                 slope = float(r @ du)
             # energy change along the step, without cancellation: dPi(a) = a du.(Ku - f) + a^2/2 du.K du + A dpsi
             Kdu = self._Kb @ du
             g1, g2 = float(du @ (Ku - f)), float(du @ Kdu)
-            psi0 = self.point_energy(delta, kappa_old, grow=grow)
+            psi0 = self.point_energy(delta, kappa_old)
             ddelta = self.openings(du)
             # trust region: no opening moves by more than delta_f in one iteration (a tangent that is nearly
             # singular, e.g. a particle debonding all round, would otherwise throw it far in one step)
             alpha_max = self.law.delta_f / max(float(np.abs(ddelta).max()), 1e-300)
-            change = partial(self._energy_change, delta, ddelta, psi0, g1, g2, kappa_old, grow)
+            change = partial(self._energy_change, delta, ddelta, psi0, g1, g2, kappa_old)
             alpha = energy_line_search(change, slope, alpha_max)
             if alpha == 0.0:
                 raise _NotConverged(f"no energy decrease along the Newton direction at residual {res:.2e}")
@@ -771,18 +633,17 @@ class CohesiveProblem(ElasticProblem):
             u += alpha * du
         raise _NotConverged(f"Newton residual {res:.2e} after {maxiter} iterations")
 
-    def _energy_change(self, delta, ddelta, psi0, g1: float, g2: float, kappa_old, grow: bool,
-                       alpha: float) -> float:
+    def _energy_change(self, delta, ddelta, psi0, g1: float, g2: float, kappa_old, alpha: float) -> float:
         """Change of the incremental potential along a Newton step of length ``alpha``, J.
 
         ``g1 = du . (K u - f)`` and ``g2 = du . K du`` carry the bulk part
         (exact: it is quadratic); the interface part is evaluated point by point.
         """
-        dpsi = self.point_energy(delta + alpha * ddelta, kappa_old, grow=grow) - psi0
+        dpsi = self.point_energy(delta + alpha * ddelta, kappa_old) - psi0
         return alpha * g1 + 0.5 * alpha**2 * g2 + float(dpsi @ self.interface.point_area)
 
     def _direction(self, r: np.ndarray, K_points: np.ndarray | None, u: np.ndarray, kappa_old: np.ndarray,
-                   rtol: float, record: dict, grow: bool = True) -> np.ndarray:
+                   rtol: float, record: dict) -> np.ndarray:
         """Newton correction ``-A^{-1} r`` for the tangent ``K_points`` (None: the secant matrix).
 
         CG on the current matrix, preconditioned by the AMG / factorisation of
@@ -794,7 +655,7 @@ class CohesiveProblem(ElasticProblem):
         """
         secant = K_points is None
         if secant:
-            K_points = self.law_state(self.openings(u), kappa_old, tangent=False, grow=grow)[1]
+            K_points = self.law_state(self.openings(u), kappa_old, tangent=False)[1]
         self._set_interface(K_points)
         if self._last_its > max(2 * self._fresh_its, self.rebuild_after):
             self._rebuild_preconditioner()
@@ -809,7 +670,7 @@ class CohesiveProblem(ElasticProblem):
                     raise _NotConverged(str(exc)) from None
                 log.info("cohesive: CG cannot solve the tangent (unstable softening); secant direction")
                 record["secant_directions"] += 1
-                return self._direction(r, None, u, kappa_old, rtol, record, grow)
+                return self._direction(r, None, u, kappa_old, rtol, record)
             its = int(self.solver.stats.iterations[-1])
             record["linear_iterations"] += its
             self._last_its = its
@@ -829,52 +690,6 @@ class CohesiveProblem(ElasticProblem):
     def face_damage(self, damage: np.ndarray | None = None) -> np.ndarray:
         """Damage of every AP|SE face: the mean of its points (4 on voxel faces, 3 on triangles), (nf,)."""
         return self.interface.face_mean(self.damage if damage is None else damage)
-
-
-def opening_averaging(points: np.ndarray, normal: np.ndarray, area: np.ndarray, particle: np.ndarray,
-                      length_m: float, cutoff: float = AVERAGING_CUTOFF) -> sp.csr_matrix:
-    """Averaging of interface-point values over a particle's interface, (npt, npt) sparse.
-
-    ``W_ij = k_ij A_j / m`` for ``i != j`` and the rest of each row on the
-    diagonal, with the kernel ``k_ij = exp(-r^2 / (2 ell^2)) max(n_i . n_j, 0)``
-    between points of the same particle within ``cutoff * ell`` (``r`` their
-    distance, ``A`` point areas, ``n`` smoothed normals: the two sides of a
-    thin feature are not averaged together) and ``m`` the largest row sum
-    ``max_i sum_j k_ij A_j``. Rows sum to one (a uniform opening is kept) and
-    ``A_i W_ij = A_j W_ji``, so ``sum A |W x|^2 <= sum A |x|^2``: the smooth
-    part never holds more energy than the opening it comes from.
-
-    On a voxel staircase the opening of a face is the smooth opening plus a
-    corner pattern: the steps shear (tangential openings of 0.2-0.3x the 3(d)
-    normal opening on R = 4-8 spheres) and the nodal openings spread from
-    0.3 to 2.9x their median. Averaging the opening vector over about a
-    voxel cancels the pattern and keeps the smooth part.
-
-    Parameters
-    ----------
-    points : (npt, 3) point positions, m
-    normal : (npt, 3) unit normals
-    area : (npt,) point areas, m^2
-    particle : (npt,) particle label of every point
-    length_m : float, ``ell`` > 0, m
-    cutoff : float, support radius in units of ``ell``
-    """
-    pairs = cKDTree(points).query_pairs(cutoff * length_m, output_type="ndarray")
-    n = points.shape[0]
-    i, j = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
-    r2 = np.einsum("pi,pi->p", points[i] - points[j], points[i] - points[j])
-    k = (np.exp(-0.5 * r2 / length_m**2) * np.maximum(np.einsum("pi,pi->p", normal[i], normal[j]), 0.0)
-         * (particle[i] == particle[j]))
-    K = sp.csr_matrix((np.concatenate([k, np.ones(n)]), (np.concatenate([i, np.arange(n)]),
-                                                        np.concatenate([j, np.arange(n)]))), shape=(n, n))
-    K.eliminate_zeros()
-    # symmetric Sinkhorn scaling: c_i sum_j k_ij A_j c_j = 1, so W = diag(c) K diag(A c) is row-stochastic
-    # and A-self-adjoint; what the iterations leave of the row sums goes on the diagonal
-    c = 1.0 / np.sqrt(K @ area)
-    for _ in range(SINKHORN_ITERATIONS):
-        c = np.sqrt(c / (K @ (area * c)))
-    W = (sp.diags(c) @ K @ sp.diags(area * c)).tocsr()
-    return W + sp.diags(1.0 - np.asarray(W.sum(axis=1)).ravel())
 
 
 def energy_line_search(change, slope: float, alpha_max: float = np.inf, c1: float = 1e-4) -> float:
