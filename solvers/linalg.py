@@ -88,6 +88,10 @@ def resolve_backend(backend: str, unknowns: int, limit: int, *, voxels: bool, de
     return backend
 
 
+#: block Gauss-Seidel sweeps (before, after the coarse correction) of each AMG smoother
+SWEEPS = {"symmetric": ("symmetric", "symmetric"), "forward-backward": ("forward", "backward")}
+
+
 class LinearSolver:
     """SPD solver: direct (SuperLU) or CG with smoothed-aggregation AMG.
 
@@ -106,10 +110,16 @@ class LinearSolver:
         AMG prolongation: smoothed aggregation (fewer iterations, more memory
         and setup) or plain aggregation; ``auto`` switches to plain above
         :data:`SMOOTHED_LIMIT` unknowns.
+    smoother : {"symmetric", "forward-backward"}
+        AMG block Gauss-Seidel: a symmetric sweep before and after the coarse
+        correction (4 sweeps per level), or one forward sweep before and one
+        backward sweep after (2 sweeps; the V-cycle stays symmetric, so CG
+        still applies). Measured: 20 -> 26 CG iterations but 9.7 -> 8.4 s for
+        a 347 k dof elastic solve; 16 -> 12 ms per CG iteration at 14 k dof.
     """
 
     def __init__(self, A, *, method: str = "auto", near_nullspace=None,
-                 rtol: float = 1e-8, maxiter: int = 500, aggregation: str = "auto"):
+                 rtol: float = 1e-8, maxiter: int = 500, aggregation: str = "auto", smoother: str = "symmetric"):
         if method == "auto":
             method = "direct" if A.shape[0] <= DIRECT_LIMIT else "amg"
         if method not in ("direct", "amg"):
@@ -118,9 +128,11 @@ class LinearSolver:
             aggregation = "smoothed" if A.shape[0] <= SMOOTHED_LIMIT else "plain"
         if aggregation not in ("smoothed", "plain"):
             raise ValueError(f"unknown aggregation {aggregation!r}: use 'auto', 'smoothed' or 'plain'")
+        if smoother not in SWEEPS:
+            raise ValueError(f"unknown AMG smoother {smoother!r}: use one of {sorted(SWEEPS)}")
         self.rtol = float(rtol)
         self.maxiter = int(maxiter)
-        self.method, self.aggregation = method, aggregation
+        self.method, self.aggregation, self.smoother = method, aggregation, smoother
         self.near_nullspace = None if near_nullspace is None else np.asarray(near_nullspace, float)
         self.stats = SolveStats(method if method == "direct" else f"amg-{aggregation}")
         self.rebuild(A)
@@ -139,8 +151,8 @@ class LinearSolver:
                 Ab, B=self.near_nullspace, strength=("symmetric", {"theta": 0.0}), max_coarse=300,
                 coarse_solver="splu",
                 smooth=("jacobi", {"omega": 4.0 / 3.0, "degree": 1}) if self.aggregation == "smoothed" else None,
-                presmoother=("block_gauss_seidel", {"sweep": "symmetric"}),
-                postsmoother=("block_gauss_seidel", {"sweep": "symmetric"}),
+                presmoother=("block_gauss_seidel", {"sweep": SWEEPS[self.smoother][0]}),
+                postsmoother=("block_gauss_seidel", {"sweep": SWEEPS[self.smoother][1]}),
                 improve_candidates=None,  # halves setup time, same iterations (measured, 340 k dof)
             )
             self._M = self._ml.aspreconditioner(cycle="V")

@@ -378,6 +378,10 @@ class CohesiveProblem(ElasticProblem):
     history : list of dict per solve (iterations, cuts, linear iterations, seconds)
     """
 
+    #: a cohesive run spends its time in AMG-CG (thousands of iterations): two block Gauss-Seidel sweeps
+    #: per level instead of four make an iteration 25 % cheaper for 10 % more of them (16^3 charge)
+    SMOOTHER = "forward-backward"
+
     def __init__(self, mesh, materials: Mapping[int, Material], faces: Mapping, law: CohesiveLaw,
                  *, nl_rtol: float = 1e-6, nl_maxiter: int = 12, max_cuts: int = 10, rebuild_after: int = 30,
                  easy_iterations: int = 4, linear_maxiter: int = 300, **kwargs):
