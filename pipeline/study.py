@@ -259,7 +259,9 @@ def run_study(study: Study, out_dir: str | Path, *, workers: int | None = None, 
             client = Client(scheduler)
         else:
             n = workers or os.cpu_count() or 1
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+            # dashboard on a free port: None means dask's fixed 8787, and a second study (or any other
+            # dask cluster) on the machine then fails to start
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                    silence_logs=logging.WARNING)
             client = Client(cluster)
         try:

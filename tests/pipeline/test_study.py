@@ -1,6 +1,7 @@
 """Studies on a local dask cluster: aggregation, resume, failures, reproducibility."""
 
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -82,7 +83,14 @@ shape = [12, 12, 12]
 void_fraction = 0.1
 radius = 3.0
 """)
-    res = run_study(load_study("study.toml"), "res", workers=2)
+    # another study (or any dask cluster) already holds dask's default dashboard port: this one still runs
+    with socket.socket() as other:
+        try:
+            other.bind(("", 8787))
+            other.listen()
+        except OSError:  # taken already: the same situation
+            pass
+        res = run_study(load_study("study.toml"), "res", workers=2)
     assert res["done"] == 1 and len(res["failed"]) == 1
     assert (tmp_path / "res" / "cases").is_dir() and not (tmp_path / "res" / "cases" / "results").exists()
     assert "smaller than min_particle_voxels" in next(iter(res["failed"].values()))
