@@ -229,6 +229,11 @@ class InterfaceConfig:
     0 = auto: 100 x the harmonic mean of the two Young's moduli / voxel size) and
     ``mode_mixity`` (weight of the tangential opening). AP|SE adhesion has not
     been measured: the defaults (100 MPa, 1 J/m^2) are placeholders to sweep.
+    ``averaging_voxels``: on voxel-hex meshes the law sees the opening averaged
+    over this length (a Gaussian, in voxels) along the particle's interface,
+    which cancels the staircase corners' pattern (0 = local law; a sphere's
+    delamination onset is then 15-24 % early instead of 8 %; 1.5 is the
+    validated value). Tet meshes always use the local law.
     """
 
     model: str = "bonded"
@@ -236,9 +241,11 @@ class InterfaceConfig:
     fracture_energy_J_m2: float = 1.0
     penalty_stiffness: float = 0.0
     mode_mixity: float = 1.0
+    averaging_voxels: float = 1.5
 
     def __post_init__(self):
         _check_choice("interface.model", self.model, ("bonded", "cohesive"))
+        _check_positive("interface.averaging_voxels", self.averaging_voxels, allow_zero=True)
         _check_positive("interface.strength_MPa", self.strength_MPa)
         _check_positive("interface.fracture_energy_J_m2", self.fracture_energy_J_m2)
         _check_positive("interface.penalty_stiffness", self.penalty_stiffness, allow_zero=True)

@@ -53,19 +53,25 @@ def test_interface_shell_reaches_the_mesher_and_zero_means_none():
 
 def test_cohesive_runs_on_unvalidated_meshes_are_told_the_validated_options():
     """The advice names the mesh options of the 5 % onset validation (tests/validation/test_cohesive.py)
-    and falls silent under exactly those."""
+    and falls silent under exactly those, and on voxel hexes with the validated opening averaging."""
     import tomllib
 
     from pipeline.run import ONSET_MESH, onset_advice
-    from tests.validation.test_cohesive import CONFORMING
+    from tests.validation.test_cohesive import CONFORMING, HEX_AVERAGING
 
     advised = tomllib.loads(ONSET_MESH.replace(", ", "\n"))
-    mesh = make(mesh=advised).mesh
-    assert onset_advice(mesh) is None
-    opts = mesh.conforming_options()
+    cfg = make(mesh=advised)
+    assert onset_advice(cfg.mesh, cfg.interface) is None
+    opts = cfg.mesh.conforming_options()
     assert {k: opts[k] for k in CONFORMING} == CONFORMING
-    for other in ({}, {"kind": "voxel-tet"}, {**advised, "upsample": 1}, {**advised, "interface_cell_size_voxels": 0}):
-        assert "interface_cell_size_voxels = 0.35" in onset_advice(make(mesh=other).mesh)
+    for other in ({"kind": "voxel-tet"}, {**advised, "upsample": 1}, {**advised, "interface_cell_size_voxels": 0}):
+        cfg = make(mesh=other)
+        assert "interface_cell_size_voxels = 0.35" in onset_advice(cfg.mesh, cfg.interface)
+    hex_default = make()
+    assert hex_default.mesh.kind == "voxel-hex" and hex_default.interface.averaging_voxels == HEX_AVERAGING
+    assert onset_advice(hex_default.mesh, hex_default.interface) is None
+    local = make(interface={"averaging_voxels": 0.0})
+    assert "averaging_voxels = 1.5" in onset_advice(local.mesh, local.interface)
 
 
 def test_missing_input_and_missing_file(tmp_path):

@@ -6,6 +6,8 @@ and the onset of delamination of a shrinking sphere against 3(d).
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 
 from solvers import fields
 from solvers.mesh import voxel_hex_mesh, voxel_tet_mesh
@@ -16,6 +18,8 @@ from tests.validation.closed_forms import shell_pressure
 H = 1e-6
 MATS = {1: Material("SE", 22.0, 0.3), 2: Material("AP", 140.0, 0.3)}
 K0 = default_penalty(140e9, 22e9, H)
+#: averaging length of the opening on voxel hexes, voxels (the pipeline's default [interface] averaging_voxels)
+HEX_AVERAGING = 1.5
 
 
 def sphere(R, n):
@@ -119,6 +123,102 @@ def test_tractions_and_tangent_derive_from_the_incremental_potential():
     assert min(branch_hit.values()) > 20
 
 
+def test_opening_averaging_keeps_constants_and_is_a_contraction():
+    """W of the averaged opening: rows sum to one, A_i W_ij = A_j W_ji, ||W x||_A <= ||x||_A, no
+    weight across particles or between opposite normals."""
+    ph, pa = sphere(4, 16)
+    pa = pa.copy()
+    pa[: 8][pa[: 8] > 0] = 2  # two particles touching along z = 8
+    mesh, faces = mesh_and_faces(ph, pa)
+    prob = CohesiveProblem(mesh, MATS, faces, CohesiveLaw(penalty_Pa_m=K0), averaging_length_m=1.5 * H)
+    W, it = prob._W, prob.interface
+    A = it.point_area
+    np.testing.assert_allclose(np.asarray(W.sum(axis=1)).ravel(), 1.0, atol=1e-12)
+    AW = sp.diags(A) @ W
+    assert abs(AW - AW.T).max() < 1e-9 * abs(AW).max()
+    assert W.data.min() > -1e-12
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        x = rng.normal(size=A.size)
+        assert A @ (W @ x) ** 2 <= A @ x**2
+    i, j = W.nonzero()
+    part = np.repeat(prob.interface_particle, it.points_per_face)
+    assert np.all(part[i] == part[j])
+    assert np.all(np.einsum("pi,pi->p", it.point_normal[i], it.point_normal[j]) >= -1e-12)
+    assert 50 < W.nnz / A.size < 500  # each point averages over a patch of about 3 voxels
+
+
+def test_averaged_opening_forces_and_tangent_derive_from_the_energy():
+    """With the opening averaged, the interface forces (law on the average, contact of damaged points,
+    fluctuation springs) are the gradient of the interface energy, and the CG operator is the
+    derivative of the forces (central differences on random openings and histories)."""
+    law = CohesiveLaw(strength_Pa=50e6, fracture_energy_J_m2=0.05, penalty_Pa_m=K0, mode_mixity=0.7,
+                      residual=1e-3)
+    ph, pa = sphere(2.5, 8)
+    _, prob = problem(ph, pa, law, solver="direct", averaging_length_m=1.0 * H)
+    rng = np.random.default_rng(0)
+    npt = prob.interface.n_points
+    area = prob.interface.point_area
+    u = rng.normal(size=prob.mesh.n_nodes * 3) * 2.0 * law.delta_0
+    u[prob.fixed.ravel()] = 0.0
+    kappa_old = np.where(rng.random(npt) < 0.5, 0.0, rng.random(npt) * 0.5 * law.delta_f)
+    assert (prob.law.damage(kappa_old) > 0).sum() > 20
+    L = prob._fluctuation(kappa_old)
+
+    def energy(v):
+        J = prob._pair_openings(v)
+        return prob.interface_energy(prob.openings(v), kappa_old) @ area + 0.5 * np.sum(J * (L @ J))
+
+    def grad(v):
+        t = prob.interface_forces(prob.openings(v), kappa_old)[0]
+        return prob._scatter(t * area[:, None]) + prob._scatter_pairs(L @ prob._pair_openings(v))
+
+    K = prob.interface_forces(prob.openings(u), kappa_old)[1]
+    op = prob._interface_operator(K, prob.openings(u), kappa_old)
+    g = grad(u)
+    for _ in range(3):
+        v = rng.normal(size=u.size) * law.delta_0
+        v[prob.fixed.ravel()] = 0.0
+        h = 1e-4
+        slope = (energy(u + h * v) - energy(u - h * v)) / (2 * h)
+        assert slope == pytest.approx(g @ v, rel=1e-5)
+        dg = (grad(u + h * v) - grad(u - h * v)) / (2 * h)
+        np.testing.assert_allclose(dg, op @ v - prob._Kb @ v, rtol=1e-4, atol=1e-6 * np.abs(dg).max())
+        # the preconditioner's matrix is the same tangent, assembled
+        np.testing.assert_allclose(prob._nonlocal_matrix(K, prob.openings(u), kappa_old) @ v, op @ v, rtol=1e-9,
+                                   atol=1e-12 * np.abs(op @ v).max())
+
+
+def test_fluctuation_springs_hold_exactly_what_the_average_misses():
+    """sum of the springs' energy = K0 <delta, (I - W^2) delta>_A / 2 undamaged; a spring with a
+    debonded end carries nothing, and the springs' form stays positive semi-definite for any damage."""
+    law = CohesiveLaw(penalty_Pa_m=K0)
+    ph, pa = sphere(4, 16)
+    _, prob = problem(ph, pa, law, solver="direct", averaging_length_m=1.5 * H)
+    it, W = prob.interface, prob._W
+    A = it.point_area
+    rng = np.random.default_rng(3)
+    J = rng.normal(size=(it.pair_se.size, 3))
+    delta = J[it.point_pair]
+    L = prob._fluctuation(np.zeros(it.n_points))
+    wd = W @ delta
+    want = 0.5 * K0 * (A @ np.sum(delta**2, axis=1) - A @ np.sum(wd**2, axis=1))
+    assert 0.5 * np.sum(J * (L @ J)) == pytest.approx(want, rel=1e-9)
+    # undamaged, the assembled nonlocal tangent is the local law's matrix
+    K_und = prob.interface_forces(delta * 0.0, np.zeros(it.n_points), tangent=False)[1]
+    diff = prob._nonlocal_matrix(K_und, delta * 0.0, np.zeros(it.n_points)) - prob._A
+    assert abs(diff).max() < 1e-9 * abs(prob._A).max()
+    L0 = L
+    kappa = np.where(rng.random(it.n_points) < 0.3, 10 * law.delta_f, 0.0)  # debonded points
+    L = prob._fluctuation(kappa)
+    assert spla.eigsh(L, k=1, which="SA")[0][0] > -1e-9 * abs(L).max()
+    s = prob._pair_softening(kappa)  # area share of a pair's points that are not debonded
+    assert (s < 0.5).sum() > 20 and (s == 1.0).sum() > 20
+    i, j = sp.triu(L0, k=1).nonzero()
+    ratio = np.asarray(L[i, j]).ravel() / np.asarray(L0[i, j]).ravel()
+    np.testing.assert_allclose(ratio, np.minimum(s[i], s[j]), rtol=1e-12)  # the weaker end decides
+
+
 @pytest.mark.parametrize("kind", ["voxel-hex", "voxel-tet", "conforming-tet"])
 def test_very_strong_interface_gives_the_bonded_result(kind):
     """Strength far above any traction: no damage, and stresses converge to the bonded ones as 1 / K0
@@ -150,7 +250,20 @@ def test_very_strong_interface_gives_the_bonded_result(kind):
     assert errs[1] < errs[0] / 30  # and the error falls like 1 / K0
 
 
-def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate():
+def test_averaged_opening_changes_nothing_before_damage():
+    """Undamaged, the averaged-opening interface has exactly the local law's energy: same displacements."""
+    law = CohesiveLaw(strength_Pa=1e12, fracture_energy_J_m2=1e9, penalty_Pa_m=K0)
+    mesh, faces = mesh_and_faces(*sphere(4, 16))
+    eps = np.where(mesh.cell_phase == 2, -0.05 / 3, 0.0)
+    u0 = CohesiveProblem(mesh, MATS, faces, law, solver="direct").solve(eps)
+    prob = CohesiveProblem(mesh, MATS, faces, law, solver="direct", averaging_length_m=1.5 * H)
+    u1 = prob.solve(eps)
+    assert prob.damage.max() == 0.0
+    assert np.abs(u1 - u0).max() < 1e-6 * np.abs(u0).max()
+
+
+@pytest.mark.parametrize("averaging", [0.0, HEX_AVERAGING], ids=["local", "averaged"])
+def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate(averaging):
     """Shrink until the interface is damaged, swell back and beyond: damage never heals, contact holds.
 
     The particle debonds all round on the way (only the residual stiffness holds it), then is
@@ -158,7 +271,7 @@ def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate():
     """
     law = CohesiveLaw(strength_Pa=60e6, fracture_energy_J_m2=1.0, penalty_Pa_m=K0)
     ph, pa = sphere(3, 12)
-    mesh, prob = problem(ph, pa, law, solver="direct")
+    mesh, prob = problem(ph, pa, law, solver="direct", averaging_length_m=averaging * H)
     path = np.concatenate([np.linspace(0, -0.02, 5)[1:], np.linspace(-0.02, 0.02, 5)[1:]])
     d_prev = prob.damage
     damaged = 0.0
@@ -178,15 +291,16 @@ def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate():
     assert np.median(tn[closed]) < 0, "damaged faces carry compression in contact"
     # penetration is only the penalty compliance |t_n| / K0, far below a voxel
     assert dn.min() > -1e-3 * H
-    np.testing.assert_allclose(dn[dn < 0], tn[dn < 0] / K0, rtol=1e-9)
+    if averaging == 0.0:  # the local law's contact is exactly the penalty; averaged, part of the load is on
+        np.testing.assert_allclose(dn[dn < 0], tn[dn < 0] / K0, rtol=1e-9)  # the smooth opening's contact
     print(f"faces with d > 0.9: {damaged:.2f}; deepest penetration {-dn.min() / H:.1e} voxel")
 
 
-def onset(R, n, step=0.0005, start=0.004, stop=0.0131, kind="voxel-hex", mesh_opts=None):
+def onset(R, n, step=0.0005, start=0.004, stop=0.0131, kind="voxel-hex", mesh_opts=None, averaging_voxels=0.0):
     """dV/V (positive number) at first damage and at half of the interface area damaged."""
     law = CohesiveLaw(strength_Pa=100e6, fracture_energy_J_m2=10.0, penalty_Pa_m=K0)
     ph, pa = sphere(R, n)
-    mesh, prob = problem(ph, pa, law, kind, mesh_opts, solver="amg")
+    mesh, prob = problem(ph, pa, law, kind, mesh_opts, solver="amg", averaging_length_m=averaging_voxels * H)
     area = prob.interface.point_area
     first, half, prev = None, None, (0.0, 0.0)
     for dv in np.arange(start, stop, step):
@@ -240,20 +354,30 @@ def test_box_pressure_is_the_mean_of_the_shell_bounds():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="voxel-hex staircase: half-damage onset 24 % below 3(d) at R = 4 (and 21 % at "
-                   "R = 8: it does not close with resolution). The staircase steps shear and their openings "
-                   "spread 0.3-2.9x the median; the law fed the opening averaged over 1.5 voxels meets it "
-                   "(-6.6 / -6.9 %) but held debonded faces shut, so it was reverted; see README")
 def test_delamination_onset_matches_closed_form_on_two_radii():
+    """Voxel hexes with the opening averaged over 1.5 voxels (fluctuation springs softening with the
+    damage): half-damage onset within 15 % of the 3(d) box value on R = 4 and 6, and within 10 % of
+    each other (measured: -7.6 % and -8.0 %, first damage at 0.85 / 0.80 %; the local law: -24 / -15 %,
+    and -21 % at R = 8)."""
     out = {}
     for R, n in ((4, 24), (6, 36)):
-        first, half, ref = onset(R, n)
+        first, half, ref = onset(R, n, averaging_voxels=HEX_AVERAGING)
         mid = ref["box"]
         out[R] = half
-        print(f"R = {R}: first damage at dV/V = {100 * first:.3f} %, half damaged at {100 * half:.3f} %; "
-              f"3(d) fixed/free outer shell {100 * ref['fixed']:.3f} / {100 * ref['free']:.3f} %")
+        print(f"R = {R}: first damage at dV/V = {100 * first:.3f} %, half damaged at {100 * half:.3f} % "
+              f"({100 * (half / mid - 1):+.1f} %); 3(d) fixed/free outer shell {100 * ref['fixed']:.3f} / "
+              f"{100 * ref['free']:.3f} %")
         assert half == pytest.approx(mid, rel=0.15)
     assert out[4] == pytest.approx(out[6], rel=0.10)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the local law on voxel hexes: half-damage onset 24 % below 3(d) at R = 4 "
+                   "(15 % at R = 6, 21 % at R = 8): the staircase corners' openings spread from 0.3 to 2.9x "
+                   "their median and the first faces to fail shed load onto the rest; see README")
+def test_local_law_on_voxel_hexes_delaminates_early():
+    first, half, ref = onset(4, 24)
+    assert half == pytest.approx(ref["box"], rel=0.15)
 
 
 #: conforming cells of 1 voxel, 0.35 voxel within 1.5 voxels of the interface on both sides, the label
