@@ -232,7 +232,7 @@ class InterfaceConfig:
     ``averaging_voxels``: on voxel-hex meshes the law sees the opening averaged
     over this length (a Gaussian, in voxels) along the particle's interface,
     which cancels the staircase corners' pattern (0 = local law; a sphere's
-    delamination onset is then 15-24 % early instead of 8 %; 1.5 is the
+    delamination onset is then 15-24 % early instead of 7 %; 1.5 is the
     validated value). Tet meshes always use the local law.
     """
 

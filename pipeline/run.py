@@ -452,7 +452,7 @@ ONSET_MESH = ("kind = 'conforming-tet', interface_cell_size_voxels = 0.35, inter
 def onset_advice(mesh_cfg, interface_cfg) -> str | None:
     """A warning for cohesive runs on meshes whose delamination onset is known to come early, or None.
 
-    The measured onsets of a sphere against PHYSICS.md 3(d) (README, Validation): 8 % early on
+    The measured onsets of a sphere against PHYSICS.md 3(d) (README, Validation): 7 % early on
     voxel hexes with the opening averaged over 1.5 voxels (15-24 % with the local law; shorter
     averaging lengths were not measured with the softening springs), 4 % on conforming tets with
     the options of :data:`ONSET_MESH`, 16-20 % on conforming tets that follow the voxel staircase.
@@ -464,7 +464,7 @@ def onset_advice(mesh_cfg, interface_cfg) -> str | None:
         return ("interface.model = 'cohesive' on voxel-hex meshes with interface.averaging_voxels = "
                 f"{interface_cfg.averaging_voxels:g}: the voxel staircase makes delamination start early (a "
                 "sphere's interface is half damaged 15-24 % below the PHYSICS.md 3(d) load with the local law, "
-                "8 % with the default averaging_voxels = 1.5); where the onset load matters keep the default or "
+                "7 % with the default averaging_voxels = 1.5); where the onset load matters keep the default or "
                 f"use [mesh] {ONSET_MESH}")
     if mesh_cfg.kind != "conforming-tet":
         return (f"interface.model = 'cohesive' on {mesh_cfg.kind} meshes: the voxel staircase makes "
