@@ -592,10 +592,9 @@ class CohesiveProblem(ElasticProblem):
         forces = self.interface_forces(delta, self.kappa, tangent=False)[0]
         if self._W is None:
             return forces
-        it = self.interface
-        pair_area = np.bincount(it.point_pair, weights=it.point_area, minlength=it.pair_se.size)
+        pp = self.interface.point_pair
         fluct = self._fluctuation(self.kappa) @ delta[self._pair_point]
-        return forces + fluct[it.point_pair] / pair_area[it.point_pair, None]
+        return forces + fluct[pp] / self._pair_area[pp, None]
 
     def interface_forces(self, delta: np.ndarray, kappa_old: np.ndarray, *, tangent: bool = True):
         """Law tractions, law matrices and history for the local openings ``delta`` (npt, 3).
@@ -909,7 +908,7 @@ class CohesiveProblem(ElasticProblem):
             self._state = (K_points, delta, kappa_old)
         if self._last_its > max(2 * self._fresh_its, self.rebuild_after):
             self._rebuild_preconditioner()
-        # the assembled matrix lumps an averaged interface onto its pairs: it only preconditions
+        # averaged opening: CG on the exact tangent (products with W); the AMG comes from it assembled
         op = self._A if self._W is None else self._interface_operator(K_points, delta, kappa_old)
         for attempt in range(2):
             try:
