@@ -804,10 +804,10 @@ class CohesiveProblem(ElasticProblem):
                         "([cycling] steps) or a tougher interface (fracture_energy_J_m2)",
                         iterations=record["nonlinear_iterations"]) from None
                 continue
-            stale = self._stale_springs(kappa)
+            stale = rounds < self.max_stagger and self._stale_springs(kappa)
             self.kappa = kappa
             u = u_new
-            if stale and rounds < self.max_stagger:
+            if stale:
                 # the fluctuation springs softened with the new damage: solve the same load again
                 rounds += 1
                 record["stagger_rounds"] += 1
