@@ -237,6 +237,12 @@ class CohesiveInterface:
         return self.face_pairs.ravel()
 
     @property
+    def pair_selection(self) -> sp.csr_matrix:
+        """(npt, npair) 0/1 matrix taking pair values to their integration points."""
+        npt, npair = self.n_points, self.pair_se.size
+        return sp.csr_matrix((np.ones(npt), (np.arange(npt), self.point_pair)), shape=(npt, npair))
+
+    @property
     def points_per_face(self) -> int:
         return int(self.face_pairs.shape[1])
 
@@ -521,10 +527,7 @@ class CohesiveProblem(ElasticProblem):
     # --- the interface law -------------------------------------------------
     def openings(self, u: np.ndarray) -> np.ndarray:
         """Opening ``u_SE - u_AP`` at every integration point, (npt, 3) in m."""
-        u = np.asarray(u).reshape(-1, 3)
-        it = self.interface
-        jump = u[it.pair_se] - u[it.pair_ap]
-        return jump[it.point_pair]
+        return self._pair_openings(u)[self.interface.point_pair]
 
     @property
     def damage(self) -> np.ndarray:
@@ -719,8 +722,8 @@ class CohesiveProblem(ElasticProblem):
         """
         if self._nonlocal_ops is None:
             it = self.interface
-            npt, npair, nn = it.n_points, it.pair_se.size, self.mesh.n_nodes
-            P = sp.csr_matrix((np.ones(npt), (np.arange(npt), it.point_pair)), shape=(npt, npair))
+            npair, nn = it.pair_se.size, self.mesh.n_nodes
+            P = it.pair_selection
             keep = (~self.fixed).ravel().astype(float)
             pairs = np.arange(npair)
             Dn = sp.csr_matrix((np.r_[np.ones(npair), -np.ones(npair)], (np.r_[pairs, pairs],
@@ -914,9 +917,9 @@ class CohesiveProblem(ElasticProblem):
         the secant matrix; a secant that fails raises _NotConverged.
         """
         secant = K_points is None
-        if secant:
-            K_points = self.interface_forces(self.openings(u), kappa_old, tangent=False)[1]
         delta = self.openings(u)
+        if secant:
+            K_points = self.interface_forces(delta, kappa_old, tangent=False)[1]
         if self._W is None:
             self._set_interface(K_points)
         else:  # the preconditioner is built from the assembled nonlocal tangent of this state
@@ -1124,8 +1127,7 @@ def fluctuation_springs(W: sp.csr_matrix, iface: CohesiveInterface) -> tuple:
     i, j : (ns,) int, pair indices with i < j
     c : (ns,) float, spring areas ``C_ij``, m^2
     """
-    npt, npair = iface.n_points, iface.pair_se.size
-    P = sp.csr_matrix((np.ones(npt), (np.arange(npt), iface.point_pair)), shape=(npt, npair))
+    P = iface.pair_selection
     B = (W @ P).tocsr()
     C = sp.triu(B.T @ sp.diags(iface.point_area) @ B, k=1).tocoo()
     keep = C.data > 0
