@@ -127,15 +127,17 @@ def galvanostatic_flux(active: Material, protocol: Galvanostatic, accessible_vol
 
 def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, protocol: Galvanostatic, *,
                          solver: str = "auto", backend: str = "assembled", device: str = "cpu",
-                         precision: str = "float64", output_every: int = 1,
+                         precision: str = "float64", output_every: int = 1, feedback_every: int = 1,
                          flux_mask: Callable[[State | None], np.ndarray] | None = None,
                          stats: dict | None = None) -> Iterator[State]:
     """Transient charge/discharge: yields a :class:`State` every ``output_every`` steps.
 
     Diffusion runs every step. Mechanics runs at every yielded step, and at
-    every step when it feeds back (stress-assisted flux, or a flux mask that
-    depends on the state); when it does not, skipping it between outputs is
-    exact. The last step of every half-cycle is always yielded.
+    every ``feedback_every``-th step when it feeds back (stress-assisted flux
+    feeds back at every step; a flux mask that depends on the state keeps the
+    last solved state's mask in between); when it does not, skipping it
+    between outputs is exact. The last step of every half-cycle is always
+    yielded.
 
     Parameters
     ----------
@@ -148,6 +150,9 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
     backend, device, precision
         Of the diffusion system (:class:`~solvers.physics.diffusion.DiffusionProblem`).
     output_every : int
+    feedback_every : int
+        With a state-dependent ``flux_mask``: mechanics (and the mask) every
+        n-th step, and at written steps. 1 = every step.
     flux_mask : callable, optional
         Returns the (nf,) bool mask of faces that carry flux given the last
         state (all faces when omitted).
@@ -164,6 +169,9 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
     if stats is not None:
         stats["diffusion"] = diff.solver.stats
         stats["diffusion_nodes"] = diff.n_nodes
+    if feedback_every < 1 or (protocol.stress_assisted and feedback_every != 1):
+        raise ConfigError(f"feedback_every = {feedback_every}: use 1 (every step) or more, and 1 with "
+                          "stress_assisted (its flux needs the stress of every step)")
     c_max = active.c_max_mol_m3
     theta0 = protocol.soc_start
     c = np.full(diff.n_nodes, theta0 * c_max)
@@ -192,7 +200,7 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
                 mask = flux_mask(state)
             inflow = diff.face_load(np.where(mask, j, 0.0))
             out = step % output_every == 0 or k_half == protocol.steps
-            if not (out or feedback):
+            if not (out or (feedback and (sa_coeff != 0.0 or step % feedback_every == 0))):
                 c = diff.step(c, inflow)
                 continue
             c, u, sigma, its, k = _coupled_step(diff, mech, active, c, inflow, u, theta0, sa_coeff, protocol)
