@@ -106,6 +106,10 @@ SINKHORN_ITERATIONS = 50
 #: pair blocks of the assembled nonlocal tangent below this fraction of their diagonals' geometric mean
 #: are moved onto the diagonals in the preconditioner's matrix (0: keep all)
 PRECONDITIONER_DROP = 0.01
+#: the preconditioner works in (mean, jump) coordinates on the node pairs whose interface coupling is
+#: stiffer than this multiple of their bulk diagonal (the penalty makes undamaged pairs about 100x stiffer:
+#: AMG on the split matrix then took 62 CG iterations where the bonded one takes 18; in pair coordinates 17)
+STIFF_PAIR_RATIO = 1.0
 #: largest change of a fluctuation spring's stiffness fraction left for the next load increment
 STAGGER_TOL = 0.05
 #: support of the opening averaging, in averaging lengths (the Gaussian weight there is 4 %)
@@ -950,10 +954,18 @@ class CohesiveProblem(ElasticProblem):
 
     def _rebuild_preconditioner(self) -> None:
         """Rebuild the factorisation / AMG hierarchy from the current matrix (own copy)."""
-        self.solver.rebuild(self._A.copy() if self._state is None else self._nonlocal_matrix(*self._state))
+        A = self._A.copy() if self._state is None else self._nonlocal_matrix(*self._state)
+        self.solver.rebuild(A, basis=self._preconditioner_basis(A))
         self.rebuilds += 1
         self._fresh_its = 0
         self._last_its = 0
+
+    def _preconditioner_basis(self, A: sp.bsr_matrix):
+        """The AMG's (mean, jump) coordinates on the pairs whose coupling in ``A`` is stiff (:class:`PairBasis`)."""
+        it = self.interface
+        stiff = stiff_pairs(A, it.pair_se, it.pair_ap, STIFF_PAIR_RATIO, self.fixed)
+        log.debug("preconditioner: %d of %d node pairs in (mean, jump) coordinates", int(stiff.sum()), stiff.size)
+        return PairBasis(it.pair_se[stiff], it.pair_ap[stiff], self.mesh.n_nodes)
 
     # --- reductions ----------------------------------------------------------
     def face_damage(self, damage: np.ndarray | None = None) -> np.ndarray:
@@ -1164,3 +1176,97 @@ def _drop_weak_blocks(G: sp.spmatrix, tau: float) -> sp.csr_matrix:
     out = sp.bsr_matrix((data[keep], cols[keep], np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=nb))]),
                         shape=Gb.shape)
     return out.tocsr()
+
+
+@dataclasses.dataclass(frozen=True)
+class PairBasis:
+    """(mean, jump) coordinates on node pairs, for the preconditioner (:meth:`LinearSolver.rebuild`).
+
+    ``T`` maps the mean ``m`` (stored at the SE node) and the jump ``j``
+    (stored at the AP node) to ``u_SE = m - j / 2``, ``u_AP = m + j / 2``;
+    every other node keeps its displacement. A stiff interface spring then
+    acts on the jump alone (block Gauss-Seidel removes it at once: it has no
+    coarse-grid part, as ``T^-1`` of a rigid-body mode has no jump) and the
+    means see the bonded stiffness. Undamaged 24^3 cohesive matrix, CG to
+    1e-8: 62 AMG-CG iterations on the split nodes, 17 in these coordinates
+    (bonded: 18). Each SE and AP node may belong to one pair only.
+
+    Attributes
+    ----------
+    se, ap : (np,) int
+        The pairs' SE and AP node indices.
+    n_nodes : int
+    """
+
+    se: np.ndarray
+    ap: np.ndarray
+    n_nodes: int
+
+    def apply(self, y: np.ndarray) -> np.ndarray:
+        """``T y``: pair coordinates -> displacements, (3 nn,) or (3 nn, k)."""
+        v = np.asarray(y).reshape(self.n_nodes, 3, -1)
+        out = v.copy()
+        out[self.se] = v[self.se] - 0.5 * v[self.ap]
+        out[self.ap] = v[self.se] + 0.5 * v[self.ap]
+        return out.reshape(np.shape(y))
+
+    def apply_t(self, r: np.ndarray) -> np.ndarray:
+        """``T^T r``: forces -> pair coordinates."""
+        v = np.asarray(r).reshape(self.n_nodes, 3, -1)
+        out = v.copy()
+        out[self.se] = v[self.se] + v[self.ap]
+        out[self.ap] = 0.5 * (v[self.ap] - v[self.se])
+        return out.reshape(np.shape(r))
+
+    def inverse(self, u: np.ndarray) -> np.ndarray:
+        """``T^-1 u``: displacements -> pair coordinates (mean, jump)."""
+        v = np.asarray(u).reshape(self.n_nodes, 3, -1)
+        out = v.copy()
+        out[self.se] = 0.5 * (v[self.se] + v[self.ap])
+        out[self.ap] = v[self.ap] - v[self.se]
+        return out.reshape(np.shape(u))
+
+    def matrix(self) -> sp.csr_matrix:
+        """``T`` as a sparse (3 nn, 3 nn) matrix."""
+        n, k = self.n_nodes, self.se.size
+        rows = np.r_[np.arange(n), self.ap, self.se]
+        cols = np.r_[np.arange(n), self.se, self.ap]
+        vals = np.r_[np.ones(n), np.ones(k), -0.5 * np.ones(k)]
+        vals[self.ap] = 0.5  # the identity's (ap, ap) entries
+        return sp.kron(sp.csr_matrix((vals, (rows, cols)), shape=(n, n)), sp.identity(3), format="csr")
+
+    def galerkin(self, A: sp.spmatrix) -> sp.bsr_matrix:
+        """``T^T A T`` (3x3 BSR)."""
+        T = self.matrix()
+        out = sp.bsr_matrix(T.T @ sp.csr_matrix(A) @ T, blocksize=(3, 3))
+        out.sort_indices()
+        return out
+
+
+def stiff_pairs(A: sp.spmatrix, se: np.ndarray, ap: np.ndarray, ratio: float,
+                fixed: np.ndarray | None = None) -> np.ndarray:
+    """Node pairs whose interface coupling in ``A`` is stiffer than ``ratio`` times their bulk, (np,) bool.
+
+    The coupling is ``S = -A[se, ap]`` (3x3, symmetrised); a pair is stiff
+    when the smallest eigenvalue of ``S`` exceeds ``ratio`` times the largest
+    of the bulk block ``A[i, i] - S`` on either side. Components fixed on
+    either node (``fixed``, (nn, 3) bool: Dirichlet rows carry no coupling)
+    count as stiff. Pairs that share a node with another pair are left out
+    (:class:`PairBasis` needs disjoint pairs).
+    """
+    A = sp.csr_matrix(A)
+
+    def blocks(rows, cols):  # (np, 3, 3) blocks A[rows[k], cols[k]]
+        return np.stack([np.stack([np.asarray(A[3 * rows + a, 3 * cols + b]).ravel() for b in range(3)], axis=1)
+                         for a in range(3)], axis=1)
+
+    S = -blocks(se, ap)
+    S = 0.5 * (S + S.transpose(0, 2, 1))
+    bulk = np.minimum(np.linalg.eigvalsh(blocks(se, se) - S)[:, -1], np.linalg.eigvalsh(blocks(ap, ap) - S)[:, -1])
+    if fixed is not None:
+        either = (fixed[se] | fixed[ap]).astype(float)
+        S = S + either[:, :, None] * np.eye(3) * (ratio + 1.0) * bulk[:, None, None]
+    stiff = np.linalg.eigvalsh(S)[:, 0] > ratio * bulk
+    for nodes in (se, ap):
+        stiff &= np.bincount(nodes, minlength=int(nodes.max(initial=0)) + 1)[nodes] == 1
+    return stiff

@@ -140,7 +140,8 @@ class ElasticProblem:
             B = rigid_body_modes(mesh.points)
             B[self.fixed.ravel()] = 0.0
             self.solver = LinearSolver(self.A, method=solver, near_nullspace=B, rtol=rtol, maxiter=maxiter,
-                                       aggregation=aggregation, smoother=self.SMOOTHER)
+                                       aggregation=aggregation, smoother=self.SMOOTHER,
+                                       basis=self._preconditioner_basis(self.A))
         self.timings["setup_s"] = self.solver.stats.setup_s
 
     def _assemble(self):
@@ -153,6 +154,10 @@ class ElasticProblem:
         A = assemble_elasticity(mesh.element, mesh.points, mesh.cells, lam, mu).tobsr(blocksize=(3, 3))
         A.sort_indices()
         return A
+
+    def _preconditioner_basis(self, A):
+        """Coordinates the AMG works in (:meth:`LinearSolver.rebuild`); None: the dofs themselves."""
+        return None
 
     def _finish_matrix(self, A):
         """The matrix that is solved: ``A`` with the box conditions applied."""
