@@ -11,6 +11,7 @@ from solvers.physics import ElasticProblem, Material, get_material
 from solvers.physics.diffusion import GAS_CONSTANT, DiffusionProblem
 from solvers.physics.transient import Galvanostatic, galvanostatic_states
 from tests.validation.closed_forms import shell_pressure
+from tomomech.errors import ConfigError
 
 SE = get_material("Li6PS5Cl")
 
@@ -105,6 +106,29 @@ def test_flux_mask_blocks_debonded_faces_and_conserves_li():
             assert blocked_moles == pytest.approx(diff.mass[on_blocked] @ blocked_theta, rel=1e-9, abs=0)
     assert blocked_theta is not None and any(masks)
     assert cur2 < cur1  # the debonded particle's capacity is lost to the electrode
+
+
+def test_feedback_every_updates_the_mask_from_the_last_mechanics_step():
+    """feedback_every = 4: mechanics (and with it the state the flux mask sees) at steps 4, 8 and at the
+    written steps 6, 12 only; every step in between keeps the last solved state. Stress-assisted flux needs
+    the stress of every step, so it refuses feedback_every > 1."""
+    mesh, nmc, mech, faces, proto, diff = composite_cycle()
+    seen = []
+
+    def flux_mask(state):
+        seen.append(None if state is None else state.step)
+        return np.ones(faces["particle"].size, bool)
+
+    states = list(galvanostatic_states(mech, nmc, faces, proto, solver="direct", output_every=6,
+                                       feedback_every=4, flux_mask=flux_mask))
+    assert [st.step for st in states] == [6, 12]
+    assert len(mech.solver.stats.iterations) == 4  # steps 4, 6, 8, 12
+    # the start of each half-cycle (state None before any mechanics), then steps 5-12 (none before step 4)
+    assert seen == [None, 4, 4, 6, 6, 6, 8, 8, 8, 8]
+    for bad, assisted in ((0, False), (2, True)):
+        p = Galvanostatic(c_rate=2.0, soc_start=0.8, soc_end=0.3, steps=6, stress_assisted=assisted)
+        with pytest.raises(ConfigError, match="feedback_every"):
+            next(galvanostatic_states(mech, nmc, faces, p, solver="direct", feedback_every=bad, flux_mask=flux_mask))
 
 
 def sphere_faces(mesh):
