@@ -150,6 +150,7 @@ class LinearSolver:
         applies). :class:`solvers.physics.cohesive.PairBasis` is one.
         """
         self.A = A
+        self._basis = basis
         t0 = time.perf_counter()
         if self.method == "direct":
             self._lu = spla.splu(sp.csc_matrix(A))
@@ -179,6 +180,25 @@ class LinearSolver:
         dt = time.perf_counter() - t0
         self.stats.setup_s += dt
         log.info("linear solver %s set up in %.2f s (%d unknowns)", self.method, dt, A.shape[0])
+
+    def refresh_fine(self, A) -> None:
+        """AMG only: make ``A`` the finest level's matrix (and its smoother's), keeping the coarse levels.
+
+        For a matrix that changed locally since :meth:`rebuild` (damage at an
+        interface): the smoother sees the change, the coarse grids need not.
+        Costs the basis product and the block-diagonal inverse, not a setup.
+        """
+        from pyamg.relaxation.smoothing import setup_block_gauss_seidel
+
+        t0 = time.perf_counter()
+        basis = self._basis
+        lvl = self._ml.levels[0]
+        # its own matrix: a finest level changed under the smoother's block inverses is no preconditioner
+        lvl.A = sp.bsr_matrix(A, blocksize=(3, 3), copy=True) if basis is None else basis.galerkin(A)
+        pre, post = SWEEPS[self.smoother]
+        lvl.presmoother = setup_block_gauss_seidel(lvl, sweep=pre)
+        lvl.postsmoother = setup_block_gauss_seidel(lvl, sweep=post)
+        self.stats.setup_s += time.perf_counter() - t0
 
     def solve(self, b: np.ndarray, x0: np.ndarray | None = None, A=None, rtol: float | None = None,
               maxiter: int | None = None) -> np.ndarray:

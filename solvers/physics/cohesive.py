@@ -488,6 +488,7 @@ class CohesiveProblem(ElasticProblem):
         self.rebuilds = 0
         self._fresh_its = 0
         self._last_its = 0
+        self._refresh = False  # the finest AMG level is refreshed from the second direction after a rebuild
         self._f_scale = 0.0
         self._eps_prev = np.zeros(mesh.n_cells)
         self._u_prev = None
@@ -930,6 +931,10 @@ class CohesiveProblem(ElasticProblem):
             self._state = (K_points, delta, kappa_old)
         if self._last_its > max(2 * self._fresh_its, self.rebuild_after):
             self._rebuild_preconditioner()
+        elif self.solver.method == "amg" and self._refresh:
+            # damage changes the matrix locally: the smoother takes the current matrix, the coarse grids stay
+            self.solver.refresh_fine(self._A if self._W is None else self._nonlocal_matrix(*self._state))
+        self._refresh = True
         # averaged opening: CG on the exact tangent (products with W); the AMG comes from it assembled
         op = self._A if self._W is None else self._interface_operator(K_points, delta, kappa_old)
         for attempt in range(2):
@@ -959,6 +964,7 @@ class CohesiveProblem(ElasticProblem):
         self.rebuilds += 1
         self._fresh_its = 0
         self._last_its = 0
+        self._refresh = False
 
     def _preconditioner_basis(self, A: sp.bsr_matrix):
         """The AMG's (mean, jump) coordinates on the pairs whose coupling in ``A`` is stiff (:class:`PairBasis`)."""

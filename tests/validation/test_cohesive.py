@@ -307,6 +307,38 @@ def test_pair_coordinates_make_the_cohesive_amg_as_good_as_the_bonded_one():
     assert not stiff_pairs(A, se2, it.pair_ap[:2], 1.0, prob.fixed).any()
 
 
+def test_refreshing_the_finest_level_follows_local_damage():
+    """LinearSolver.refresh_fine: after the interface softens on one side of the sphere, the hierarchy of the
+    undamaged matrix with the softened matrix on its finest level stays a symmetric preconditioner and
+    needs fewer CG iterations than the stale one (the smoother sees the change, the coarse grids need not)."""
+    law = CohesiveLaw(strength_Pa=1e12, fracture_energy_J_m2=1e9, penalty_Pa_m=K0)
+    mesh, prob = problem(*sphere(4, 16), law, solver="amg")
+    it = prob.interface
+    A = prob._A.copy()
+    B = rigid_body_modes(prob.mesh.points)
+    B[prob.fixed.ravel()] = 0.0
+    solver = LinearSolver(A, method="amg", near_nullspace=B, rtol=1e-8, smoother=prob.SMOOTHER,
+                          basis=prob._preconditioner_basis(A))
+    K = prob.law_state(np.zeros((it.n_points, 3)), prob.kappa, tangent=False)[1]
+    upper = prob.mesh.points[it.pair_se[it.point_pair], 0] > 8 * H  # one half of the interface softens
+    prob._set_interface(np.where(upper[:, None, None], 1e-3, 1.0) * K)
+    A2 = prob._A.copy()
+    f = prob.load(np.where(mesh.cell_phase == 2, -0.01, 0.0))
+    f[prob.fixed.ravel()] = 0.0
+    solver.solve(f, A=A2)
+    stale = solver.stats.iterations[-1]
+    solver.refresh_fine(A2)
+    x = solver.solve(f, A=A2)
+    fresh = solver.stats.iterations[-1]
+    np.testing.assert_allclose(A2 @ x, f, atol=1e-7 * np.linalg.norm(f))
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, A2.shape[0]))
+    M = solver._M
+    assert a @ (M @ b) == pytest.approx(b @ (M @ a), rel=1e-10)
+    print(f"CG iterations on the half-softened interface: stale hierarchy {stale}, refreshed finest level {fresh}")
+    assert fresh < stale
+
+
 @pytest.mark.parametrize("max_stagger", [0, 20])
 def test_springs_lag_one_increment_unless_staggered(max_stagger):
     """The fluctuation springs use the damage committed before an increment: by default a second solve
