@@ -1242,9 +1242,10 @@ class PairBasis:
         return sp.kron(sp.csr_matrix((vals, (rows, cols)), shape=(n, n)), sp.identity(3), format="csr")
 
     def galerkin(self, A: sp.spmatrix) -> sp.bsr_matrix:
-        """``T^T A T`` (3x3 BSR)."""
-        T = self.matrix()
-        out = sp.bsr_matrix(T.T @ sp.csr_matrix(A) @ T, blocksize=(3, 3))
+        """``T^T A T`` (3x3 BSR; block products, no scalar copy of ``A``)."""
+        T = sp.bsr_matrix(self.matrix(), blocksize=(3, 3))
+        A = A if sp.isspmatrix_bsr(A) and A.blocksize == (3, 3) else sp.bsr_matrix(A, blocksize=(3, 3))
+        out = sp.bsr_matrix(T.T.tobsr(blocksize=(3, 3)) @ A @ T, blocksize=(3, 3))
         out.sort_indices()
         return out
 
@@ -1260,11 +1261,15 @@ def stiff_pairs(A: sp.spmatrix, se: np.ndarray, ap: np.ndarray, ratio: float,
     count as stiff. Pairs that share a node with another pair are left out
     (:class:`PairBasis` needs disjoint pairs).
     """
-    A = sp.csr_matrix(A)
+    A = A if sp.isspmatrix_bsr(A) and A.blocksize == (3, 3) else sp.bsr_matrix(A, blocksize=(3, 3))
+    A.sort_indices()
+    nb = A.indptr.size - 1
+    key = np.repeat(np.arange(nb, dtype=np.int64), np.diff(A.indptr)) * nb + A.indices
 
-    def blocks(rows, cols):  # (np, 3, 3) blocks A[rows[k], cols[k]]
-        return np.stack([np.stack([np.asarray(A[3 * rows + a, 3 * cols + b]).ravel() for b in range(3)], axis=1)
-                         for a in range(3)], axis=1)
+    def blocks(rows, cols):  # (np, 3, 3) blocks A[rows[k], cols[k]], zero where the pattern has none
+        want = rows.astype(np.int64) * nb + cols
+        pos = np.minimum(np.searchsorted(key, want), key.size - 1)
+        return np.where((key[pos] == want)[:, None, None], A.data[pos], 0.0)
 
     S = -blocks(se, ap)
     S = 0.5 * (S + S.transpose(0, 2, 1))
