@@ -488,7 +488,9 @@ class CohesiveProblem(ElasticProblem):
         self.rebuilds = 0
         self._fresh_its = 0
         self._last_its = 0
-        self._refresh = False  # the finest AMG level is refreshed from the second direction after a rebuild
+        self._cg_rate = None  # CG iterations per residual decade of the first solve after a setup or refresh
+        self._last_cg = None  # (iterations per decade, decades, seconds per iteration) of the last CG solve
+        self._refresh_s = 0.0  # seconds the last refresh of the finest AMG level took
         self._f_scale = 0.0
         self._eps_prev = np.zeros(mesh.n_cells)
         self._u_prev = None
@@ -918,7 +920,9 @@ class CohesiveProblem(ElasticProblem):
         an earlier one; the preconditioner is rebuilt from the current matrix
         when the last solve took more than twice the iterations of the first
         solve after the last rebuild (damage moved the matrix away from it),
-        and when CG fails. A tangent that CG still cannot solve falls back to
+        and when CG fails; in between its finest level takes the current matrix
+        when the last solve's extra iterations cost more than that refresh
+        did (:meth:`_refresh_pays`). A tangent that CG still cannot solve falls back to
         the secant matrix; a secant that fails raises _NotConverged.
         """
         secant = K_points is None
@@ -931,10 +935,12 @@ class CohesiveProblem(ElasticProblem):
             self._state = (K_points, delta, kappa_old)
         if self._last_its > max(2 * self._fresh_its, self.rebuild_after):
             self._rebuild_preconditioner()
-        elif self.solver.method == "amg" and self._refresh:
+        elif self.solver.method == "amg" and self._refresh_pays():
             # damage changes the matrix locally: the smoother takes the current matrix, the coarse grids stay
+            t0 = time.perf_counter()
             self.solver.refresh_fine(self._A if self._W is None else self._nonlocal_matrix(*self._state))
-        self._refresh = True
+            self._refresh_s = time.perf_counter() - t0
+            self._cg_rate = None
         # averaged opening: CG on the exact tangent (products with W); the AMG comes from it assembled
         op = self._A if self._W is None else self._interface_operator(K_points, delta, kappa_old)
         for attempt in range(2):
@@ -954,6 +960,11 @@ class CohesiveProblem(ElasticProblem):
             self._last_its = its
             if self._fresh_its == 0:
                 self._fresh_its = its
+            # CG iterations per decade of residual reduction, and seconds per iteration
+            decades = max(-np.log10(rtol), 1.0)
+            self._last_cg = (its / decades, decades, self.solver.stats.solve_s[-1] / max(its, 1))
+            if self._cg_rate is None:
+                self._cg_rate = self._last_cg[0]
             return du
         raise AssertionError("unreachable")
 
@@ -964,7 +975,16 @@ class CohesiveProblem(ElasticProblem):
         self.rebuilds += 1
         self._fresh_its = 0
         self._last_its = 0
-        self._refresh = False
+        self._cg_rate = None
+
+    def _refresh_pays(self) -> bool:
+        """True when the last CG solve spent more time over the rate right after the last setup or refresh
+        (iterations per decade of residual) than a refresh of the finest level took (any growth, before
+        the first refresh): at 24^3 a refresh costs a few CG iterations, at 48^3 about fifteen."""
+        if self._cg_rate is None or self._last_cg is None:
+            return False
+        rate, decades, seconds = self._last_cg
+        return (rate - self._cg_rate) * decades * seconds > self._refresh_s
 
     def _preconditioner_basis(self, A: sp.bsr_matrix):
         """The AMG's (mean, jump) coordinates on the pairs whose coupling in ``A`` is stiff (:class:`PairBasis`)."""
