@@ -1104,14 +1104,17 @@ def _sum_pairs(iface: CohesiveInterface, corner_values: np.ndarray) -> np.ndarra
                      for i in range(corner_values.shape[1])], axis=1)
 
 
-def _block_positions(A: sp.bsr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Index into ``A.data`` of the blocks (rows[i], cols[i]) (all must exist)."""
+def _block_positions(A: sp.bsr_matrix, rows: np.ndarray, cols: np.ndarray, missing: str = "raise") -> np.ndarray:
+    """Index into ``A.data`` of the blocks (rows[i], cols[i]); ``missing="mark"``: -1 where there is none."""
     # blocks are sorted by (row, column): one binary search over a global (row, column) key
     nb = A.indptr.size - 1
     key = np.repeat(np.arange(nb, dtype=np.int64), np.diff(A.indptr)) * nb + A.indices
     want = rows.astype(np.int64) * nb + cols
     pos = np.minimum(np.searchsorted(key, want), key.size - 1)
-    if not np.array_equal(key[pos], want):
+    found = key[pos] == want
+    if missing == "mark":
+        return np.where(found, pos, -1)
+    if not found.all():
         raise RuntimeError("interface block missing from the matrix pattern")
     return pos
 
@@ -1283,13 +1286,10 @@ def stiff_pairs(A: sp.spmatrix, se: np.ndarray, ap: np.ndarray, ratio: float,
     """
     A = A if sp.isspmatrix_bsr(A) and A.blocksize == (3, 3) else sp.bsr_matrix(A, blocksize=(3, 3))
     A.sort_indices()
-    nb = A.indptr.size - 1
-    key = np.repeat(np.arange(nb, dtype=np.int64), np.diff(A.indptr)) * nb + A.indices
 
     def blocks(rows, cols):  # (np, 3, 3) blocks A[rows[k], cols[k]], zero where the pattern has none
-        want = rows.astype(np.int64) * nb + cols
-        pos = np.minimum(np.searchsorted(key, want), key.size - 1)
-        return np.where((key[pos] == want)[:, None, None], A.data[pos], 0.0)
+        pos = _block_positions(A, rows, cols, missing="mark")
+        return np.where((pos >= 0)[:, None, None], A.data[pos], 0.0)
 
     S = -blocks(se, ap)
     S = 0.5 * (S + S.transpose(0, 2, 1))
