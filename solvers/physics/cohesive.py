@@ -486,10 +486,9 @@ class CohesiveProblem(ElasticProblem):
         self.easy_iterations = int(easy_iterations)
         self.linear_maxiter = int(linear_maxiter)
         self.rebuilds = 0
-        self._fresh_its = 0
-        self._last_its = 0
+        self._fresh_its = 0  # CG iterations of the first solve after the last setup
         self._cg_rate = None  # CG iterations per residual decade of the first solve after a setup or refresh
-        self._last_cg = None  # (iterations per decade, decades, seconds per iteration) of the last CG solve
+        self._last_cg = None  # (iterations, residual decades, seconds per iteration) of the last CG solve
         self._refresh_s = 0.0  # seconds the last refresh of the finest AMG level took
         self._f_scale = 0.0
         self._eps_prev = np.zeros(mesh.n_cells)
@@ -933,7 +932,8 @@ class CohesiveProblem(ElasticProblem):
             self._set_interface(K_points)
         else:  # the preconditioner is built from the assembled nonlocal tangent of this state
             self._state = (K_points, delta, kappa_old)
-        if self._last_its > max(2 * self._fresh_its, self.rebuild_after):
+        last_its = 0 if self._last_cg is None else self._last_cg[0]
+        if last_its > max(2 * self._fresh_its, self.rebuild_after):
             self._rebuild_preconditioner()
         elif self.solver.method == "amg" and self._refresh_pays():
             # damage changes the matrix locally: the smoother takes the current matrix, the coarse grids stay
@@ -957,14 +957,12 @@ class CohesiveProblem(ElasticProblem):
                 return self._direction(r, None, u, kappa_old, rtol, record)
             its = int(self.solver.stats.iterations[-1])
             record["linear_iterations"] += its
-            self._last_its = its
             if self._fresh_its == 0:
                 self._fresh_its = its
-            # CG iterations per decade of residual reduction, and seconds per iteration
-            decades = max(-np.log10(rtol), 1.0)
-            self._last_cg = (its / decades, decades, self.solver.stats.solve_s[-1] / max(its, 1))
+            decades = max(-np.log10(rtol), 1.0)  # of residual reduction asked for
+            self._last_cg = (its, decades, self.solver.stats.solve_s[-1] / max(its, 1))
             if self._cg_rate is None:
-                self._cg_rate = self._last_cg[0]
+                self._cg_rate = its / decades
             return du
         raise AssertionError("unreachable")
 
@@ -974,7 +972,7 @@ class CohesiveProblem(ElasticProblem):
         self.solver.rebuild(A, basis=self._preconditioner_basis(A))
         self.rebuilds += 1
         self._fresh_its = 0
-        self._last_its = 0
+        self._last_cg = None
         self._cg_rate = None
 
     def _refresh_pays(self) -> bool:
@@ -983,8 +981,8 @@ class CohesiveProblem(ElasticProblem):
         the first refresh): at 24^3 a refresh costs a few CG iterations, at 48^3 about fifteen."""
         if self._cg_rate is None or self._last_cg is None:
             return False
-        rate, decades, seconds = self._last_cg
-        return (rate - self._cg_rate) * decades * seconds > self._refresh_s
+        its, decades, seconds = self._last_cg
+        return (its - self._cg_rate * decades) * seconds > self._refresh_s
 
     def _preconditioner_basis(self, A: sp.bsr_matrix):
         """The AMG's (mean, jump) coordinates on the pairs whose coupling in ``A`` is stiff (:class:`PairBasis`)."""
@@ -1231,37 +1229,41 @@ class PairBasis:
     ap: np.ndarray
     n_nodes: int
 
+    #: (SE, AP) rows of each map, acting on the pair's (SE-slot, AP-slot) values
+    T = ((1.0, -0.5), (1.0, 0.5))
+    T_TRANSPOSE = ((1.0, 1.0), (-0.5, 0.5))
+    T_INVERSE = ((0.5, 0.5), (-1.0, 1.0))
+
+    def _mix(self, v: np.ndarray, m) -> np.ndarray:
+        """Apply the 2x2 map ``m`` on every pair's (SE, AP) nodes; (3 nn,) or (3 nn, k)."""
+        w = np.asarray(v).reshape(self.n_nodes, 3, -1)
+        out = w.copy()
+        s, a = w[self.se], w[self.ap]
+        out[self.se] = m[0][0] * s + m[0][1] * a
+        out[self.ap] = m[1][0] * s + m[1][1] * a
+        return out.reshape(np.shape(v))
+
     def apply(self, y: np.ndarray) -> np.ndarray:
-        """``T y``: pair coordinates -> displacements, (3 nn,) or (3 nn, k)."""
-        v = np.asarray(y).reshape(self.n_nodes, 3, -1)
-        out = v.copy()
-        out[self.se] = v[self.se] - 0.5 * v[self.ap]
-        out[self.ap] = v[self.se] + 0.5 * v[self.ap]
-        return out.reshape(np.shape(y))
+        """``T y``: pair coordinates -> displacements."""
+        return self._mix(y, self.T)
 
     def apply_t(self, r: np.ndarray) -> np.ndarray:
         """``T^T r``: forces -> pair coordinates."""
-        v = np.asarray(r).reshape(self.n_nodes, 3, -1)
-        out = v.copy()
-        out[self.se] = v[self.se] + v[self.ap]
-        out[self.ap] = 0.5 * (v[self.ap] - v[self.se])
-        return out.reshape(np.shape(r))
+        return self._mix(r, self.T_TRANSPOSE)
 
     def inverse(self, u: np.ndarray) -> np.ndarray:
         """``T^-1 u``: displacements -> pair coordinates (mean, jump)."""
-        v = np.asarray(u).reshape(self.n_nodes, 3, -1)
-        out = v.copy()
-        out[self.se] = 0.5 * (v[self.se] + v[self.ap])
-        out[self.ap] = v[self.ap] - v[self.se]
-        return out.reshape(np.shape(u))
+        return self._mix(u, self.T_INVERSE)
 
     def matrix(self) -> sp.csr_matrix:
         """``T`` as a sparse (3 nn, 3 nn) matrix."""
-        n, k = self.n_nodes, self.se.size
-        rows = np.r_[np.arange(n), self.ap, self.se]
-        cols = np.r_[np.arange(n), self.se, self.ap]
-        vals = np.r_[np.ones(n), np.ones(k), -0.5 * np.ones(k)]
-        vals[self.ap] = 0.5  # the identity's (ap, ap) entries
+        n = self.n_nodes
+        (ss, sa), (as_, aa) = self.T
+        diag = np.ones(n)
+        diag[self.se], diag[self.ap] = ss, aa
+        rows = np.r_[np.arange(n), self.se, self.ap]
+        cols = np.r_[np.arange(n), self.ap, self.se]
+        vals = np.r_[diag, np.full(self.se.size, sa), np.full(self.se.size, as_)]
         return sp.kron(sp.csr_matrix((vals, (rows, cols)), shape=(n, n)), sp.identity(3), format="csr")
 
     def galerkin(self, A: sp.spmatrix) -> sp.bsr_matrix:

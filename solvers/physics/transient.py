@@ -200,7 +200,7 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
                 mask = flux_mask(state)
             inflow = diff.face_load(np.where(mask, j, 0.0))
             out = step % output_every == 0 or k_half == protocol.steps
-            if not (out or (feedback and (sa_coeff != 0.0 or step % feedback_every == 0))):
+            if not (out or (feedback and step % feedback_every == 0)):  # stress-assisted: every = 1
                 c = diff.step(c, inflow)
                 continue
             c, u, sigma, its, k = _coupled_step(diff, mech, active, c, inflow, u, theta0, sa_coeff, protocol)
