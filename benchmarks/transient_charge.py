@@ -1,8 +1,7 @@
 """Transient 1C charge of a MATBOX crop: time per step split into diffusion and mechanics.
 
 Usage: python benchmarks/transient_charge.py [SIZE] [STEPS] [OUTPUT_EVERY] [cohesive]
-[--backend assembled|matrix-free] [--local] [--feedback-every N] [--implex] [--skip-bonded]
-(default 96 40 10 assembled; matrix-free: mechanics by
+[--backend assembled|matrix-free] [--local] [--feedback-every N] (default 96 40 10 assembled; matrix-free: mechanics by
 geometric multigrid in mixed precision, diffusion by Jacobi-CG, bonded runs only).
 Mechanics runs at every written step (exact for one-way coupling); its preconditioner is
 built once and reused for every solve.
@@ -11,9 +10,7 @@ With ``cohesive`` the same charge runs again with a cohesive AP|SE interface
 (100 MPa, 1 J/m^2, default penalty, the opening averaged over 1.5 voxels as the
 pipeline does on voxel hexes, ``--local`` for the local law; mechanics at every step
 because the damage masks the flux, or every N-th step and at written steps with
-``--feedback-every N``; ``--implex``: the damage of a step extrapolated from the last two,
-one linear solve per step, instead of Newton; ``--skip-bonded`` runs the cohesive case only)
-and the wall-time ratio to the bonded run is printed, with
+``--feedback-every N``) and the wall-time ratio to the bonded run is printed, with
 the debonded fraction and the particles' mean theta at the written steps.
 """
 
@@ -42,8 +39,7 @@ SAMPLE = ROOT / "samples/matbox_nmc/nmc-1-cal_generatedCBD_bridge.tif"
 AVERAGING_VOXELS = 1.5
 
 
-def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled", feedback_every=1,
-         integration="newton", skip_bonded=False):
+def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled", feedback_every=1):
     raw = read_volume(SAMPLE).data
     z0, y0, x0 = ((np.array(raw.shape) - n) // 2).tolist()
     phases = np.array([1, 2, 0], np.uint8)[raw[z0:z0 + n, y0:y0 + n, x0:x0 + n]]
@@ -56,8 +52,7 @@ def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled
     faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
     proto = Galvanostatic(c_rate=1.0, soc_start=1.0, soc_end=0.22, steps=steps)
     walls = {}
-    models = ("bonded", "cohesive") if interface == "cohesive" else ("bonded",)
-    for model in models[1:] if skip_bonded else models:
+    for model in ("bonded", "cohesive") if interface == "cohesive" else ("bonded",):
         t0 = time.perf_counter()
         if model == "bonded":
             mech = ElasticProblem(mesh, {1: se, 2: nmc}, rtol=1e-8, backend=backend,
@@ -67,7 +62,7 @@ def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled
             law = CohesiveLaw(strength_Pa=100e6, fracture_energy_J_m2=1.0,
                               penalty_Pa_m=default_penalty(nmc.E, se.E, 0.4e-6))
             mech = CohesiveProblem(mesh, {1: se, 2: nmc}, faces, law, rtol=1e-8,
-                                   averaging_length_m=AVERAGING_VOXELS * 0.4e-6, integration=integration)
+                                   averaging_length_m=AVERAGING_VOXELS * 0.4e-6)
             mask = partial(_bonded_faces, mech)
         info = {}
         peak, soc, debonded = [], [], []
@@ -134,7 +129,5 @@ if __name__ == "__main__":
             del argv[k:k + 2]
     if "--local" in argv:
         AVERAGING_VOXELS = 0.0
-    integration = "implex" if "--implex" in argv else "newton"
     main(*[int(a) for a in argv if a.isdigit()], interface="cohesive" if "cohesive" in argv else "bonded",
-         backend=opts.get("--backend", "assembled"), feedback_every=int(opts.get("--feedback-every", 1)),
-         integration=integration, skip_bonded="--skip-bonded" in argv)
+         backend=opts.get("--backend", "assembled"), feedback_every=int(opts.get("--feedback-every", 1)))

@@ -112,10 +112,6 @@ PRECONDITIONER_DROP = 0.01
 STIFF_PAIR_RATIO = 1.0
 #: largest change of a fluctuation spring's stiffness fraction left for the next load increment
 STAGGER_TOL = 0.05
-#: IMPL-EX: contact traction error a settled contact set may leave, x strength
-CONTACT_TOL = 1e-3
-#: IMPL-EX: contact sets tried per step before a ConvergenceError
-MAX_CONTACT_ROUNDS = 20
 #: support of the opening averaging, in averaging lengths (the Gaussian weight there is 4 %)
 AVERAGING_CUTOFF = 2.5
 
@@ -428,12 +424,6 @@ class CohesiveProblem(ElasticProblem):
         spring by more than ``STAGGER_TOL`` is solved again with the new
         damage, at most this many times. 0 (default): the softening waits for
         the next increment.
-    integration : {"newton", "implex"}
-        ``"newton"``: the damage of every load step is solved for (Newton with
-        consistent tangent, energy line search, step cutting). ``"implex"``:
-        the damage of a step is extrapolated from the last two
-        (:meth:`_solve_implex`), one linear solve per step; first-order
-        accurate in the step length, for transient runs with many steps.
     **kwargs : passed to ElasticProblem (top, stack_pressure_Pa, solver, rtol, ...)
 
     Attributes
@@ -451,7 +441,7 @@ class CohesiveProblem(ElasticProblem):
     def __init__(self, mesh, materials: Mapping[int, Material], faces: Mapping, law: CohesiveLaw,
                  *, nl_rtol: float = 1e-6, nl_maxiter: int = 12, max_cuts: int = 10, rebuild_after: int = 30,
                  easy_iterations: int = 4, linear_maxiter: int = 300, averaging_length_m: float = 0.0,
-                 max_stagger: int = 0, integration: str = "newton",
+                 max_stagger: int = 0,
                  **kwargs):
         if kwargs.get("backend", "assembled") != "assembled":
             raise ConfigError("interface.model = 'cohesive' needs solver.backend = 'assembled' (the matrix-free "
@@ -475,12 +465,6 @@ class CohesiveProblem(ElasticProblem):
         self.kappa = np.zeros(self.interface.n_points)
         self.averaging_length_m = float(averaging_length_m)
         self.max_stagger = int(max_stagger)
-        if integration not in ("newton", "implex"):
-            raise ConfigError(f"cohesive integration {integration!r} must be 'newton' or 'implex'")
-        if integration == "implex" and self.max_stagger > 0:
-            raise ConfigError("cohesive integration 'implex' holds the damage of a step fixed: max_stagger must be 0")
-        self.integration = integration
-        self._kappa_prev = self.kappa.copy()  # history committed by the solve before the last (IMPL-EX)
         if not (np.isfinite(self.averaging_length_m) and self.averaging_length_m >= 0):
             raise ConfigError(f"cohesive averaging length {averaging_length_m!r} m must be >= 0")
         self._W = None  # (npt, npt) averaging of the opening vector; None: local law
@@ -556,13 +540,8 @@ class CohesiveProblem(ElasticProblem):
         """Committed damage of every integration point, (npt,)."""
         return self.law.damage(self.kappa)
 
-    def law_state(self, delta: np.ndarray, kappa_old: np.ndarray, *, tangent: bool = True, closed=None):
+    def law_state(self, delta: np.ndarray, kappa_old: np.ndarray, *, tangent: bool = True):
         """Tractions, tangent (or secant) matrices and history for openings ``delta`` (npt, 3).
-
-        ``closed`` (npt,) bool: the damage stays that of ``kappa_old``
-        whatever the opening and contact (the full normal penalty) acts on
-        these points and no other, so the law is linear (an IMPL-EX step);
-        the history returned is then ``kappa_old``. None: the law proper.
 
         Returns
         -------
@@ -578,14 +557,14 @@ class CohesiveProblem(ElasticProblem):
         dt = delta - dn[:, None] * n
         pos = np.maximum(dn, 0.0)
         lam = np.sqrt(pos**2 + beta2 * np.einsum("pi,pi->p", dt, dt))
-        kappa = np.maximum(kappa_old, lam) if closed is None else kappa_old
+        kappa = np.maximum(kappa_old, lam)
         d = law.damage(kappa)
         soft = np.maximum(1.0 - d, law.residual)
         nn = np.einsum("pi,pj->pij", n, n)
-        kn = np.where(dn < 0.0 if closed is None else closed, 1.0, soft)  # contact keeps the full normal penalty
+        kn = np.where(dn < 0.0, 1.0, soft)  # contact keeps the full normal penalty
         K = law.penalty_Pa_m * (kn[:, None, None] * nn + (soft * beta2)[:, None, None] * (np.eye(3)[None] - nn))
         t = np.einsum("pij,pj->pi", K, delta)
-        if tangent and closed is None:  # softening points that open further: add (T' lam - T) / lam^3 v v^T
+        if tangent:  # softening points that open further: add (T' lam - T) / lam^3 v v^T
             load = (lam >= kappa_old) & (lam > law.delta_0) & (lam < law.residual_onset)
             if load.any():
                 v = pos[load, None] * n[load] + beta2 * dt[load]
@@ -595,24 +574,20 @@ class CohesiveProblem(ElasticProblem):
                 K[load] += ((dT * lm - T) / lm**3)[:, None, None] * np.einsum("pi,pj->pij", v, v)
         return t, K, kappa
 
-    def point_energy(self, delta: np.ndarray, kappa_old: np.ndarray, closed=None) -> np.ndarray:
+    def point_energy(self, delta: np.ndarray, kappa_old: np.ndarray) -> np.ndarray:
         """Incremental potential per area of every point for openings ``delta`` (npt, 3), J/m^2.
 
         With the history ``kappa_old`` frozen, the tractions of
         :meth:`law_state` are the gradient of this potential: unloading and
         reloading below ``kappa_old`` is linear with the committed damage,
         beyond it the envelope is followed. Contact adds ``K0 <-delta_n>^2 / 2``.
-        With ``closed`` (the linear law of :meth:`law_state`): ``delta . K delta / 2``.
         """
         law = self.law
         n = self.interface.point_normal
         dn = np.einsum("pi,pi->p", delta, n)
         dt = delta - dn[:, None] * n
-        soft = np.maximum(1.0 - law.damage(kappa_old), law.residual)
-        if closed is not None:
-            return 0.5 * law.penalty_Pa_m * (np.where(closed, 1.0, soft) * dn**2
-                                             + soft * law.mode_mixity**2 * np.einsum("pi,pi->p", dt, dt))
         lam = np.sqrt(np.maximum(dn, 0.0) ** 2 + law.mode_mixity**2 * np.einsum("pi,pi->p", dt, dt))
+        soft = np.maximum(1.0 - law.damage(kappa_old), law.residual)
         below = 0.5 * soft * law.penalty_Pa_m * np.minimum(lam, kappa_old) ** 2
         beyond = law.envelope_energy(np.maximum(lam, kappa_old)) - law.envelope_energy(kappa_old)
         return below + beyond + 0.5 * law.penalty_Pa_m * np.minimum(dn, 0.0) ** 2
@@ -631,7 +606,7 @@ class CohesiveProblem(ElasticProblem):
         fluct = self._fluctuation(self.kappa) @ delta[self._pair_point]
         return forces + fluct[pp] / self._pair_area[pp, None]
 
-    def interface_forces(self, delta: np.ndarray, kappa_old: np.ndarray, *, tangent: bool = True, active=None):
+    def interface_forces(self, delta: np.ndarray, kappa_old: np.ndarray, *, tangent: bool = True):
         """Law tractions, law matrices and history for the local openings ``delta`` (npt, 3).
 
         Local law: the law at every point. Averaged opening (``averaging_length_m``
@@ -640,25 +615,20 @@ class CohesiveProblem(ElasticProblem):
         point areas (``W^T (A t(delta_bar)) / A`` plus the contact of damaged
         points); the fluctuation springs (:meth:`_fluctuation`) come on top.
 
-        ``active = (closed, closed_local)``: the damage of ``kappa_old`` held
-        and the contact set given, at the law's points and (averaged
-        opening) at the points' own openings (:meth:`contact_set`).
-
         Returns
         -------
         t : (npt, 3) traction on the electrolyte side, Pa
         K : (npt, 3, 3) law tangent (or secant), Pa/m, at the law's openings (``delta_bar`` when averaged)
         kappa : (npt,) largest effective opening of the law so far, m
         """
-        closed, closed_local = (None, None) if active is None else active
         if self._W is None:
-            return self.law_state(delta, kappa_old, tangent=tangent, closed=closed)
+            return self.law_state(delta, kappa_old, tangent=tangent)
         area = self.interface.point_area[:, None]
-        t, K, kappa = self.law_state(self._W @ delta, kappa_old, tangent=tangent, closed=closed)
-        contact = np.einsum("pij,pj->pi", self._local_contact(kappa_old, delta, closed_local), delta)
+        t, K, kappa = self.law_state(self._W @ delta, kappa_old, tangent=tangent)
+        contact = np.einsum("pij,pj->pi", self._local_contact(kappa_old, delta), delta)
         return self._W.T @ (area * t) / area + contact, K, kappa
 
-    def interface_energy(self, delta: np.ndarray, kappa_old: np.ndarray, active=None) -> np.ndarray:
+    def interface_energy(self, delta: np.ndarray, kappa_old: np.ndarray) -> np.ndarray:
         """Point part of the incremental potential per area for local openings ``delta`` (npt, 3), J/m^2.
 
         Local law: :meth:`point_energy`. Averaged opening: the law's potential
@@ -666,29 +636,26 @@ class CohesiveProblem(ElasticProblem):
         share ``1 - s`` of every point on its own opening (the springs of the
         fluctuation are :meth:`_fluctuation`, a quadratic form).
         """
-        closed, closed_local = (None, None) if active is None else active
         if self._W is None:
-            return self.point_energy(delta, kappa_old, closed)
+            return self.point_energy(delta, kappa_old)
         dn = np.einsum("pi,pi->p", delta, self.interface.point_normal)
         s = self._softening(kappa_old)
-        pressed = np.minimum(dn, 0.0) if closed_local is None else dn * closed_local
-        contact = 0.5 * self.law.penalty_Pa_m * (1.0 - s) * pressed**2
-        return self.point_energy(self._W @ delta, kappa_old, closed) + contact
+        return (self.point_energy(self._W @ delta, kappa_old)
+                + 0.5 * self.law.penalty_Pa_m * (1.0 - s) * np.minimum(dn, 0.0) ** 2)
 
     def _softening(self, kappa_old: np.ndarray) -> np.ndarray:
         """Committed stiffness fraction ``s = max(1 - d, residual)`` of every point, (npt,)."""
         return np.maximum(1.0 - self.law.damage(kappa_old), self.law.residual)
 
-    def _local_contact(self, kappa_old: np.ndarray, delta: np.ndarray, closed=None) -> np.ndarray:
+    def _local_contact(self, kappa_old: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """Contact stiffness of the damaged share on each point's own opening, (npt, 3, 3) in Pa/m.
 
-        ``K0 (1 - s) n n^T`` where ``delta . n < 0`` (or where ``closed``): a point whose neighbours
+        ``K0 (1 - s) n n^T`` where ``delta . n < 0``: a point whose neighbours
         hold its smooth opening open cannot be pushed into the particle.
         """
         n = self.interface.point_normal
-        if closed is None:
-            closed = np.einsum("pi,pi->p", delta, n) < 0.0
-        k = self.law.penalty_Pa_m * (1.0 - self._softening(kappa_old)) * closed
+        dn = np.einsum("pi,pi->p", delta, n)
+        k = self.law.penalty_Pa_m * (1.0 - self._softening(kappa_old)) * (dn < 0.0)
         return k[:, None, None] * np.einsum("pi,pj->pij", n, n)
 
     def _fluctuation(self, kappa_old: np.ndarray) -> sp.csr_matrix:
@@ -729,13 +696,13 @@ class CohesiveProblem(ElasticProblem):
         u = np.asarray(u).reshape(-1, 3)
         return u[self.interface.pair_se] - u[self.interface.pair_ap]
 
-    def _interface_operator(self, K_points: np.ndarray, delta: np.ndarray, kappa_old: np.ndarray, closed=None):
+    def _interface_operator(self, K_points: np.ndarray, delta: np.ndarray, kappa_old: np.ndarray):
         """Tangent of bulk + averaged-opening interface as a LinearOperator (Dirichlet rows as identity)."""
         keep = (~self.fixed).ravel().astype(float)
         it = self.interface
         area = it.point_area[:, None]
         W, L = self._W, self._fluctuation(kappa_old)
-        contact = self._local_contact(kappa_old, delta, closed)
+        contact = self._local_contact(kappa_old, delta)
 
         def matvec(x):
             x = np.ravel(x)
@@ -746,7 +713,7 @@ class CohesiveProblem(ElasticProblem):
 
         return spla.LinearOperator(self._A.shape, matvec=matvec, dtype=float)
 
-    def _nonlocal_matrix(self, K_points: np.ndarray, delta: np.ndarray, kappa_old: np.ndarray, closed=None,
+    def _nonlocal_matrix(self, K_points: np.ndarray, delta: np.ndarray, kappa_old: np.ndarray,
                          drop: float = PRECONDITIONER_DROP) -> sp.bsr_matrix:
         """The tangent of :meth:`_interface_operator` assembled (Dirichlet rows as identity), 3x3 BSR.
 
@@ -773,7 +740,7 @@ class CohesiveProblem(ElasticProblem):
         B3, P3, D3 = self._nonlocal_ops
         a = self.interface.point_area[:, None, None]
         law = _block_diagonal(a * K_points)
-        contact = _block_diagonal(a * self._local_contact(kappa_old, delta, closed))
+        contact = _block_diagonal(a * self._local_contact(kappa_old, delta))
         G = B3.T @ law @ B3 + P3.T @ contact @ P3 + sp.kron(self._fluctuation(kappa_old), sp.identity(3), format="csr")
         if drop > 0:
             G = _drop_weak_blocks(G, drop)
@@ -822,18 +789,15 @@ class CohesiveProblem(ElasticProblem):
         t0 = time.perf_counter()
         eps = np.asarray(eigenstrain, float)
         eps_prev, u = self._eps_prev, (self._u_prev if x0 is None else np.ravel(x0))
-        beta = 0.0  # how far the eigenstrain moves along the last solve's change, at most 2
         if self._last_increment is not None and u is not None:
             d_eps_old, d_u_old = self._last_increment
             denom = float(d_eps_old @ d_eps_old)
-            beta = min(float((eps - eps_prev) @ d_eps_old) / denom if denom > 0 else 0.0, 2.0)
+            beta = float((eps - eps_prev) @ d_eps_old) / denom if denom > 0 else 0.0
             if beta > 0:
-                u = u + beta * d_u_old
+                u = u + min(beta, 2.0) * d_u_old
         record = {"nonlinear_iterations": 0, "linear_iterations": 0, "cuts": 0, "substeps": 0,
                   "secant_directions": 0, "stagger_rounds": 0}
         s_done, ds, rounds = 0.0, 1.0, 0
-        if self.integration == "implex":
-            u, s_done = self._solve_implex(eps, u, max(beta, 0.0), record), 1.0
         while s_done < 1.0 - 1e-12:
             s = min(1.0, s_done + ds)
             maxiter = self.nl_maxiter * (SNAP_FACTOR if ds <= 2.0**-SNAP_CUTS else 1)
@@ -868,74 +832,6 @@ class CohesiveProblem(ElasticProblem):
         self.history.append(record)
         return u.reshape(-1, 3)
 
-    def _solve_implex(self, eps: np.ndarray, u0, beta: float, record: dict) -> np.ndarray:
-        """One IMPL-EX step (Oliver, Huespe & Cante 2008): returns u (ndof,) and commits the new history.
-
-        The damage of the step is that of the history extrapolated along the
-        last step, ``kappa_n + beta (kappa_n - kappa_{n-1})`` (``beta`` the
-        load step's length over the last one's), held fixed, so the
-        mechanics is linear but for contact and positive definite (no
-        softening tangent, no step cutting). Contact is solved by active
-        sets: the set of the predictor, then of each solution, until no
-        point's contact traction is off by more than ``CONTACT_TOL`` x the
-        strength (:meth:`contact_error`). The committed history is the
-        implicit one, ``max(kappa_n, lambda(u_{n+1}))``, so damage never
-        decreases and an extrapolation that overshoots is not committed.
-        The damage lags the load by about one step: the error is first
-        order in the step length.
-        """
-        kappa_ex = self.kappa + beta * (self.kappa - self._kappa_prev)
-        u = np.zeros(self.mesh.n_nodes * 3) if u0 is None else np.ravel(u0)
-        active = self.contact_set(self.openings(u))
-        tol = CONTACT_TOL * self.law.strength_Pa
-        for rounds in range(MAX_CONTACT_ROUNDS):
-            try:
-                u = self._solve_increment(eps, u, record, self.nl_maxiter, kappa_old=kappa_ex, active=active)[0]
-            except _NotConverged as exc:
-                raise ConvergenceError(f"cohesive IMPL-EX step did not converge ({exc}): check the mesh and the "
-                                       "penalty stiffness", iterations=record["nonlinear_iterations"]) from None
-            delta = self.openings(u)
-            error = self.contact_error(delta, kappa_ex, active)
-            log.debug("implex: contact round %d, traction error %.3g Pa", rounds, error)
-            if error <= tol:
-                break
-            active = self.contact_set(delta)
-            record["contact_rounds"] = record.get("contact_rounds", 0) + 1
-        else:
-            raise ConvergenceError(f"cohesive IMPL-EX step: the contact set did not settle in {MAX_CONTACT_ROUNDS} "
-                                   f"rounds (traction error {error:.3g} Pa): use more time steps ([cycling] steps)",
-                                   iterations=record["nonlinear_iterations"])
-        kappa = self.interface_forces(self.openings(u), self.kappa, tangent=False)[2]
-        self._kappa_prev, self.kappa = self.kappa, kappa
-        record["substeps"] += 1
-        return u
-
-    def contact_set(self, delta: np.ndarray) -> tuple:
-        """Points in contact for openings ``delta`` (npt, 3): (at the law's openings, at their own or None)."""
-        n = self.interface.point_normal
-        dn = np.einsum("pi,pi->p", delta, n)
-        if self._W is None:
-            return dn < 0.0, None
-        return np.einsum("pi,pi->p", self._W @ delta, n) < 0.0, dn < 0.0
-
-    def contact_error(self, delta: np.ndarray, kappa_old: np.ndarray, active: tuple) -> float:
-        """Largest traction error of the contact set ``active`` at openings ``delta`` (npt, 3), Pa.
-
-        A point counted open that presses in misses ``K0 (1 - s) |delta_n|``
-        of contact traction, one counted closed that opens holds that much
-        in tension that it should not.
-        """
-        soft = self._softening(kappa_old)
-        k = self.law.penalty_Pa_m * (1.0 - soft)
-        law_delta = delta if self._W is None else self._W @ delta
-        error = 0.0
-        for closed, d in zip(active, (law_delta, delta)):
-            if closed is None:
-                continue
-            dn = np.einsum("pi,pi->p", d, self.interface.point_normal)
-            error = max(error, float(np.max(k * np.abs(dn) * (closed != (dn < 0.0)), initial=0.0)))
-        return error
-
     def _stale_springs(self, kappa: np.ndarray) -> bool:
         """True when the committed damage ``kappa`` softens a fluctuation spring by more than STAGGER_TOL."""
         if self._W is None:
@@ -944,14 +840,8 @@ class CohesiveProblem(ElasticProblem):
         old, new = self._pair_softening(self.kappa), self._pair_softening(kappa)
         return bool(np.abs(np.minimum(old[i], old[j]) - np.minimum(new[i], new[j])).max(initial=0.0) > STAGGER_TOL)
 
-    def _solve_increment(self, eps: np.ndarray, u0, record: dict, maxiter: int, kappa_old=None,
-                         active=None):
+    def _solve_increment(self, eps: np.ndarray, u0, record: dict, maxiter: int):
         """Newton with an energy line search for one load; returns (u, kappa, iterations).
-
-        ``kappa_old`` (default the committed history) is the history the law
-        starts from; ``active`` (a contact set, :meth:`contact_set`) holds its
-        damage and that contact set (an IMPL-EX step): the problem is then
-        linear, and CG is asked for the whole residual reduction at once.
 
         The direction solves the consistent tangent; where CG cannot solve
         it (an indefinite tangent: unstable softening) the secant matrix,
@@ -963,7 +853,7 @@ class CohesiveProblem(ElasticProblem):
         # relative to the largest load so far: an unloaded state (f = 0) still has a scale
         self._f_scale = max(self._f_scale, float(np.linalg.norm(f)))
         fnorm = max(self._f_scale, 1e-300)
-        kappa_old = self.kappa if kappa_old is None else kappa_old
+        kappa_old = self.kappa
         area = self.interface.point_area[:, None]
         L = None if self._W is None else self._fluctuation(kappa_old)
         u = np.zeros_like(f) if u0 is None else np.asarray(u0, float).ravel().copy()
@@ -971,7 +861,7 @@ class CohesiveProblem(ElasticProblem):
         res = np.inf
         for it in range(maxiter + 1):
             delta = self.openings(u)
-            t, K, kappa = self.interface_forces(delta, kappa_old, active=active)
+            t, K, kappa = self.interface_forces(delta, kappa_old)
             Ku = self._Kb @ u
             if L is not None:  # the fluctuation springs are quadratic: they go with the bulk
                 Ku += self._scatter_pairs(L @ self._pair_openings(u))
@@ -987,25 +877,23 @@ class CohesiveProblem(ElasticProblem):
             record["nonlinear_iterations"] += 1
             # inexact Newton (forcing term proportional to the residual: superlinear near the solution)
             lin_rtol = min(1e-2, max(self.solver.rtol, 0.1 * self.nl_rtol / res, 0.1 * res))
-            if active is not None:  # linear: one correction should do
-                lin_rtol = min(1e-2, max(self.solver.rtol, 0.5 * self.nl_rtol / res))
-            du = self._direction(r, K, u, kappa_old, lin_rtol, record, active)
+            du = self._direction(r, K, u, kappa_old, lin_rtol, record)
             slope = float(r @ du)
             if slope >= 0.0:  # not a descent direction: the tangent was indefinite after all
                 record["secant_directions"] += 1
-                du = self._direction(r, None, u, kappa_old, lin_rtol, record, active)
+                du = self._direction(r, None, u, kappa_old, lin_rtol, record)
                 slope = float(r @ du)
             # energy change along the step, without cancellation: dPi(a) = a du.(Ku - f) + a^2/2 du.K du + A dpsi
             Kdu = self._Kb @ du
             if L is not None:
                 Kdu += self._scatter_pairs(L @ self._pair_openings(du))
             g1, g2 = float(du @ (Ku - f)), float(du @ Kdu)
-            psi0 = self.interface_energy(delta, kappa_old, active)
+            psi0 = self.interface_energy(delta, kappa_old)
             ddelta = self.openings(du)
             # trust region: no opening moves by more than delta_f in one iteration (a tangent that is nearly
             # singular, e.g. a particle debonding all round, would otherwise throw it far in one step)
-            alpha_max = np.inf if active is not None else self.law.delta_f / max(float(np.abs(ddelta).max()), 1e-300)
-            change = partial(self._energy_change, delta, ddelta, psi0, g1, g2, kappa_old, active=active)
+            alpha_max = self.law.delta_f / max(float(np.abs(ddelta).max()), 1e-300)
+            change = partial(self._energy_change, delta, ddelta, psi0, g1, g2, kappa_old)
             alpha = energy_line_search(change, slope, alpha_max)
             if alpha == 0.0:
                 raise _NotConverged(f"no energy decrease along the Newton direction at residual {res:.2e}")
@@ -1013,19 +901,18 @@ class CohesiveProblem(ElasticProblem):
             u += alpha * du
         raise _NotConverged(f"Newton residual {res:.2e} after {maxiter} iterations")
 
-    def _energy_change(self, delta, ddelta, psi0, g1: float, g2: float, kappa_old, alpha: float, *,
-                       active=None) -> float:
+    def _energy_change(self, delta, ddelta, psi0, g1: float, g2: float, kappa_old, alpha: float) -> float:
         """Change of the incremental potential along a Newton step of length ``alpha``, J.
 
         ``g1 = du . (K u - f)`` and ``g2 = du . K du`` carry the bulk part and
         the fluctuation springs (exact: they are quadratic); the rest of the
         interface is evaluated point by point.
         """
-        dpsi = self.interface_energy(delta + alpha * ddelta, kappa_old, active) - psi0
+        dpsi = self.interface_energy(delta + alpha * ddelta, kappa_old) - psi0
         return alpha * g1 + 0.5 * alpha**2 * g2 + float(dpsi @ self.interface.point_area)
 
     def _direction(self, r: np.ndarray, K_points: np.ndarray | None, u: np.ndarray, kappa_old: np.ndarray,
-                   rtol: float, record: dict, active=None) -> np.ndarray:
+                   rtol: float, record: dict) -> np.ndarray:
         """Newton correction ``-A^{-1} r`` for the tangent ``K_points`` (None: the secant matrix).
 
         CG on the current matrix, preconditioned by the AMG / factorisation of
@@ -1040,11 +927,11 @@ class CohesiveProblem(ElasticProblem):
         secant = K_points is None
         delta = self.openings(u)
         if secant:
-            K_points = self.interface_forces(delta, kappa_old, tangent=False, active=active)[1]
+            K_points = self.interface_forces(delta, kappa_old, tangent=False)[1]
         if self._W is None:
             self._set_interface(K_points)
         else:  # the preconditioner is built from the assembled nonlocal tangent of this state
-            self._state = (K_points, delta, kappa_old, None if active is None else active[1])
+            self._state = (K_points, delta, kappa_old)
         last_its = 0 if self._last_cg is None else self._last_cg[0]
         if last_its > max(2 * self._fresh_its, self.rebuild_after):
             self._rebuild_preconditioner()
@@ -1055,7 +942,7 @@ class CohesiveProblem(ElasticProblem):
             self._refresh_s = time.perf_counter() - t0
             self._cg_rate = None
         # averaged opening: CG on the exact tangent (products with W); the AMG comes from it assembled
-        op = self._A if self._W is None else self._interface_operator(*self._state)
+        op = self._A if self._W is None else self._interface_operator(K_points, delta, kappa_old)
         for attempt in range(2):
             try:
                 du = self.solver.solve(-r, A=op, rtol=rtol, maxiter=self.linear_maxiter)
@@ -1067,7 +954,7 @@ class CohesiveProblem(ElasticProblem):
                     raise _NotConverged(str(exc)) from None
                 log.info("cohesive: CG cannot solve the tangent (unstable softening); secant direction")
                 record["secant_directions"] += 1
-                return self._direction(r, None, u, kappa_old, rtol, record, active)
+                return self._direction(r, None, u, kappa_old, rtol, record)
             its = int(self.solver.stats.iterations[-1])
             record["linear_iterations"] += its
             if self._fresh_its == 0:
