@@ -830,6 +830,11 @@ class CohesiveProblem(ElasticProblem):
         self._eps_prev, self._u_prev = eps.copy(), u.copy()
         record["seconds"] = time.perf_counter() - t0
         self.history.append(record)
+        fd, area = self.face_damage(), self.interface.face_area
+        log.info("cohesive solve %d: %d Newton iterations, %d CG, %d cuts, %.1f s; interface damaged %.1f %%, "
+                 "debonded %.1f %% (of its area)", len(self.history), record["nonlinear_iterations"],
+                 record["linear_iterations"], record["cuts"], record["seconds"],
+                 100 * area[fd > 0].sum() / area.sum(), 100 * area[fd >= 1].sum() / area.sum())
         return u.reshape(-1, 3)
 
     def _stale_springs(self, kappa: np.ndarray) -> bool:

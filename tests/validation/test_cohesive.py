@@ -4,6 +4,8 @@ Energy of full separation, the bonded limit, irreversibility with contact,
 and the onset of delamination of a shrinking sphere against 3(d).
 """
 
+import logging
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -405,11 +407,11 @@ def test_averaged_opening_changes_nothing_before_damage():
 
 
 @pytest.mark.parametrize("averaging", [0.0, HEX_AVERAGING], ids=["local", "averaged"])
-def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate(averaging):
+def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate(averaging, caplog):
     """Shrink until the interface is damaged, swell back and beyond: damage never heals, contact holds.
 
     The particle debonds all round on the way (only the residual stiffness holds it), then is
-    pressed back into contact.
+    pressed back into contact. Every solve logs its progress (a long run is watched through it).
     """
     law = CohesiveLaw(strength_Pa=60e6, fracture_energy_J_m2=1.0, penalty_Pa_m=K0)
     ph, pa = sphere(3, 12)
@@ -419,7 +421,12 @@ def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate(averaging
     damaged = 0.0
     for dv in path:
         eps = np.where(mesh.cell_phase == 2, dv / 3, 0.0)
-        u = prob.solve(eps)
+        with caplog.at_level(logging.INFO, logger="solvers.physics.cohesive"):
+            u = prob.solve(eps)
+        fd, area = prob.face_damage(), prob.interface.face_area
+        line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cohesive solve")][-1]
+        assert line.startswith(f"cohesive solve {len(prob.history)}: {prob.history[-1]['nonlinear_iterations']} ")
+        assert line.endswith(f"debonded {100 * area[fd >= 1].sum() / area.sum():.1f} % (of its area)")
         d = prob.damage
         assert np.all(d >= d_prev)
         d_prev = d
