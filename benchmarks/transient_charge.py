@@ -1,8 +1,9 @@
 """Transient 1C charge of a MATBOX crop: time per step split into diffusion and mechanics.
 
 Usage: python benchmarks/transient_charge.py [SIZE] [STEPS] [OUTPUT_EVERY] [cohesive]
-[--backend assembled|matrix-free] [--local] [--feedback-every N] (default 96 40 10 assembled; matrix-free: mechanics by
-geometric multigrid in mixed precision, diffusion by Jacobi-CG, bonded runs only).
+[--backend assembled|matrix-free] [--local] [--feedback-every N] [--newton-rtol X]
+(default 96 40 10 assembled; matrix-free: mechanics by geometric multigrid in mixed precision,
+diffusion by Jacobi-CG, bonded runs only).
 Mechanics runs at every written step (exact for one-way coupling); its preconditioner is
 built once and reused for every solve.
 NMC811 (volume-change table) in Li6PS5Cl, theta 1.0 -> 0.22, voxel 0.4 um.
@@ -10,7 +11,8 @@ With ``cohesive`` the same charge runs again with a cohesive AP|SE interface
 (100 MPa, 1 J/m^2, default penalty, the opening averaged over 1.5 voxels as the
 pipeline does on voxel hexes, ``--local`` for the local law; mechanics at every step
 because the damage masks the flux, or every N-th step and at written steps with
-``--feedback-every N``) and the wall-time ratio to the bonded run is printed, with
+``--feedback-every N``; ``--newton-rtol``: the pipeline's [interface] newton_rtol, default 1e-6)
+and the wall-time ratio to the bonded run is printed, with
 the debonded fraction and the particles' mean theta at the written steps.
 """
 
@@ -39,7 +41,8 @@ SAMPLE = ROOT / "samples/matbox_nmc/nmc-1-cal_generatedCBD_bridge.tif"
 AVERAGING_VOXELS = 1.5
 
 
-def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled", feedback_every=1):
+def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled", feedback_every=1,
+         newton_rtol=1e-6):
     raw = read_volume(SAMPLE).data
     z0, y0, x0 = ((np.array(raw.shape) - n) // 2).tolist()
     phases = np.array([1, 2, 0], np.uint8)[raw[z0:z0 + n, y0:y0 + n, x0:x0 + n]]
@@ -62,7 +65,7 @@ def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled
             law = CohesiveLaw(strength_Pa=100e6, fracture_energy_J_m2=1.0,
                               penalty_Pa_m=default_penalty(nmc.E, se.E, 0.4e-6))
             mech = CohesiveProblem(mesh, {1: se, 2: nmc}, faces, law, rtol=1e-8,
-                                   averaging_length_m=AVERAGING_VOXELS * 0.4e-6)
+                                   averaging_length_m=AVERAGING_VOXELS * 0.4e-6, nl_rtol=newton_rtol)
             mask = partial(_bonded_faces, mech)
         info = {}
         peak, soc, debonded = [], [], []
@@ -122,7 +125,7 @@ def report(model, n, particles, t_seg, mesh, mech, info, steps, wall, peak):
 if __name__ == "__main__":
     argv = sys.argv[1:]
     opts = {}
-    for flag in ("--backend", "--feedback-every"):
+    for flag in ("--backend", "--feedback-every", "--newton-rtol"):
         if flag in argv:
             k = argv.index(flag)
             opts[flag] = argv[k + 1]
@@ -130,4 +133,5 @@ if __name__ == "__main__":
     if "--local" in argv:
         AVERAGING_VOXELS = 0.0
     main(*[int(a) for a in argv if a.isdigit()], interface="cohesive" if "cohesive" in argv else "bonded",
-         backend=opts.get("--backend", "assembled"), feedback_every=int(opts.get("--feedback-every", 1)))
+         backend=opts.get("--backend", "assembled"), feedback_every=int(opts.get("--feedback-every", 1)),
+         newton_rtol=float(opts.get("--newton-rtol", 1e-6)))

@@ -234,6 +234,10 @@ class InterfaceConfig:
     which cancels the staircase corners' pattern (0 = local law; a sphere's
     delamination onset is then 15-24 % early instead of 7 %; 1.5 is the
     validated value). Tet meshes always use the local law.
+    ``newton_rtol``: Newton stops at this residual relative to the largest
+    load so far (at most 1e-4). 1e-5 instead of the default 1e-6 gave the
+    same debonded fraction at every written step of the 24^3 benchmark
+    charge (theta within 1e-4) in 20 % less time.
     """
 
     model: str = "bonded"
@@ -242,6 +246,7 @@ class InterfaceConfig:
     penalty_stiffness: float = 0.0
     mode_mixity: float = 1.0
     averaging_voxels: float = 1.5
+    newton_rtol: float = 1e-6
 
     def __post_init__(self):
         _check_choice("interface.model", self.model, ("bonded", "cohesive"))
@@ -250,6 +255,9 @@ class InterfaceConfig:
         _check_positive("interface.fracture_energy_J_m2", self.fracture_energy_J_m2)
         _check_positive("interface.penalty_stiffness", self.penalty_stiffness, allow_zero=True)
         _check_positive("interface.mode_mixity", self.mode_mixity)
+        if not 0 < self.newton_rtol <= 1e-4:
+            raise ConfigError(f"interface.newton_rtol = {self.newton_rtol!r} must lie in (0, 1e-4]: looser, the "
+                              "damage of a step is not converged (1e-5 was measured to give the answer of 1e-6)")
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         law = CohesiveLaw(strength_Pa=ic.strength_MPa * 1e6, fracture_energy_J_m2=ic.fracture_energy_J_m2,
                           penalty_Pa_m=k0, mode_mixity=ic.mode_mixity)
         averaging = ic.averaging_voxels * float(mesh.spacing.min()) if cfg.mesh.kind == "voxel-hex" else 0.0
-        prob = CohesiveProblem(mesh, {1: electrolyte, 2: active}, faces, law, averaging_length_m=averaging, **opts)
+        prob = CohesiveProblem(mesh, {1: electrolyte, 2: active}, faces, law, averaging_length_m=averaging,
+                               nl_rtol=ic.newton_rtol, **opts)
     else:
         prob = ElasticProblem(mesh, {1: electrolyte, 2: active}, backend=cfg.solver.backend,
                               device=cfg.solver.device, precision=cfg.solver.precision, **opts)
@@ -264,7 +265,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
             "model": "cohesive", "penalty_Pa_m": prob.law.penalty_Pa_m, "delta_0_m": prob.law.delta_0,
             "delta_f_m": prob.law.delta_f, "preconditioner_rebuilds": prob.rebuilds,
             "step_cuts": int(sum(h["cuts"] for h in prob.history)),
-            "averaging_length_m": prob.averaging_length_m,
+            "averaging_length_m": prob.averaging_length_m, "newton_rtol": prob.nl_rtol,
             "stagger_rounds": int(sum(h["stagger_rounds"] for h in prob.history)),
             "onset_warning": onset_warning},
         "timings_s": {k: round(v, 3) for k, v in t.items()},
