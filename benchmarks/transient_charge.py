@@ -18,6 +18,7 @@ the debonded fraction and the particles' mean theta at the written steps.
 
 from __future__ import annotations
 
+import logging
 import resource
 import sys
 import time
@@ -88,13 +89,7 @@ def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled
 
 
 def _bonded_faces(mech, _state):
-    """Flux mask of a cohesive run: faces not fully debonded; prints the run's progress to stderr."""
-    h = mech.history
-    if h:
-        print(f"  after step {len(h)}: {sum(r['seconds'] for r in h):.1f} s in mechanics, "
-              f"{sum(r['nonlinear_iterations'] for r in h)} Newton, {sum(r['linear_iterations'] for r in h)} CG, "
-              f"{mech.rebuilds} AMG setups, debonded {float(np.mean(mech.face_damage() >= 1.0)):.3f}",
-              file=sys.stderr, flush=True)
+    """Flux mask of a cohesive run: faces not fully debonded."""
     return mech.face_damage() < 1.0
 
 
@@ -123,6 +118,9 @@ def report(model, n, particles, t_seg, mesh, mech, info, steps, wall, peak):
 
 
 if __name__ == "__main__":
+    # a cohesive run's progress: one line per solve on stderr (CohesiveProblem logs it)
+    logging.basicConfig(stream=sys.stderr, format="  %(message)s")
+    logging.getLogger("solvers.physics.cohesive").setLevel(logging.INFO)
     argv = sys.argv[1:]
     opts = {}
     for flag in ("--backend", "--feedback-every", "--newton-rtol"):

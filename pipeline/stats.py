@@ -157,9 +157,10 @@ def interface_damage_summary(prob, face_damage: np.ndarray, mesh) -> dict:
     reach = np.bincount(part[bonded], minlength=n) > 0
     vol = np.bincount(mesh.particles.ravel(), minlength=n)
     vol[0] = 0
+    damaged, debonded = prob.area_fractions(face_damage)
     return {
-        "debonded_fraction": float(area[~bonded].sum() / area.sum()) if area.size else 0.0,
-        "damaged_fraction": float(area[face_damage > 0].sum() / area.sum()) if area.size else 0.0,
+        "debonded_fraction": debonded,
+        "damaged_fraction": damaged,
         "bonded_interface_area_um2": float(area[bonded].sum() * 1e12),
         "capacity_accessible_fraction": float(vol[reach].sum() / max(vol.sum(), 1)),
     }

@@ -830,11 +830,10 @@ class CohesiveProblem(ElasticProblem):
         self._eps_prev, self._u_prev = eps.copy(), u.copy()
         record["seconds"] = time.perf_counter() - t0
         self.history.append(record)
-        fd, area = self.face_damage(), self.interface.face_area
+        damaged, debonded = self.area_fractions()
         log.info("cohesive solve %d: %d Newton iterations, %d CG, %d cuts, %.1f s; interface damaged %.1f %%, "
                  "debonded %.1f %% (of its area)", len(self.history), record["nonlinear_iterations"],
-                 record["linear_iterations"], record["cuts"], record["seconds"],
-                 100 * area[fd > 0].sum() / area.sum(), 100 * area[fd >= 1].sum() / area.sum())
+                 record["linear_iterations"], record["cuts"], record["seconds"], 100 * damaged, 100 * debonded)
         return u.reshape(-1, 3)
 
     def _stale_springs(self, kappa: np.ndarray) -> bool:
@@ -1000,6 +999,15 @@ class CohesiveProblem(ElasticProblem):
     def face_damage(self, damage: np.ndarray | None = None) -> np.ndarray:
         """Damage of every AP|SE face: the mean of its points (4 on voxel faces, 3 on triangles), (nf,)."""
         return self.interface.face_mean(self.damage if damage is None else damage)
+
+    def area_fractions(self, face_damage: np.ndarray | None = None) -> tuple[float, float]:
+        """Shares of the AP|SE area on damaged faces (d > 0) and on debonded faces (d = 1).
+
+        ``face_damage`` (nf,) defaults to :meth:`face_damage` of the committed history.
+        """
+        fd = self.face_damage() if face_damage is None else face_damage
+        area = self.interface.face_area
+        return float(area[fd > 0].sum() / area.sum()), float(area[fd >= 1].sum() / area.sum())
 
 
 def opening_averaging(points: np.ndarray, normal: np.ndarray, area: np.ndarray, particle: np.ndarray,
