@@ -22,7 +22,7 @@ def test_voxel_tet_mesh_is_valid_and_conforming():
     assert tm.n_cells == 6 * hm.n_cells and tm.n_nodes == hm.n_nodes
     v = tm.cell_volumes()
     assert np.all(v > 0)
-    assert np.isclose(v.sum(), hm.n_cells * np.prod(SPACING))
+    assert np.isclose(v.sum(), hm.n_cells * np.prod(SPACING), rtol=1e-12, atol=0)  # m^3: no absolute slack
     # conforming: every interior triangle is shared by exactly two tets, boundary ones by one
     faces = np.sort(np.concatenate([tm.cells[:, [0, 1, 2]], tm.cells[:, [0, 1, 3]], tm.cells[:, [0, 2, 3]],
                                     tm.cells[:, [1, 2, 3]]]), axis=1)
@@ -144,12 +144,12 @@ def test_quadratic_tets_patch_test():
     assert np.abs(fd - TET10.grad(xi)).max() < 1e-8 and np.allclose(TET10.shape(xi).sum(axis=1), 1)
     tm, _ = mesh()
     qm = quadratic_tet_mesh(tm)
-    assert qm.n_cells == tm.n_cells and np.allclose(qm.cell_volumes(), tm.cell_volumes())
+    assert qm.n_cells == tm.n_cells and np.allclose(qm.cell_volumes(), tm.cell_volumes(), rtol=1e-12, atol=0)
     E = np.array([[1e-3, 2e-4, -1e-4], [2e-4, -5e-4, 3e-4], [-1e-4, 3e-4, 7e-4]])
     u = qm.points @ E.T
     dn, w = element_gradients(TET10, qm.points, qm.cells)
     assert np.abs(np.einsum("eai,eqaj->eqij", u[qm.cells], dn) - E).max() < 1e-12
-    assert np.allclose(w.sum(axis=1), tm.cell_volumes(), rtol=1e-12)
+    assert np.allclose(w.sum(axis=1), tm.cell_volumes(), rtol=1e-12, atol=0)
     lam, mu = lame(100e9, 0.3)
     A = assemble_elasticity(TET10, qm.points, qm.cells, np.full(qm.n_cells, lam), np.full(qm.n_cells, mu))
     r = (A @ u.ravel()).reshape(-1, 3)
