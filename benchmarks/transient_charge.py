@@ -43,7 +43,7 @@ AVERAGING_VOXELS = 1.5
 
 
 def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled", feedback_every=1,
-         newton_rtol=1e-6):
+         newton_rtol=1e-6, contact_factor=1.0):
     raw = read_volume(SAMPLE).data
     z0, y0, x0 = ((np.array(raw.shape) - n) // 2).tolist()
     phases = np.array([1, 2, 0], np.uint8)[raw[z0:z0 + n, y0:y0 + n, x0:x0 + n]]
@@ -64,7 +64,7 @@ def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled
             mask = None
         else:
             law = CohesiveLaw(strength_Pa=100e6, fracture_energy_J_m2=1.0,
-                              penalty_Pa_m=default_penalty(nmc.E, se.E, 0.4e-6))
+                              penalty_Pa_m=default_penalty(nmc.E, se.E, 0.4e-6), contact_factor=contact_factor)
             mech = CohesiveProblem(mesh, {1: se, 2: nmc}, faces, law, rtol=1e-8,
                                    averaging_length_m=AVERAGING_VOXELS * 0.4e-6, nl_rtol=newton_rtol)
             mask = partial(_bonded_faces, mech)
@@ -123,7 +123,7 @@ if __name__ == "__main__":
     logging.getLogger("solvers.physics.cohesive").setLevel(logging.INFO)
     argv = sys.argv[1:]
     opts = {}
-    for flag in ("--backend", "--feedback-every", "--newton-rtol"):
+    for flag in ("--backend", "--feedback-every", "--newton-rtol", "--contact-factor"):
         if flag in argv:
             k = argv.index(flag)
             opts[flag] = argv[k + 1]
@@ -132,4 +132,4 @@ if __name__ == "__main__":
         AVERAGING_VOXELS = 0.0
     main(*[int(a) for a in argv if a.isdigit()], interface="cohesive" if "cohesive" in argv else "bonded",
          backend=opts.get("--backend", "assembled"), feedback_every=int(opts.get("--feedback-every", 1)),
-         newton_rtol=float(opts.get("--newton-rtol", 1e-6)))
+         newton_rtol=float(opts.get("--newton-rtol", 1e-6)), contact_factor=float(opts.get("--contact-factor", 1)))

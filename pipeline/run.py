@@ -176,7 +176,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         ic = cfg.interface
         k0 = ic.penalty_stiffness * 1e15 or default_penalty(active.E, electrolyte.E, float(mesh.spacing.min()))
         law = CohesiveLaw(strength_Pa=ic.strength_MPa * 1e6, fracture_energy_J_m2=ic.fracture_energy_J_m2,
-                          penalty_Pa_m=k0, mode_mixity=ic.mode_mixity)
+                          penalty_Pa_m=k0, mode_mixity=ic.mode_mixity, contact_factor=ic.contact_factor)
         averaging = ic.averaging_voxels * float(mesh.spacing.min()) if cfg.mesh.kind == "voxel-hex" else 0.0
         prob = CohesiveProblem(mesh, {1: electrolyte, 2: active}, faces, law, averaging_length_m=averaging,
                                nl_rtol=ic.newton_rtol, **opts)
@@ -266,6 +266,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
             "delta_f_m": prob.law.delta_f, "preconditioner_rebuilds": prob.rebuilds,
             "step_cuts": int(sum(h["cuts"] for h in prob.history)),
             "averaging_length_m": prob.averaging_length_m, "newton_rtol": prob.nl_rtol,
+            "contact_factor": prob.law.contact_factor,
             "stagger_rounds": int(sum(h["stagger_rounds"] for h in prob.history)),
             "onset_warning": onset_warning},
         "timings_s": {k: round(v, 3) for k, v in t.items()},

@@ -185,6 +185,7 @@ model = 'cohesive'
 strength_MPa = 20.0
 fracture_energy_J_m2 = 0.5
 newton_rtol = 1e-5
+contact_factor = 0.5
 [cycling]
 mode = 'galvanostatic'
 soc_start = 0.6
@@ -201,6 +202,7 @@ dir = "out"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interface"]["model"] == "cohesive"
     assert summary["interface"]["newton_rtol"] == 1e-5  # what the solver used
+    assert summary["interface"]["contact_factor"] == 0.5
     # the default conforming mesh is not the validated one: the warning stays with the results, naming the
     # options; voxel hexes average the opening over 1.5 voxels by default (validated, no warning)
     if kind == "voxel-hex":

@@ -25,6 +25,7 @@ def make(**sections):
     ({"mesh": {"order": 2}}, "mesh.order = 2 .quadratic elements. needs mesh.kind"),
     ({"mesh": {"kind": "voxel-tet", "order": 2}, "interface": {"model": "cohesive"}}, "cohesive' needs mesh.order = 1"),
     ({"interface": {"newton_rtol": 1e-3}}, r"interface.newton_rtol = 0.001 must lie in \(0, 1e-4\]"),
+    ({"interface": {"contact_factor": 0.05}}, r"interface.contact_factor = 0.05 must lie in \[0.1, 1\]"),
     ({"meshing": {}}, r"unknown section \[meshing\]"),
     ({"mechanics": {"top": 3}}, "mechanics.top = 3 has the wrong type"),
     ({"mechanics": {"top": "stack_pressure"}}, "stack_pressure_MPa > 0"),

@@ -98,11 +98,12 @@ def test_single_element_dissipates_fracture_energy(direction, kind):
     assert peak == pytest.approx(law.strength_Pa, rel=1e-3)
 
 
-def test_tractions_and_tangent_derive_from_the_incremental_potential():
+@pytest.mark.parametrize("contact_factor", [1.0, 0.1])
+def test_tractions_and_tangent_derive_from_the_incremental_potential(contact_factor):
     """Tractions = d psi / d delta and the Newton tangent = d t / d delta, on every branch of the law
     (elastic, softening, unloading below the history, residual, contact), by central differences."""
     law = CohesiveLaw(strength_Pa=50e6, fracture_energy_J_m2=0.05, penalty_Pa_m=K0, mode_mixity=0.7,
-                      residual=1e-3)
+                      residual=1e-3, contact_factor=contact_factor)
     ph, pa = sphere(2.5, 8)
     _, prob = problem(ph, pa, law, solver="direct")
     rng = np.random.default_rng(0)
@@ -158,12 +159,13 @@ def test_opening_averaging_keeps_constants_and_is_a_contraction():
     assert 50 < W.nnz / A.size < 500  # each point averages over a patch of about 3 voxels
 
 
-def test_averaged_opening_forces_and_tangent_derive_from_the_energy():
+@pytest.mark.parametrize("contact_factor", [1.0, 0.1])
+def test_averaged_opening_forces_and_tangent_derive_from_the_energy(contact_factor):
     """With the opening averaged, the interface forces (law on the average, contact of damaged points,
     fluctuation springs) are the gradient of the interface energy, and the CG operator is the
     derivative of the forces (central differences on random openings and histories)."""
     law = CohesiveLaw(strength_Pa=50e6, fracture_energy_J_m2=0.05, penalty_Pa_m=K0, mode_mixity=0.7,
-                      residual=1e-3)
+                      residual=1e-3, contact_factor=contact_factor)
     ph, pa = sphere(2.5, 8)
     _, prob = problem(ph, pa, law, solver="direct", averaging_length_m=1.0 * H)
     rng = np.random.default_rng(0)
@@ -406,14 +408,17 @@ def test_averaged_opening_changes_nothing_before_damage():
     assert np.abs(u1 - u0).max() < 1e-6 * np.abs(u0).max()
 
 
-@pytest.mark.parametrize("averaging", [0.0, HEX_AVERAGING], ids=["local", "averaged"])
-def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate(averaging, caplog):
+@pytest.mark.parametrize("averaging, contact_factor", [(0.0, 1.0), (HEX_AVERAGING, 1.0), (0.0, 0.1),
+                                                      (HEX_AVERAGING, 0.1)],
+                         ids=["local", "averaged", "local-soft-contact", "averaged-soft-contact"])
+def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate(averaging, contact_factor, caplog):
     """Shrink until the interface is damaged, swell back and beyond: damage never heals, contact holds.
 
     The particle debonds all round on the way (only the residual stiffness holds it), then is
     pressed back into contact. Every solve logs its progress (a long run is watched through it).
+    A softer contact (``contact_factor``) of debonded faces lets them in by ``|t_n| / (c K0)`` only.
     """
-    law = CohesiveLaw(strength_Pa=60e6, fracture_energy_J_m2=1.0, penalty_Pa_m=K0)
+    law = CohesiveLaw(strength_Pa=60e6, fracture_energy_J_m2=1.0, penalty_Pa_m=K0, contact_factor=contact_factor)
     ph, pa = sphere(3, 12)
     mesh, prob = problem(ph, pa, law, solver="direct", averaging_length_m=averaging * H)
     path = np.concatenate([np.linspace(0, -0.02, 5)[1:], np.linspace(-0.02, 0.02, 5)[1:]])
@@ -438,10 +443,13 @@ def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate(averaging
     tn = np.einsum("pi,pi->p", prob.tractions(u), n)
     closed = prob.damage > 0.9
     assert np.median(tn[closed]) < 0, "damaged faces carry compression in contact"
-    # penetration is only the penalty compliance |t_n| / K0, far below a voxel
-    assert dn.min() > -1e-3 * H
+    # penetration is only the penalty compliance |t_n| / (K0 (s + (1 - s) c)), far below a voxel
+    # (a contact 1/c times softer lets faces in 1/c times deeper)
+    assert dn.min() > -1e-3 * H / contact_factor
     if averaging == 0.0:  # the local law's contact is exactly the penalty; averaged, part of the load is on
-        np.testing.assert_allclose(dn[dn < 0], tn[dn < 0] / K0, rtol=1e-9)  # the smooth opening's contact
+        s = np.maximum(1.0 - prob.damage, law.residual)  # the smooth opening's contact
+        k_c = K0 * (s + (1.0 - s) * contact_factor)
+        np.testing.assert_allclose(dn[dn < 0], tn[dn < 0] / k_c[dn < 0], rtol=1e-9)
     print(f"faces with d > 0.9: {damaged:.2f}; deepest penetration {-dn.min() / H:.1e} voxel")
 
 
