@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/transient_charge.py [SIZE] [STEPS] [OUTPUT_EVERY] [cohesive]
 [--backend assembled|matrix-free] [--local] [--feedback-every N] [--newton-rtol X]
+[--contact-factor C]
 (default 96 40 10 assembled; matrix-free: mechanics by geometric multigrid in mixed precision,
 diffusion by Jacobi-CG, bonded runs only).
 Mechanics runs at every written step (exact for one-way coupling); its preconditioner is
@@ -11,7 +12,8 @@ With ``cohesive`` the same charge runs again with a cohesive AP|SE interface
 (100 MPa, 1 J/m^2, default penalty, the opening averaged over 1.5 voxels as the
 pipeline does on voxel hexes, ``--local`` for the local law; mechanics at every step
 because the damage masks the flux, or every N-th step and at written steps with
-``--feedback-every N``; ``--newton-rtol``: the pipeline's [interface] newton_rtol, default 1e-6)
+``--feedback-every N``; ``--newton-rtol`` and ``--contact-factor``: the pipeline's [interface]
+newton_rtol and contact_factor, default 1e-6 and 1)
 and the wall-time ratio to the bonded run is printed, with
 the debonded fraction and the particles' mean theta at the written steps.
 """
