@@ -20,10 +20,10 @@ tangential part ``delta_t``; effective opening
 
 - tension: ``t = (1 - d) K0 (delta_n n + beta^2 delta_t)``;
 - contact (``delta_n < 0``): the normal stiffness is
-  ``k_c = (1 - d_c + d_c c) K0`` with ``d_c`` the damage committed before
-  the load increment and ``c`` the law's ``contact_factor`` (1 by default:
-  the full penalty whatever the damage), so faces never interpenetrate
-  beyond ``t_n / (c K0)``;
+  ``k_c = (s + (1 - s) c) K0`` with ``s = max(1 - d, residual)`` committed
+  before the load increment and ``c`` the law's ``contact_factor`` (1 by
+  default: the full penalty whatever the damage), so faces never
+  interpenetrate beyond ``|t_n| / (c K0)``;
 - damage ``d = max over history of g(lambda)``,
   ``g = delta_f (lambda - delta_0) / (lambda (delta_f - delta_0))`` clipped
   to [0, 1], with ``delta_0 = sigma_c / K0`` and ``delta_f = 2 G_c / sigma_c``:
@@ -658,9 +658,12 @@ class CohesiveProblem(ElasticProblem):
                 + 0.5 * self.law.penalty_Pa_m * self.law.contact_factor * (1.0 - s) * np.minimum(dn, 0.0) ** 2)
 
     def _contact_fraction(self, kappa_old: np.ndarray) -> np.ndarray:
-        """Normal contact stiffness over ``K0`` of every point: ``s + (1 - s) c`` (``c`` the law's contact_factor)."""
+        """Normal contact stiffness over ``K0`` of every point: ``s + (1 - s) c`` (``c`` the law's contact_factor).
+
+        Written ``1 - (1 - c)(1 - s)``: exactly 1 at the default ``c = 1``, as before the factor existed.
+        """
         s = self._softening(kappa_old)
-        return s + (1.0 - s) * self.law.contact_factor
+        return 1.0 - (1.0 - self.law.contact_factor) * (1.0 - s)
 
     def _softening(self, kappa_old: np.ndarray) -> np.ndarray:
         """Committed stiffness fraction ``s = max(1 - d, residual)`` of every point, (npt,)."""
