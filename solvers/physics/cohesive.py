@@ -575,7 +575,7 @@ class CohesiveProblem(ElasticProblem):
         d = law.damage(kappa)
         soft = np.maximum(1.0 - d, law.residual)
         nn = np.einsum("pi,pj->pij", n, n)
-        kn = np.where(dn < 0.0, self._contact_fraction(kappa_old), soft)
+        kn = np.where(dn < 0.0, self._contact_fraction(self._softening(kappa_old)), soft)
         K = law.penalty_Pa_m * (kn[:, None, None] * nn + (soft * beta2)[:, None, None] * (np.eye(3)[None] - nn))
         t = np.einsum("pij,pj->pi", K, delta)
         if tangent:  # softening points that open further: add (T' lam - T) / lam^3 v v^T
@@ -604,7 +604,7 @@ class CohesiveProblem(ElasticProblem):
         soft = np.maximum(1.0 - law.damage(kappa_old), law.residual)
         below = 0.5 * soft * law.penalty_Pa_m * np.minimum(lam, kappa_old) ** 2
         beyond = law.envelope_energy(np.maximum(lam, kappa_old)) - law.envelope_energy(kappa_old)
-        return below + beyond + 0.5 * law.penalty_Pa_m * self._contact_fraction(kappa_old) * np.minimum(dn, 0.0) ** 2
+        return below + beyond + 0.5 * law.penalty_Pa_m * self._contact_fraction(soft) * np.minimum(dn, 0.0) ** 2
 
     def tractions(self, u: np.ndarray) -> np.ndarray:
         """Traction on the electrolyte side for the committed history, (npt, 3) in Pa.
@@ -653,17 +653,17 @@ class CohesiveProblem(ElasticProblem):
         if self._W is None:
             return self.point_energy(delta, kappa_old)
         dn = np.einsum("pi,pi->p", delta, self.interface.point_normal)
-        s = self._softening(kappa_old)
         return (self.point_energy(self._W @ delta, kappa_old)
-                + 0.5 * self.law.penalty_Pa_m * self.law.contact_factor * (1.0 - s) * np.minimum(dn, 0.0) ** 2)
+                + 0.5 * self._damaged_contact(kappa_old) * np.minimum(dn, 0.0) ** 2)
 
-    def _contact_fraction(self, kappa_old: np.ndarray) -> np.ndarray:
-        """Normal contact stiffness over ``K0`` of every point: ``s + (1 - s) c`` (``c`` the law's contact_factor).
-
-        Written ``1 - (1 - c)(1 - s)``: exactly 1 at the default ``c = 1``, as before the factor existed.
-        """
-        s = self._softening(kappa_old)
+    def _contact_fraction(self, s: np.ndarray) -> np.ndarray:
+        """Normal contact stiffness over ``K0`` for stiffness fractions ``s``: ``s + (1 - s) c`` (``c`` the
+        law's contact_factor), written ``1 - (1 - c)(1 - s)``: exactly 1 at the default ``c = 1``."""
         return 1.0 - (1.0 - self.law.contact_factor) * (1.0 - s)
+
+    def _damaged_contact(self, kappa_old: np.ndarray) -> np.ndarray:
+        """Contact stiffness of the damaged share of every point on its own opening, ``c (1 - s) K0``, (npt,) Pa/m."""
+        return self.law.penalty_Pa_m * self.law.contact_factor * (1.0 - self._softening(kappa_old))
 
     def _softening(self, kappa_old: np.ndarray) -> np.ndarray:
         """Committed stiffness fraction ``s = max(1 - d, residual)`` of every point, (npt,)."""
@@ -677,7 +677,7 @@ class CohesiveProblem(ElasticProblem):
         """
         n = self.interface.point_normal
         dn = np.einsum("pi,pi->p", delta, n)
-        k = self.law.penalty_Pa_m * self.law.contact_factor * (1.0 - self._softening(kappa_old)) * (dn < 0.0)
+        k = self._damaged_contact(kappa_old) * (dn < 0.0)
         return k[:, None, None] * np.einsum("pi,pj->pij", n, n)
 
     def _fluctuation(self, kappa_old: np.ndarray) -> sp.csr_matrix:

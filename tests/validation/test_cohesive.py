@@ -446,8 +446,9 @@ def test_damage_is_irreversible_and_closed_faces_do_not_interpenetrate(averaging
     # penetration is only the penalty compliance |t_n| / (K0 (s + (1 - s) c)), far below a voxel
     # (a contact 1/c times softer lets faces in 1/c times deeper)
     assert dn.min() > -1e-3 * H / contact_factor
-    if averaging == 0.0:  # the local law's contact is exactly the penalty; averaged, part of the load is on
-        s = np.maximum(1.0 - prob.damage, law.residual)  # the smooth opening's contact
+    # the local law's contact is exactly the penalty; averaged, part of the load is on the smooth opening's contact
+    if averaging == 0.0:
+        s = np.maximum(1.0 - prob.damage, law.residual)
         k_c = K0 * (s + (1.0 - s) * contact_factor)
         np.testing.assert_allclose(dn[dn < 0], tn[dn < 0] / k_c[dn < 0], rtol=1e-9)
     print(f"faces with d > 0.9: {damaged:.2f}; deepest penetration {-dn.min() / H:.1e} voxel")
