@@ -37,12 +37,31 @@ def solve(mesh):
 def test_conforming_sphere_within_shell_bounds_and_better_than_hexes():
     """PHYSICS.md 3(b) on the same voxel sphere (R = 8.7): linear tets of 1 voxel and quadratic tets of 2
     voxels land within the free/fixed shell bounds (+-2 % hydrostatic, +-5 % median interface traction) and
-    at most half as far from the mesh-converged value as voxel hexes."""
+    at most half as far from the mesh-converged value as voxel hexes.
+
+    The mesh-converged value comes from the same code, so an error common to every mesh (a wrong swelling,
+    a wrong modulus) would be invisible in the comparison and would hide in the wide free/fixed band at this
+    volume fraction (403-735 MPa). The reference method (quadratic tets of 1.5 voxel) is
+    therefore held, within 3 %, to the box value where the box value is known: at phi = 0.07 (R = 4.5 in
+    18^3) the box's particle pressure is the mean of the free- and fixed-shell pressures to 1.5 %
+    (``test_box_pressure_is_the_mean_of_the_shell_bounds``; here measured -0.4 %). At R = 8.7 in 26^3 the
+    same rule does not hold: the reference lies 5.1 % below that mean (phi = 0.18; 6 % at phi = 0.26).
+    """
     ph, pa = sphere()
 
-    def tets(size, order):
-        m = conforming_tet_mesh(ph, pa, [1e-6] * 3, max_cell_size_voxels=size, seed=1)
+    def tets(size, order, labels=(ph, pa)):
+        m = conforming_tet_mesh(*labels, [1e-6] * 3, max_cell_size_voxels=size, seed=1)
         return m if order == 1 else quadratic_tet_mesh(m)
+
+    # the reference method against the closed-form-anchored box value, phi = 0.07
+    small = tets(1.5, 2, sphere(4.5, 18))
+    vol = np.abs(small.cell_volumes())
+    phi_small = vol[small.cell_phase == 2].sum() / vol.sum()  # of the meshed box (CGAL's is (n - 1)^3 voxels)
+    box = 0.5 * sum(bounds(phi_small))
+    hyd_small, _ = particle_hydrostatic_and_traction(small, solve(small))
+    print(f"reference method at phi = {phi_small:.3f}: hydrostatic {hyd_small / 1e6:.1f} MPa, box value "
+          f"(mean of the shell bounds) {box / 1e6:.1f} ({100 * (hyd_small / box - 1):+.1f} %)")
+    assert hyd_small == pytest.approx(box, rel=0.03, abs=0)
 
     linear, quad = tets(1.0, 1), tets(2.0, 2)
     q = mesh_quality(linear, ph, pa)
@@ -62,9 +81,12 @@ def test_conforming_sphere_within_shell_bounds_and_better_than_hexes():
     # median t_n 442.2 / 448.6 / 455.0 against 462.3)
     ref = tets(1.5, 2)
     hyd_ref, tn_ref = particle_hydrostatic_and_traction(ref, solve(ref))
+    vol = np.abs(ref.cell_volumes())
+    phi_ref = vol[ref.cell_phase == 2].sum() / vol.sum()
     print(f"bounds [{lo / 1e6:.1f}, {hi / 1e6:.1f}] MPa; linear mesh {linear.n_cells} tets, min dihedral "
           f"{q['min_dihedral_deg']:.1f} deg; reference ({ref.n_cells} quadratic tets): hydrostatic "
-          f"{hyd_ref / 1e6:.1f}, median t_n {tn_ref / 1e6:.1f} MPa")
+          f"{hyd_ref / 1e6:.1f}, median t_n {tn_ref / 1e6:.1f} MPa; mean of the shell bounds at its phi = "
+          f"{phi_ref:.3f}: {0.5 * sum(bounds(phi_ref)) / 1e6:.1f} MPa")
     for name, (hyd, tn) in got.items():
         print(f"{name}: particle mean hydrostatic {hyd / 1e6:.1f} MPa ({100 * (hyd / hyd_ref - 1):+.1f} %), median "
               f"interface t_n {tn / 1e6:.1f} MPa ({100 * (tn / tn_ref - 1):+.1f} %)")
