@@ -61,10 +61,16 @@ def test_general_assembly_reproduces_the_hex_stencil_assembly():
 
 
 def test_tet_block_confined_swelling_exact():
-    """Rollers on all faces, uniform eigenstrain: the eigenstress load balances at every free dof,
-    so the displacement is zero and the stress the confined -3 K eps I (tets)."""
+    """Uniform eigenstrain eps on a tet block (closed forms, E = 100 GPa, nu = 0.25).
+
+    Rollers on all faces: the eigenstress load balances at every free dof, so u = 0 for any stiffness.
+    Top (z = L) free: u_z = eps (1 + nu) / (1 - nu) z, u_x = u_y = 0, and the stress is
+    sigma_zz = 0, sigma_xx = sigma_yy = -E eps / (1 - nu) (uniaxial strain with the lateral strain held),
+    which the stiffness has to get right (lambda and mu enter both the matrix and the stress).
+    """
     tm = voxel_tet_mesh(np.full((4, 4, 4), 2, np.uint8), np.ones((4, 4, 4), np.int32), SPACING)
-    lam, mu = lame(100e9, 0.25)
+    E, nu = 100e9, 0.25
+    lam, mu = lame(E, nu)
     A = assemble_elasticity(TET4, tm.points, tm.cells, np.full(tm.n_cells, lam), np.full(tm.n_cells, mu))
     dn, w = element_gradients(TET4, tm.points, tm.cells)
     eps = -0.01
@@ -72,11 +78,27 @@ def test_tet_block_confined_swelling_exact():
     f = np.zeros((tm.n_nodes, 3))
     np.add.at(f, tm.cells, s * np.einsum("eq,eqai->eai", w, dn))
     L = np.array(tm.shape) * SPACING
-    fixed = np.isclose(tm.points, 0) | np.isclose(tm.points, L)
-    free = ~fixed.ravel()
-    u = np.zeros(3 * tm.n_nodes)
-    u[free] = spla.spsolve(A[free][:, free].tocsc(), f.ravel()[free])
-    assert np.abs(u).max() < 1e-20
+    tol = 1e-3 * SPACING  # node coordinates are ~1e-6 m: an absolute tolerance in metres
+    lo, hi = np.isclose(tm.points, 0, rtol=0, atol=tol), np.isclose(tm.points, L, rtol=0, atol=tol)
+
+    def solve(fixed):
+        u = np.zeros(3 * tm.n_nodes)
+        free = ~fixed.ravel()
+        u[free] = spla.spsolve(A[free][:, free].tocsc(), f.ravel()[free])
+        return u.reshape(-1, 3)
+
+    assert np.abs(solve(lo | hi)).max() < 1e-20  # rollers everywhere
+    top_free = lo | hi
+    top_free[:, 0] = lo[:, 0]
+    u = solve(top_free)
+    exact = np.zeros_like(u)
+    exact[:, 0] = eps * (1 + nu) / (1 - nu) * tm.points[:, 0]
+    assert np.abs(u - exact).max() <= 1e-9 * np.abs(exact).max()
+    grad = np.einsum("eai,eaj->eij", u[tm.cells], dn[:, 0])  # constant-strain tets
+    e = 0.5 * (grad + grad.transpose(0, 2, 1)) - eps * np.eye(3)  # elastic strain
+    sig = lam * np.trace(e, axis1=1, axis2=2)[:, None, None] * np.eye(3) + 2 * mu * e
+    sig_exact = np.diag([0.0, 1.0, 1.0]) * (-E * eps / (1 - nu))
+    assert np.abs(sig - sig_exact).max() <= 1e-9 * E * abs(eps) / (1 - nu)
 
 
 @pytest.mark.parametrize("order", [1, 2])
