@@ -65,14 +65,24 @@ def test_solver_option_change_does_not_resegment(config_file):
 
 
 def test_run_stack_with_voxel_size_and_stage_commands(tmp_path, label_stack, capsys):
-    path, _ = label_stack
+    path, labels = label_stack
     out = tmp_path / "res"
-    # grey-value default (multi-Otsu) on a label image with three values works too
+    # grey-value default (multi-Otsu) on a label image with three values works too: the thresholds fall
+    # between 0, 1 and 2, so the classes, and with the default map (dark to bright: void, electrolyte,
+    # active) the phases, are the written labels themselves
     assert main(["-q", "segment", str(path), "--voxel-size-um", "0.5", "-o", str(out)]) == 0
-    assert (out / "phases.tif").exists() and not (out / "summary.json").exists()
+    assert not (out / "summary.json").exists()
+    seg = io.read_volume(out / "phases.tif")
+    assert np.array_equal(seg.data, labels) and seg.spacing_um == pytest.approx((0.5,) * 3, rel=1e-12, abs=0)
+    particles = io.read_volume(out / "particles.tif").data
+    assert np.array_equal(particles > 0, labels == 2)  # no active island below min_particle_voxels here
     assert main(["-q", "mesh", str(out)]) == 0
     m = meshio.read(out / "mesh.xdmf")
-    assert set(np.unique(m.cell_data["phase"][0])) <= {1, 2}
+    # every hex carries the label of the voxel it fills (points written (x, y, z) in micrometres)
+    vox = np.floor(m.points[m.cells[0].data].mean(axis=1)[:, ::-1] / 0.5).astype(int)
+    assert np.array_equal(m.cell_data["phase"][0], labels[tuple(vox.T)])
+    assert np.array_equal(m.cell_data["particle"][0], particles[tuple(vox.T)])
+    assert set(np.unique(m.cell_data["phase"][0])) <= {1, 2}  # no void meshed
     assert main(["-q", "solve", str(out)]) == 0
     assert main(["-q", "report", str(out)]) == 0
     assert (out / "report.html").read_text().count("<img") >= 3
