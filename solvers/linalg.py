@@ -147,7 +147,7 @@ class LinearSolver:
         (``T^-1 v``, on (n, k) arrays): the hierarchy is built for
         ``T^T A T`` with near-nullspace ``T^-1 B`` and applied as
         ``T M T^T`` (symmetric positive definite when ``M`` is, so CG still
-        applies). :class:`solvers.physics.cohesive.PairBasis` is one.
+        applies). :class:`solvers.physics.cohesive.amg.PairBasis` is one.
         """
         self.A = A
         self._basis = basis

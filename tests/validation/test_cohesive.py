@@ -15,14 +15,8 @@ from solvers import fields
 from solvers.linalg import LinearSolver, rigid_body_modes
 from solvers.mesh import voxel_hex_mesh, voxel_tet_mesh
 from solvers.physics import CohesiveLaw, CohesiveProblem, ElasticProblem, Material, default_penalty
-from solvers.physics.cohesive import (
-    MAX_EXPANSION,
-    STAGGER_TOL,
-    PairBasis,
-    _drop_weak_blocks,
-    energy_line_search,
-    stiff_pairs,
-)
+from solvers.physics.cohesive.amg import PairBasis, _drop_weak_blocks, stiff_pairs
+from solvers.physics.cohesive.nodepair import MAX_EXPANSION, STAGGER_TOL, energy_line_search
 from tests.validation.closed_forms import shell_pressure
 
 H = 1e-6

@@ -70,33 +70,39 @@ whatever the increment. The AMG hierarchy or factorisation of an earlier matrix
 preconditions CG and is rebuilt when the iterations double.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
-from scipy.sparse import csgraph
-from scipy.spatial import cKDTree
 
 from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_matrix
-from solvers.mesh.voxel import ACTIVE, ELECTROLYTE, VoxelMesh
+from solvers.mesh.voxel import ACTIVE, VoxelMesh
+from solvers.physics.cohesive.amg import (
+    PRECONDITIONER_DROP,
+    STIFF_PAIR_RATIO,
+    PairBasis,
+    _block_diagonal,
+    _block_positions,
+    _drop_weak_blocks,
+    stiff_pairs,
+)
+from solvers.physics.cohesive.averaging import fluctuation_springs, opening_averaging
+from solvers.physics.cohesive.geometry import CohesiveInterface, split_interface
+from solvers.physics.cohesive.law import CohesiveLaw
 from solvers.physics.elasticity import ElasticProblem
 from solvers.physics.materials import Material
 from tomomech.errors import ConfigError, ConvergenceError, MeshError
 
 log = logging.getLogger(__name__)
 
-#: floor of |n . e_axis| in the projected area of a staircase face (faces almost along the normal)
-MIN_COS = 0.05
-#: penalty stiffness K0 = PENALTY_FACTOR * E_harmonic / voxel size when not given
-PENALTY_FACTOR = 100.0
 #: step reductions of the Newton line search before a load sub-step is cut
 MAX_BACKTRACKS = 12
 #: a load sub-step cut this many times (1/8 of the step) gets SNAP_FACTOR times the Newton iterations
@@ -104,265 +110,8 @@ SNAP_CUTS = 3
 SNAP_FACTOR = 4
 #: largest multiple of the Newton step the line search tries when the energy keeps falling
 MAX_EXPANSION = 16.0
-#: scaling sweeps that make the opening averaging row-stochastic and symmetric in the area measure
-SINKHORN_ITERATIONS = 50
-#: pair blocks of the assembled nonlocal tangent below this fraction of their diagonals' geometric mean
-#: are moved onto the diagonals in the preconditioner's matrix (0: keep all)
-PRECONDITIONER_DROP = 0.01
-#: the preconditioner works in (mean, jump) coordinates on the node pairs whose interface coupling is
-#: stiffer than this multiple of their bulk diagonal (the penalty makes undamaged pairs about 100x stiffer:
-#: AMG on the split matrix then took 62 CG iterations where the bonded one takes 18; in pair coordinates 17)
-STIFF_PAIR_RATIO = 1.0
 #: largest change of a fluctuation spring's stiffness fraction left for the next load increment
 STAGGER_TOL = 0.05
-#: support of the opening averaging, in averaging lengths (the Gaussian weight there is 4 %)
-AVERAGING_CUTOFF = 2.5
-
-
-@dataclass(frozen=True)
-class CohesiveLaw:
-    """Bilinear traction-separation law with contact.
-
-    Attributes
-    ----------
-    strength_Pa : float
-        Normal strength ``sigma_c`` (the shear strength is ``sigma_c / beta``).
-    fracture_energy_J_m2 : float
-        ``G_c``, work of full separation per area.
-    penalty_Pa_m : float
-        ``K0``, interface stiffness before onset and normal contact penalty, Pa/m.
-    mode_mixity : float
-        ``beta`` > 0, weight of the tangential opening in the effective opening.
-    residual : float
-        Stiffness fraction kept by fully damaged faces in tension (``1 - d``
-        is never below this), so that a particle that debonds all round is
-        not a free rigid body. Its traction is reported in the docs' limits.
-    contact_factor : float
-        In (0, 1]: the normal contact stiffness of a fully debonded face as a
-        fraction of ``K0`` (a face of committed stiffness fraction ``s`` gets
-        ``(s + (1 - s) c) K0``, so undamaged faces keep ``K0``). 0.1 ran the
-        24^3 benchmark charge in 0.76x the time with the debonded fraction
-        within 0.004 at every written step (the stiff contact of debonded node
-        pairs with free slip is what CG struggles with); 0.01 changed the
-        16^3 answer by 0.017.
-    """
-
-    strength_Pa: float = 100e6
-    fracture_energy_J_m2: float = 1.0
-    penalty_Pa_m: float = 1e18
-    mode_mixity: float = 1.0
-    residual: float = 1e-6
-    contact_factor: float = 1.0
-
-    def __post_init__(self):
-        for name in ("strength_Pa", "fracture_energy_J_m2", "penalty_Pa_m", "mode_mixity"):
-            v = getattr(self, name)
-            if not (np.isfinite(v) and v > 0):
-                raise ConfigError(f"cohesive law {name} = {v!r} must be a positive number")
-        if not 0 < self.contact_factor <= 1:
-            raise ConfigError(f"cohesive law contact_factor = {self.contact_factor!r} must be in (0, 1]")
-        if not 0 <= self.residual < 1:
-            raise ConfigError(f"cohesive law residual = {self.residual!r} must be in [0, 1)")
-        if self.delta_f <= self.delta_0:
-            raise ConfigError(
-                f"interface.fracture_energy_J_m2 = {self.fracture_energy_J_m2:g} is below the elastic energy "
-                f"at onset sigma_c^2 / (2 K0) = {self.strength_Pa**2 / (2 * self.penalty_Pa_m):.3g} J/m^2: "
-                "raise the fracture energy or the penalty stiffness")
-
-    @property
-    def delta_0(self) -> float:
-        """Effective opening at onset, m."""
-        return self.strength_Pa / self.penalty_Pa_m
-
-    @property
-    def delta_f(self) -> float:
-        """Effective opening at full separation, m."""
-        return 2.0 * self.fracture_energy_J_m2 / self.strength_Pa
-
-    @property
-    def residual_onset(self) -> float:
-        """Effective opening beyond which the residual stiffness carries more than the softening line, m."""
-        d0, df = self.delta_0, self.delta_f
-        return df / (1.0 + self.residual * (df - d0) / d0)
-
-    def envelope_energy(self, lam: np.ndarray) -> np.ndarray:
-        """Work per area of a monotonic effective opening from 0 to ``lam``, J/m^2.
-
-        The integral of the envelope traction ``max(1 - g, residual) K0 s``:
-        elastic to ``delta_0``, the softening line to :attr:`residual_onset`,
-        then the residual stiffness.
-        """
-        lam = np.asarray(lam, float)
-        k0, d0, df, sc = self.penalty_Pa_m, self.delta_0, self.delta_f, self.strength_Pa
-        s_r = self.residual_onset
-
-        def soft(s):  # integral of the softening line from delta_0 to s
-            return sc / (df - d0) * (df * (s - d0) - 0.5 * (s**2 - d0**2))
-
-        e_soft = 0.5 * k0 * d0**2 + soft(np.clip(lam, d0, s_r))
-        e_res = 0.5 * self.residual * k0 * (np.maximum(lam, s_r) ** 2 - s_r**2)
-        return np.where(lam <= d0, 0.5 * k0 * lam**2, e_soft + e_res)
-
-    def damage(self, lam: np.ndarray) -> np.ndarray:
-        """Damage ``g(lambda)`` of a monotonic effective opening (no history), in [0, 1]."""
-        lam = np.asarray(lam, float)
-        d0, df = self.delta_0, self.delta_f
-        with np.errstate(divide="ignore", invalid="ignore"):
-            g = df * (lam - d0) / (lam * (df - d0))
-        return np.clip(np.where(lam > d0, g, 0.0), 0.0, 1.0)
-
-
-def default_penalty(E_active_Pa: float, E_electrolyte_Pa: float, voxel_size_m: float) -> float:
-    """``K0 = 100 E_h / h`` (Pa/m), with ``E_h`` the harmonic mean of the two moduli.
-
-    The interface then adds the compliance of a 1/100-voxel layer: the bonded
-    results change by well under 1 % for particles a few voxels across.
-    """
-    e_h = 2.0 / (1.0 / E_active_Pa + 1.0 / E_electrolyte_Pa)
-    return PENALTY_FACTOR * e_h / voxel_size_m
-
-
-@dataclass(frozen=True)
-class CohesiveInterface:
-    """Cohesive interface of a mesh whose AP|SE nodes were duplicated.
-
-    One integration point on every corner of every AP|SE face (face-major
-    order): four on a voxel face, three on a triangle.
-
-    Attributes
-    ----------
-    pair_se, pair_ap : (npair,) int
-        The electrolyte-side and active-side node of each duplicated node.
-    face_pairs : (nf, k) int
-        Node pair of each face corner (= of each integration point), k = 4 or 3.
-    point_area : (npt,) float, m^2
-        1/k of the face area projected normal to the smoothed normal.
-    point_normal : (npt, 3) unit normals from the particle into the electrolyte
-    """
-
-    pair_se: np.ndarray
-    pair_ap: np.ndarray
-    face_pairs: np.ndarray
-    point_area: np.ndarray
-    point_normal: np.ndarray
-
-    @property
-    def n_points(self) -> int:
-        return int(self.face_pairs.size)
-
-    @property
-    def point_pair(self) -> np.ndarray:
-        return self.face_pairs.ravel()
-
-    @property
-    def pair_selection(self) -> sp.csr_matrix:
-        """(npt, npair) 0/1 matrix taking pair values to their integration points."""
-        npt, npair = self.n_points, self.pair_se.size
-        return sp.csr_matrix((np.ones(npt), (np.arange(npt), self.point_pair)), shape=(npt, npair))
-
-    @property
-    def points_per_face(self) -> int:
-        return int(self.face_pairs.shape[1])
-
-    def face_mean(self, point_values: np.ndarray) -> np.ndarray:
-        """Mean over the integration points of every face, (nf,)."""
-        return np.asarray(point_values, float).reshape(self.n_faces, self.points_per_face).mean(axis=1)
-
-    @property
-    def n_faces(self) -> int:
-        return int(self.face_pairs.shape[0])
-
-    @property
-    def face_area(self) -> np.ndarray:
-        """Projected area of every face (the sum of its points), (nf,) in m^2."""
-        return self.point_area.reshape(self.n_faces, self.points_per_face).sum(axis=1)
-
-
-#: the earlier name, when only voxel faces existed
-VoxelInterface = CohesiveInterface
-
-
-def split_interface(mesh, faces: Mapping) -> tuple:
-    """Duplicate the nodes shared by active and electrolyte cells.
-
-    Parameters
-    ----------
-    mesh : VoxelMesh or TetMesh (bonded: nodes shared by all cells)
-    faces : AP|SE faces of :func:`solvers.fields.interface_faces` (voxel meshes: ``ap_voxel``,
-        ``se_voxel``, ``axis``, ``area``, ``normal``) or :func:`solvers.fields.tet_interface_faces`
-        (tetrahedra: ``nodes``, ``area``, ``normal``)
-
-    Returns
-    -------
-    split : VoxelMesh or TetMesh
-        Same cells; active cells use the copies. A voxel mesh's ``node_grid``
-        (a tet mesh's ``node_origin``) repeats the original of a duplicated
-        node, so ``points``, box faces and diffusion nodes still work.
-    ap_node : (nn,) int
-        Node of ``split`` that the active cells use for every node of ``mesh``.
-    interface : CohesiveInterface
-    """
-    phase = mesh.cell_phase
-    on_ap = np.zeros(mesh.n_nodes, bool)
-    on_se = np.zeros(mesh.n_nodes, bool)
-    on_ap[mesh.cells[phase == ACTIVE].ravel()] = True
-    on_se[mesh.cells[phase == ELECTROLYTE].ravel()] = True
-    dup = np.flatnonzero(on_ap & on_se)
-    ap_node = np.arange(mesh.n_nodes)
-    ap_node[dup] = mesh.n_nodes + np.arange(dup.size)
-    cells = np.where((phase == ACTIVE)[:, None], ap_node[mesh.cells], mesh.cells)
-    pair_of = np.full(mesh.n_nodes, -1, np.int64)
-    pair_of[dup] = np.arange(dup.size)
-    normal = np.asarray(faces["normal"], float)
-    nf = normal.shape[0]
-    if isinstance(mesh, VoxelMesh):
-        split = dataclasses.replace(mesh, cells=cells,
-                                    node_grid=np.concatenate([mesh.node_grid, mesh.node_grid[dup]]))
-        face_nodes = _voxel_face_nodes(mesh, faces)
-        axis = np.asarray(faces["axis"])
-        cos = np.abs(normal[np.arange(nf), axis])
-    else:
-        origin = np.arange(mesh.n_nodes) if mesh.node_origin is None else mesh.node_origin
-        split = dataclasses.replace(mesh, cells=cells, points=np.concatenate([mesh.points, mesh.points[dup]]),
-                                    node_origin=np.concatenate([origin, origin[dup]]))
-        face_nodes = np.asarray(faces["nodes"], np.int64)
-        p = mesh.points[face_nodes]
-        geo = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
-        cos = np.abs(np.einsum("fi,fi->f", geo, normal)) / np.linalg.norm(geo, axis=1)
-    face_pairs = pair_of[face_nodes]
-    if (face_pairs < 0).any():
-        raise MeshError("an AP|SE face has a corner that is not shared by both phases; the faces do not "
-                        "belong to this mesh")
-    # a staircase face stands in for the part of the smooth surface it projects onto: its area
-    # normal to the smoothed normal is area * |n . n_face| (the sum over a voxelised sphere is its
-    # true surface, where the face areas overcount it by about 1.5x and would spread the traction);
-    # conforming triangles keep their own normals, so cos = 1 there
-    k = face_nodes.shape[1]
-    area = np.repeat(np.asarray(faces["area"], float) * np.maximum(cos, MIN_COS) / k, k)
-    iface = CohesiveInterface(pair_se=dup, pair_ap=ap_node[dup], face_pairs=face_pairs, point_area=area,
-                              point_normal=np.repeat(normal, k, axis=0))
-    return split, ap_node, iface
-
-
-def _voxel_face_nodes(mesh: VoxelMesh, faces: Mapping) -> np.ndarray:
-    """The four mesh nodes of every AP|SE voxel face: corners of the AP voxel on the SE side, (nf, 4)."""
-    node_id = np.full(np.prod([s + 1 for s in mesh.shape]), -1, np.int64)
-    node_id[mesh.node_grid] = np.arange(mesh.n_nodes)
-    ap_vox = np.asarray(faces["ap_voxel"])
-    se_vox = np.asarray(faces["se_voxel"])
-    axis = np.asarray(faces["axis"])
-    ijk = np.stack(np.unravel_index(ap_vox, mesh.shape), axis=1)
-    side = (se_vox > ap_vox).astype(int)
-    corners = mesh.element.nodes.astype(int)
-    gshape = tuple(s + 1 for s in mesh.shape)
-    face_nodes = np.empty((ap_vox.size, 4), np.int64)
-    for ax in range(3):
-        for s in (0, 1):
-            sel = np.flatnonzero((axis == ax) & (side == s))
-            local = corners[corners[:, ax] == s]  # (4, 3)
-            g = ijk[sel][:, None, :] + local[None]
-            face_nodes[sel] = node_id[np.ravel_multi_index(tuple(g.transpose(2, 0, 1)), gshape)]
-    return face_nodes
 
 
 def _split_stiffness(mesh: VoxelMesh, n_split: int, ap_node: np.ndarray, materials,
@@ -1032,53 +781,6 @@ class CohesiveProblem(ElasticProblem):
         return float(area[fd > 0].sum() / area.sum()), float(area[fd >= 1].sum() / area.sum())
 
 
-def opening_averaging(points: np.ndarray, normal: np.ndarray, area: np.ndarray, particle: np.ndarray,
-                      length_m: float, cutoff: float = AVERAGING_CUTOFF) -> sp.csr_matrix:
-    """Averaging of interface-point values over a particle's interface, (npt, npt) sparse.
-
-    ``W = diag(c) k diag(A c)`` with the kernel
-    ``k_ij = exp(-r^2 / (2 ell^2)) max(n_i . n_j, 0)`` (``k_ii = 1``) between
-    points of the same particle within ``cutoff * ell`` (``r`` their
-    distance, ``A`` point areas, ``n`` smoothed normals: the two sides of a
-    thin feature are not averaged together), ``c`` from ``SINKHORN_ITERATIONS``
-    sweeps of symmetric Sinkhorn scaling, and what the sweeps leave of each
-    row sum's distance to one put on the diagonal. Rows sum to one (a uniform opening is kept) and
-    ``A_i W_ij = A_j W_ji``, so ``sum A |W x|^2 <= sum A |x|^2``: the smooth
-    part never holds more energy than the opening it comes from.
-
-    On a voxel staircase the opening of a face is the smooth opening plus a
-    corner pattern: the steps shear (tangential openings of 0.2-0.3x the 3(d)
-    normal opening on R = 4-8 spheres) and the nodal openings spread from
-    0.3 to 2.9x their median. Averaging the opening vector over about a
-    voxel cancels the pattern and keeps the smooth part.
-
-    Parameters
-    ----------
-    points : (npt, 3) point positions, m
-    normal : (npt, 3) unit normals
-    area : (npt,) point areas, m^2
-    particle : (npt,) particle label of every point
-    length_m : float, ``ell`` > 0, m
-    cutoff : float, support radius in units of ``ell``
-    """
-    pairs = cKDTree(points).query_pairs(cutoff * length_m, output_type="ndarray")
-    n = points.shape[0]
-    i, j = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
-    r2 = np.einsum("pi,pi->p", points[i] - points[j], points[i] - points[j])
-    k = (np.exp(-0.5 * r2 / length_m**2) * np.maximum(np.einsum("pi,pi->p", normal[i], normal[j]), 0.0)
-         * (particle[i] == particle[j]))
-    K = sp.csr_matrix((np.concatenate([k, np.ones(n)]), (np.concatenate([i, np.arange(n)]),
-                                                        np.concatenate([j, np.arange(n)]))), shape=(n, n))
-    K.eliminate_zeros()
-    # symmetric Sinkhorn scaling: c_i sum_j k_ij A_j c_j = 1, so W = diag(c) K diag(A c) is row-stochastic
-    # and A-self-adjoint; what the iterations leave of the row sums goes on the diagonal
-    c = 1.0 / np.sqrt(K @ area)
-    for _ in range(SINKHORN_ITERATIONS):
-        c = np.sqrt(c / (K @ (area * c)))
-    W = (sp.diags(c) @ K @ sp.diags(area * c)).tocsr()
-    return W + sp.diags(1.0 - np.asarray(W.sum(axis=1)).ravel())
-
-
 def energy_line_search(change, slope: float, alpha_max: float = np.inf, c1: float = 1e-4) -> float:
     """Step length along a descent direction that lowers the merit function, 0.0 if none is found.
 
@@ -1135,206 +837,3 @@ def _sum_pairs(iface: CohesiveInterface, corner_values: np.ndarray) -> np.ndarra
     idx = iface.face_pairs.ravel()
     return np.stack([np.bincount(idx, weights=corner_values[:, i], minlength=iface.pair_se.size)
                      for i in range(corner_values.shape[1])], axis=1)
-
-
-def _block_positions(A: sp.bsr_matrix, rows: np.ndarray, cols: np.ndarray, missing: str = "raise") -> np.ndarray:
-    """Index into ``A.data`` of the blocks (rows[i], cols[i]); ``missing="mark"``: -1 where there is none."""
-    # blocks are sorted by (row, column): one binary search over a global (row, column) key
-    nb = A.indptr.size - 1
-    key = np.repeat(np.arange(nb, dtype=np.int64), np.diff(A.indptr)) * nb + A.indices
-    want = rows.astype(np.int64) * nb + cols
-    pos = np.minimum(np.searchsorted(key, want), key.size - 1)
-    found = key[pos] == want
-    if missing == "mark":
-        return np.where(found, pos, -1)
-    if not found.all():
-        raise RuntimeError("interface block missing from the matrix pattern")
-    return pos
-
-
-def debonded_patches(face_pairs: np.ndarray, debonded: np.ndarray, particle: np.ndarray, area: np.ndarray,
-                     n_particles: int) -> np.ndarray:
-    """Area of the largest connected debonded patch of every particle, (n_particles,).
-
-    Faces are connected when they share a corner node pair.
-
-    Parameters
-    ----------
-    face_pairs : (nf, 4) or (nf, 3) int, node pair of every face corner
-    debonded : (nf,) bool
-    particle : (nf,) int
-    area : (nf,) float
-    """
-    out = np.zeros(n_particles)
-    f = np.flatnonzero(debonded)
-    if f.size == 0:
-        return out
-    nodes = face_pairs[f]
-    _, nidx = np.unique(nodes.ravel(), return_inverse=True)
-    nidx = nidx.reshape(nodes.shape)
-    nn = int(nidx.max()) + 1
-    m = f.size
-    k = nodes.shape[1]
-    rows = np.repeat(np.arange(m), k)
-    g = sp.csr_matrix((np.ones(k * m), (rows, m + nidx.ravel())), shape=(m + nn, m + nn))
-    _, comp = csgraph.connected_components(g, directed=False)
-    comp_f = comp[:m]
-    # a patch belongs to one particle: split components by particle
-    key = comp_f.astype(np.int64) * (n_particles + 1) + particle[f]
-    uk, inv = np.unique(key, return_inverse=True)
-    patch_area = np.bincount(inv, weights=area[f])
-    np.maximum.at(out, uk % (n_particles + 1), patch_area)
-    return out
-
-
-def fluctuation_springs(W: sp.csr_matrix, iface: CohesiveInterface) -> tuple:
-    """Springs between node pairs that hold the opening's fluctuation about its average.
-
-    With ``P`` the (npt, npair) selection of every point's pair and
-    ``B = W P``, ``C = B^T diag(A) B`` has row sums equal to the pair areas
-    (``W`` is row-stochastic and A-self-adjoint), so
-    ``sum_{i<j} C_ij |J_i - J_j|^2 = <delta, (I - W^2) delta>_A`` for the
-    point openings ``delta = P J``: the energy the averaged law does not see.
-
-    Returns
-    -------
-    i, j : (ns,) int, pair indices with i < j
-    c : (ns,) float, spring areas ``C_ij``, m^2
-    """
-    P = iface.pair_selection
-    B = (W @ P).tocsr()
-    C = sp.triu(B.T @ sp.diags(iface.point_area) @ B, k=1).tocoo()
-    keep = C.data > 0
-    return C.row[keep].astype(np.int64), C.col[keep].astype(np.int64), C.data[keep]
-
-
-def _block_diagonal(blocks: np.ndarray) -> sp.csr_matrix:
-    """Block-diagonal sparse matrix of (n, 3, 3) blocks, (3n, 3n)."""
-    n = blocks.shape[0]
-    return sp.bsr_matrix((blocks, np.arange(n), np.arange(n + 1)), shape=(3 * n, 3 * n)).tocsr()
-
-
-def _drop_weak_blocks(G: sp.spmatrix, tau: float) -> sp.csr_matrix:
-    """Drop the 3x3 off-diagonal blocks with ``|G_ij| < tau sqrt(|G_ii| |G_jj|)`` (Frobenius norms).
-
-    Each dropped block's norm goes onto both diagonal blocks (times the
-    identity), so the result minus ``G`` is positive semi-definite: a
-    positive definite ``G`` stays so.
-    """
-    Gb = sp.bsr_matrix(G, blocksize=(3, 3))
-    Gb.sort_indices()
-    nb = Gb.shape[0] // 3
-    rows = np.repeat(np.arange(nb), np.diff(Gb.indptr))
-    cols = Gb.indices.astype(np.int64)
-    norm = np.sqrt(np.einsum("kij,kij->k", Gb.data, Gb.data))
-    on_diag = rows == cols
-    dnorm = np.zeros(nb)
-    dnorm[rows[on_diag]] = norm[on_diag]
-    weak = ~on_diag & (norm < tau * np.sqrt(dnorm[rows] * dnorm[cols]))
-    comp = np.bincount(rows[weak], weights=norm[weak], minlength=nb)
-    data = Gb.data.copy()
-    data[on_diag] += comp[rows[on_diag]][:, None, None] * np.eye(3)
-    keep = ~weak
-    out = sp.bsr_matrix((data[keep], cols[keep], np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=nb))]),
-                        shape=Gb.shape)
-    return out.tocsr()
-
-
-@dataclasses.dataclass(frozen=True)
-class PairBasis:
-    """(mean, jump) coordinates on node pairs, for the preconditioner (:meth:`LinearSolver.rebuild`).
-
-    ``T`` maps the mean ``m`` (stored at the SE node) and the jump ``j``
-    (stored at the AP node) to ``u_SE = m - j / 2``, ``u_AP = m + j / 2``;
-    every other node keeps its displacement. A stiff interface spring then
-    acts on the jump alone (block Gauss-Seidel removes it at once: it has no
-    coarse-grid part, as ``T^-1`` of a rigid-body mode has no jump) and the
-    means see the bonded stiffness. Undamaged 24^3 cohesive matrix, CG to
-    1e-8: 62 AMG-CG iterations on the split nodes, 17 in these coordinates
-    (bonded: 18). Each SE and AP node may belong to one pair only.
-
-    Attributes
-    ----------
-    se, ap : (np,) int
-        The pairs' SE and AP node indices.
-    n_nodes : int
-    """
-
-    se: np.ndarray
-    ap: np.ndarray
-    n_nodes: int
-
-    #: (SE, AP) rows of each map, acting on the pair's (SE-slot, AP-slot) values
-    T = ((1.0, -0.5), (1.0, 0.5))
-    T_TRANSPOSE = ((1.0, 1.0), (-0.5, 0.5))
-    T_INVERSE = ((0.5, 0.5), (-1.0, 1.0))
-
-    def _mix(self, v: np.ndarray, m) -> np.ndarray:
-        """Apply the 2x2 map ``m`` on every pair's (SE, AP) nodes; (3 nn,) or (3 nn, k)."""
-        w = np.asarray(v).reshape(self.n_nodes, 3, -1)
-        out = w.copy()
-        s, a = w[self.se], w[self.ap]
-        out[self.se] = m[0][0] * s + m[0][1] * a
-        out[self.ap] = m[1][0] * s + m[1][1] * a
-        return out.reshape(np.shape(v))
-
-    def apply(self, y: np.ndarray) -> np.ndarray:
-        """``T y``: pair coordinates -> displacements."""
-        return self._mix(y, self.T)
-
-    def apply_t(self, r: np.ndarray) -> np.ndarray:
-        """``T^T r``: forces -> pair coordinates."""
-        return self._mix(r, self.T_TRANSPOSE)
-
-    def inverse(self, u: np.ndarray) -> np.ndarray:
-        """``T^-1 u``: displacements -> pair coordinates (mean, jump)."""
-        return self._mix(u, self.T_INVERSE)
-
-    def matrix(self) -> sp.csr_matrix:
-        """``T`` as a sparse (3 nn, 3 nn) matrix."""
-        n = self.n_nodes
-        (ss, sa), (as_, aa) = self.T
-        diag = np.ones(n)
-        diag[self.se], diag[self.ap] = ss, aa
-        rows = np.r_[np.arange(n), self.se, self.ap]
-        cols = np.r_[np.arange(n), self.ap, self.se]
-        vals = np.r_[diag, np.full(self.se.size, sa), np.full(self.se.size, as_)]
-        return sp.kron(sp.csr_matrix((vals, (rows, cols)), shape=(n, n)), sp.identity(3), format="csr")
-
-    def galerkin(self, A: sp.spmatrix) -> sp.bsr_matrix:
-        """``T^T A T`` (3x3 BSR; block products, no scalar copy of ``A``)."""
-        T = sp.bsr_matrix(self.matrix(), blocksize=(3, 3))
-        A = A if sp.isspmatrix_bsr(A) and A.blocksize == (3, 3) else sp.bsr_matrix(A, blocksize=(3, 3))
-        out = sp.bsr_matrix(T.T.tobsr(blocksize=(3, 3)) @ A @ T, blocksize=(3, 3))
-        out.sort_indices()
-        return out
-
-
-def stiff_pairs(A: sp.spmatrix, se: np.ndarray, ap: np.ndarray, ratio: float,
-                fixed: np.ndarray | None = None) -> np.ndarray:
-    """Node pairs whose interface coupling in ``A`` is stiffer than ``ratio`` times their bulk, (np,) bool.
-
-    The coupling is ``S = -A[se, ap]`` (3x3, symmetrised); a pair is stiff
-    when the smallest eigenvalue of ``S`` exceeds ``ratio`` times the largest
-    of the bulk block ``A[i, i] - S`` on either side. Components fixed on
-    either node (``fixed``, (nn, 3) bool: Dirichlet rows carry no coupling)
-    count as stiff. Pairs that share a node with another pair are left out
-    (:class:`PairBasis` needs disjoint pairs).
-    """
-    A = A if sp.isspmatrix_bsr(A) and A.blocksize == (3, 3) else sp.bsr_matrix(A, blocksize=(3, 3))
-    A.sort_indices()
-
-    def blocks(rows, cols):  # (np, 3, 3) blocks A[rows[k], cols[k]], zero where the pattern has none
-        pos = _block_positions(A, rows, cols, missing="mark")
-        return np.where((pos >= 0)[:, None, None], A.data[pos], 0.0)
-
-    S = -blocks(se, ap)
-    S = 0.5 * (S + S.transpose(0, 2, 1))
-    bulk = np.minimum(np.linalg.eigvalsh(blocks(se, se) - S)[:, -1], np.linalg.eigvalsh(blocks(ap, ap) - S)[:, -1])
-    if fixed is not None:
-        either = (fixed[se] | fixed[ap]).astype(float)
-        S = S + either[:, :, None] * np.eye(3) * (ratio + 1.0) * bulk[:, None, None]
-    stiff = np.linalg.eigvalsh(S)[:, 0] > ratio * bulk
-    for nodes in (se, ap):
-        stiff &= np.bincount(nodes, minlength=int(nodes.max(initial=0)) + 1)[nodes] == 1
-    return stiff
