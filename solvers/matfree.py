@@ -42,6 +42,7 @@ scaled by ``scale``, exactly as :func:`solvers.fem.assembly.apply_dirichlet`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -57,6 +58,7 @@ from threadpoolctl import threadpool_limits
 from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_parts
 from solvers.fem.elements import HEX8
 from solvers.linalg import SolveStats, checked_solve, counted_cg
+from solvers.matfree_band import BandBlocks
 from solvers.mesh.voxel import nodes_of
 from tomomech.errors import ConfigError
 
@@ -64,6 +66,8 @@ log = logging.getLogger(__name__)
 
 CORNERS = HEX8.nodes.astype(np.int64)  # (8, 3) local corner offsets (z, y, x)
 COARSEST_DOF = 30_000
+#: with a band the coarsest factor is renewed at every update: SuperLU took 13 s for 27 k dof, so go one level further
+COARSEST_DOF_BAND = 10_000
 LOCAL_BOX = 10  # nodes per side of a local exact solve (at most; the boxes split each axis evenly)
 REFINE_CYCLES = 3  # V-cycles with the local solves in place, to find the features their blocks cut
 REFINE_FRACTION = 0.1  # nodes whose error stays above this fraction of the largest get their blocks merged
@@ -393,6 +397,9 @@ class Level:
     phase: np.ndarray | None = None  # (Z, Y, X) int32: Lame index where K_e = lam K_lam + mu K_mu of this grid, else -1
     lame: LameOperator | None = None  # on the CPU: the voxels with a phase, through the faster row kernel
     rest: np.ndarray | None = None  # (Z, Y, X) int32: ``mat`` of the other voxels (-1 elsewhere), with ``lame``
+    band: BandBlocks | None = None  # fine level: voxels with their own stiffness (cohesive band), not in ``mat``
+    dynamic: np.ndarray | None = None  # (Z, Y, X) bool: voxels whose matrix can change (band, or own slots)
+    ke_host: np.ndarray | None = None  # float64 host copy of ``ke`` where the level has dynamic voxels
 
     @property
     def node_shape(self):
@@ -463,47 +470,65 @@ def _sub_prolongations() -> np.ndarray:
 _P_SUB = _sub_prolongations()
 
 
-def _galerkin_level(fine: Level, chunk: int = 4096):
+def _children(fine_array, fill):
+    """(z, y, x, 8) values of the 8 children of every coarse voxel (odd sizes padded with ``fill``),
+    children in :data:`CORNERS` order."""
+    a = np.pad(fine_array, [(0, s % 2) for s in fine_array.shape], constant_values=fill)
+    z, y, x = (s // 2 for s in a.shape)
+    order = [int(dz * 4 + dy * 2 + dx) for dz, dy, dx in CORNERS]
+    return a.reshape(z, 2, y, 2, x, 2).transpose(0, 2, 4, 1, 3, 5).reshape(z, y, x, 8)[..., order]
+
+
+def _galerkin(k, keep):
+    """Coarse element matrices ``sum_s P_s^T K_s P_s``, masked: k (n, 8 sub, 8, 3, 8, 3), keep (n, 8, 3)."""
+    kc = np.einsum("sab,nsaicj,scd->nbidj", _P_SUB, k, _P_SUB, optimize=True)
+    return kc * keep[:, :, :, None, None] * keep[:, None, None, :, :]
+
+
+def _galerkin_level(fine: Level, chunk: int = 4096, child_matrices=None):
     """Coarse level whose element matrices are exactly ``P^T A P`` (element by element).
 
     Each coarse voxel holds 2x2x2 fine voxels and trilinear prolongation is local
     to it, so its element matrix is ``sum_s P_s^T K_s P_s``, with the coarse
     box-fixed dofs masked (a coarse node is fixed where the fine node on it is);
     coarse voxels with the same children and pattern share one matrix. Odd fine
-    sizes are padded with void.
+    sizes are padded with void. Coarse voxels with a ``fine.dynamic`` child get
+    a matrix of their own (after the shared ones), from ``child_matrices(fine, czyx)``
+    ((m, 8, 8, 3, 8, 3) children matrices of the coarse voxels ``czyx`` (m, 3)), so
+    that they can be recomputed when their children change.
     """
-    mat = fine.mat
-    pad = [(0, s % 2) for s in mat.shape]
-    mat = np.pad(mat, pad, constant_values=-1)
-    z, y, x = (s // 2 for s in mat.shape)
-    children = mat.reshape(z, 2, y, 2, x, 2).transpose(0, 2, 4, 1, 3, 5).reshape(z, y, x, 8)
-    # child order must follow CORNERS (z, y, x offsets)
-    order = [int(dz * 4 + dy * 2 + dx) for dz, dy, dx in CORNERS]
-    children = children[..., order]
+    children = _children(fine.mat, -1)
+    z, y, x = children.shape[:3]
     cbox = np.ones((z + 1, y + 1, x + 1, 3), bool)  # outside the fine grid: fixed
     fb = fine.box[::2, ::2, ::2]
     cbox[:fb.shape[0], :fb.shape[1], :fb.shape[2]] = fb
     code = _corner_pattern(cbox)
     key = np.concatenate([children.astype(np.int64), code.astype(np.int64)], axis=-1)
-    solid = (children >= 0).any(axis=-1)
-    uniq, inv = _unique_rows(key[solid])
+    own = np.zeros((z, y, x), bool) if fine.dynamic is None else _children(fine.dynamic, False).any(axis=-1)
+    shared = (children >= 0).any(axis=-1) & ~own
+    uniq, inv = _unique_rows(key[shared])
     cmat = np.full((z, y, x), -1, np.int32)
-    cmat[solid] = inv.ravel()
+    cmat[shared] = inv.ravel()
     ke_f = np.concatenate([fine.ke, np.zeros((1,) + fine.ke.shape[1:])])  # index -1 -> zeros
-    ke_c = np.empty((len(uniq), 8, 3, 8, 3))
+    n_own = int(own.sum())
+    ke_c = np.empty((len(uniq) + n_own, 8, 3, 8, 3))
     keep = _unpack_keep(uniq[:, 8:])
     for i in range(0, len(uniq), chunk):
-        k = ke_f[uniq[i:i + chunk, :8]]  # (n, 8 sub, 8, 3, 8, 3)
-        kc = np.einsum("sab,nsaicj,scd->nbidj", _P_SUB, k, _P_SUB, optimize=True)
-        kp = keep[i:i + chunk]
-        ke_c[i:i + chunk] = kc * kp[:, :, :, None, None] * kp[:, None, None, :, :]
+        ke_c[i:min(i + chunk, len(uniq))] = _galerkin(ke_f[uniq[i:i + chunk, :8]], keep[i:i + chunk])
     lv = Level(cmat, ke_c, cbox.copy(), cbox)
+    if n_own:
+        czyx = np.argwhere(own)
+        cmat[own] = len(uniq) + np.arange(n_own)
+        for i in range(0, n_own, chunk):
+            c = czyx[i:i + chunk]
+            first = len(uniq) + i
+            ke_c[first:first + len(c)] = _galerkin(child_matrices(fine, c), _unpack_keep(code[tuple(c.T)]))
+        lv.dynamic = own
     # A coarse voxel whose 8 children share one phase has exactly the element matrix of that phase
     # on the 2h grid (nested trilinear spaces, exact quadrature); box conditions mask the fine and
     # the coarse face dofs alike, so the masked matrices agree as well.
-    cph = np.pad(fine.phase, pad, constant_values=-1).reshape(z, 2, y, 2, x, 2).transpose(0, 2, 4, 1, 3, 5)
-    cph = cph.reshape(z, y, x, 8)
-    pure = (cph == cph[..., :1]).all(axis=-1) & (cph[..., 0] >= 0)
+    cph = _children(fine.phase, -1)
+    pure = (cph == cph[..., :1]).all(axis=-1) & (cph[..., 0] >= 0) & ~own
     lv.phase = np.where(pure, cph[..., 0], -1).astype(np.int32)
     d = _diagonal(lv)
     lv.fixed = cbox | (d <= 1e-12 * d.max())  # box-fixed, and dofs with no solid left
@@ -663,11 +688,17 @@ class MatrixFreeSolver:
         random start, above which a node joins the local solve.
     local_max_fraction : float
         At most this fraction of the fine free nodes join (the largest errors).
+    band : dict, optional
+        Voxels with a stiffness of their own that changes during a run (the cohesive
+        band, :mod:`solvers.matfree_band`): ``voxel`` (nb,) flat voxel indices, ``C``
+        (nb, 6, 6) Mandel stiffness, ``hourglass`` (nb,) scales of ``Khg`` (24, 24).
+        :meth:`update_band` changes them and updates the levels above them in place.
+        Local solves are not built with a band.
     """
 
     def __init__(self, mesh, cell_lame, fixed, *, scale=None, rtol=1e-8, maxiter=500, device="cpu",
                  precision="float64", chebyshev_degree=2, local_cycles=8, local_threshold=0.003,
-                 local_max_fraction=0.02):
+                 local_max_fraction=0.02, band=None):
         if device not in ("cpu", "gpu"):
             raise ConfigError(f"solver.device = {device!r}: use 'cpu' or 'gpu'")
         if precision not in ("float64", "mixed"):
@@ -689,6 +720,8 @@ class MatrixFreeSolver:
         ke_phase = pairs[:, 0, None, None, None, None] * k_lam + pairs[:, 1, None, None, None, None] * k_mu
         mat_phase = np.full(Z * Y * X, -1, np.int64)
         mat_phase[mesh.cell_voxel] = inv.ravel()
+        if band is not None:  # band voxels are applied by their own kernel, not through a shared matrix
+            mat_phase[band["voxel"]] = -1
         box = np.zeros(((Z + 1) * (Y + 1) * (X + 1), 3), bool)
         box[mesh.node_grid] = fixed
         box = box.reshape(Z + 1, Y + 1, X + 1, 3)
@@ -698,6 +731,20 @@ class MatrixFreeSolver:
         fine = Level(mat, ke, fixed_full.reshape(Z + 1, Y + 1, X + 1, 3), box)
         fine.scale = float(scale) if scale is not None else _mean_diag(fine)
         fine.phase = mat_phase.reshape(Z, Y, X).astype(np.int32)
+        if band is not None:
+            from solvers.fem.mandel import hex_strain_matrix
+
+            zyx = np.stack(np.unravel_index(np.asarray(band["voxel"]), (Z, Y, X)), axis=1)
+            fine.band = BandBlocks.build(zyx, band["C"], band["hourglass"],
+                                         hex_strain_matrix(mesh.spacing, (0.5, 0.5, 0.5)), band["Khg"],
+                                         float(np.prod(mesh.spacing)))
+            fine.dynamic = np.zeros((Z, Y, X), bool)
+            fine.dynamic[tuple(zyx.T)] = True
+            self._band_pos = np.full((Z, Y, X), -1, np.int64)  # kernel position of every band voxel
+            self._band_pos[tuple(fine.band.zyx.T)] = np.arange(fine.band.n)
+            self._band_keep = _unpack_keep(_corner_pattern(box)[tuple(fine.band.zyx.T)])
+            self.band_updates = {"calls": 0, "coarse_voxels": 0, "seconds": 0.0}
+            local_cycles = 0
         self.levels = [fine]
         self._build_hierarchy(pairs)
         self._local = []  # stages of exact local solves, each (local dofs, factor, rows it changes, columns)
@@ -712,8 +759,9 @@ class MatrixFreeSolver:
         """Galerkin levels down to ``COARSEST_DOF``, their smoother data and the coarsest factor;
         ``lame`` (n_phase, 2): the Lame constants the levels' ``phase`` index (row kernels on the CPU)."""
         lv = self.levels[0]
-        while 3 * int(np.prod(lv.node_shape[:3])) > COARSEST_DOF and min(lv.mat.shape) >= 4:
-            lv = _galerkin_level(lv)
+        coarsest = COARSEST_DOF if lv.band is None else COARSEST_DOF_BAND
+        while 3 * int(np.prod(lv.node_shape[:3])) > coarsest and min(lv.mat.shape) >= 4:
+            lv = _galerkin_level(lv, child_matrices=self._child_matrices)
             self.levels.append(lv)
         if self.xp is np:
             for k, lv in enumerate(self.levels[:-1]):
@@ -728,6 +776,8 @@ class MatrixFreeSolver:
         self._coarse_lu = self._factor(self.levels[-1])
         self._ke_fine64 = self.xp.asarray(self.levels[0].ke)  # the operator CG sees stays float64
         for lv in self.levels:  # device and precision of the preconditioner
+            if lv.dynamic is not None or lv.band is not None:
+                lv.ke_host = lv.ke  # float64 on the host: the levels above are recomputed from it
             lv.ke = self.xp.asarray(lv.ke.astype(self.pdtype))
             lv.mat = self.xp.asarray(lv.mat)
             if lv.diag_inv is not None:
@@ -735,27 +785,90 @@ class MatrixFreeSolver:
             lv.fixed_dev = self.xp.asarray(lv.fixed)
             lv.free_dev = ~lv.fixed_dev
 
+    def _child_matrices(self, fine, czyx):
+        """(m, 8, 8, 3, 8, 3) matrices of the children of the coarse voxels ``czyx`` (m, 3) of ``fine``'s
+        next level: band voxels from their stiffness (box-masked), the others from ``fine``'s table."""
+        host = _host_view(fine)
+        ke = np.concatenate([host.ke, np.zeros((1,) + host.ke.shape[1:])])  # index -1 -> zeros
+        cz = 2 * np.asarray(czyx)[:, None, :] + CORNERS[None]  # (m, 8, 3)
+        inside = (cz < np.array(host.mat.shape)).all(axis=-1)
+        c = tuple(np.minimum(cz, np.array(host.mat.shape) - 1).transpose(2, 0, 1))
+        k = ke[np.where(inside, host.mat[c], -1)]
+        if fine.band is not None:
+            pos = np.where(inside, self._band_pos[c], -1)
+            sel = pos >= 0
+            kb = fine.band.element_matrices(pos[sel]).reshape(-1, 8, 3, 8, 3)
+            keep = self._band_keep[pos[sel]]
+            k[sel] = kb * keep[:, :, :, None, None] * keep[:, None, None, :, :]
+        return k
+
+    def update_band(self, C, hourglass, which=None):
+        """New stiffness of band voxels (all, or the indices ``which`` into the band given at setup).
+
+        The coarse voxels above them are recomputed in place level by level (Galerkin, exactly as at
+        setup), the smoothers' diagonals and spectral bounds and the coarsest factor are renewed.
+        """
+        t0 = time.perf_counter()
+        fine = self.levels[0]
+        which = np.arange(fine.band.n) if which is None else np.asarray(which)
+        if which.size == 0:
+            return
+        fine.band.set(C, hourglass, which)
+        dirty = fine.band.zyx[fine.band.order[which]] // 2
+        n_coarse = 0
+        for k in range(1, len(self.levels)):
+            lv, below = self.levels[k], self.levels[k - 1]
+            dirty = np.unique(dirty, axis=0)
+            slots = _host_view(lv).mat[tuple(dirty.T)]
+            code = _corner_pattern(lv.box)[tuple(dirty.T)]
+            new = _galerkin(self._child_matrices(below, dirty), _unpack_keep(code))
+            lv.ke_host[slots] = new
+            if self.xp is np:
+                lv.ke[slots] = new.astype(self.pdtype)
+            else:
+                lv.ke[self.xp.asarray(slots)] = self.xp.asarray(new.astype(self.pdtype))
+            n_coarse += len(dirty)
+            dirty = dirty // 2
+        for lv in self.levels[:-1]:
+            d = _diagonal(_host_view(lv))
+            lv.diag_inv = self.xp.asarray(np.where(lv.fixed, 1.0 / lv.scale, 1.0 / np.where(d > 0, d, 1.0))
+                                          .astype(self.pdtype))
+            lv.lmax = self._lambda_max(lv, xp=self.xp)  # softened band voxels change the spectrum's top
+        self._coarse_lu = self._factor(_host_view(self.levels[-1]))
+        self.band_updates["calls"] += 1
+        self.band_updates["coarse_voxels"] += n_coarse
+        self.band_updates["seconds"] += time.perf_counter() - t0
+
     def _factor(self, lv):
-        A, self._coarse_nodes = _assemble_cells(lv.mat >= 0, lv.mat, lv.ke)
+        mat, ke = lv.mat, lv.ke
+        if lv.band is not None:  # a one-level hierarchy: its band voxels go into the factor too
+            b = lv.band
+            mat = mat.copy()
+            mat[tuple(b.zyx.T)] = len(ke) + np.arange(b.n)
+            kb = b.element_matrices().reshape(-1, 8, 3, 8, 3)
+            keep = self._band_keep[self._band_pos[tuple(b.zyx.T)]]
+            ke = np.concatenate([ke, kb * keep[:, :, :, None, None] * keep[:, None, None, :, :]])
+        A, self._coarse_nodes = _assemble_cells(mat >= 0, mat, ke)
         A = apply_dirichlet(A, lv.fixed.reshape(-1, 3)[self._coarse_nodes], scale=lv.scale)
         # A Galerkin coarse matrix can be semi-definite where coarse dofs reach the fine free dofs
         # only together; those directions prolong to zero, so a tiny shift makes them harmless.
         A = A + sp.identity(A.shape[0], format="csr") * (1e-10 * lv.scale)
         return spla.splu(A.tocsc())
 
-    def _lambda_max(self, lv, steps=16):
-        """Largest eigenvalue of D^-1 A (times 1.1): Lanczos on D^-1/2 A D^-1/2, the top Ritz value."""
+    def _lambda_max(self, lv, steps=16, xp=np):
+        """Largest eigenvalue of D^-1 A (times 1.1): Lanczos on D^-1/2 A D^-1/2, the top Ritz value
+        (``xp``: where the level's arrays are, float64 Lanczos vectors)."""
         rng = np.random.default_rng(0)
-        dh = np.sqrt(lv.diag_inv)
-        v = rng.standard_normal(lv.node_shape)
-        v /= np.linalg.norm(v)
-        v_old = np.zeros_like(v)
+        dh = xp.sqrt(xp.asarray(lv.diag_inv, dtype=np.float64))
+        v = xp.asarray(rng.standard_normal(lv.node_shape))
+        v /= float(xp.linalg.norm(v))
+        v_old = xp.zeros_like(v)
         alpha, beta = [], [0.0]
         for _ in range(steps):
-            w = dh * self._apply_level(lv, dh * v, np) - beta[-1] * v_old
-            alpha.append(float(np.sum(w * v)))
+            w = dh * self._apply_level(lv, dh * v, xp).astype(np.float64) - beta[-1] * v_old
+            alpha.append(float(xp.sum(w * v)))
             w -= alpha[-1] * v
-            beta.append(float(np.linalg.norm(w)))
+            beta.append(float(xp.linalg.norm(w)))
             if beta[-1] <= 1e-12 * abs(alpha[-1]):
                 break
             v_old, v = v, w / beta[-1]
@@ -857,10 +970,16 @@ class MatrixFreeSolver:
             y = lv.lame(x)  # in the precision of x
             if lv.rest is not None:
                 y += apply_numba(np.ascontiguousarray(x), lv.rest, ke)
-            return y
-        fixed = lv.fixed if xp is np else lv.fixed_dev
-        y = apply_numba(np.ascontiguousarray(x), lv.mat, ke) if xp is np else apply_arrays(x, lv.mat, ke, xp)
-        return y + lv.scale * (x * fixed)
+        else:
+            fixed = lv.fixed if xp is np else lv.fixed_dev
+            y = apply_numba(np.ascontiguousarray(x), lv.mat, ke) if xp is np else apply_arrays(x, lv.mat, ke, xp)
+            y = y + lv.scale * (x * fixed)
+        if lv.band is not None:  # free dofs only: the fixed ones already hold scale * x
+            if xp is np:
+                lv.band.add_apply(x, lv.lame.free if lv.lame is not None else ~lv.fixed, y)
+            else:
+                lv.band.add_apply_arrays(x, lv.free_dev, y, xp)
+        return y
 
     def apply(self, x_grid):
         """The constrained fine-level operator on a full-grid vector (float64, CPU or GPU)."""
@@ -1021,6 +1140,14 @@ def _merge_blocks(weak, block, left):
     return weak | left, new
 
 
+def _host_view(lv: Level) -> Level:
+    """The level with its host float64 table and material grid (for updates, diagonals and assembly)."""
+    mat = lv.mat if isinstance(lv.mat, np.ndarray) else lv.mat.get()
+    if lv.ke_host is None and mat is lv.mat:
+        return lv
+    return dataclasses.replace(lv, ke=lv.ke if lv.ke_host is None else lv.ke_host, mat=mat)
+
+
 def _diagonal(lv) -> np.ndarray:
     """Diagonal of the unconstrained level operator, (Z+1, Y+1, X+1, 3)."""
     Z, Y, X = lv.mat.shape
@@ -1030,6 +1157,13 @@ def _diagonal(lv) -> np.ndarray:
     for a, (dz, dy, dx) in enumerate(CORNERS):
         diag_a = np.einsum("mii->mi", lv.ke[:, a, :, a, :])  # (n_mat, 3)
         d[dz:dz + Z, dy:dy + Y, dx:dx + X] += diag_a[idx] * solid[..., None]
+    if lv.band is not None:
+        b = lv.band
+        de = (b.volume * np.einsum("kj,bkl,lj->bj", b.B, b.C, b.B) + b.hg[:, None] * np.diag(b.Khg)).reshape(-1, 8, 3)
+        flat = d.reshape(-1, 3)
+        nodes = np.ravel_multi_index(tuple((b.zyx[:, None, :] + CORNERS[None]).transpose(2, 0, 1)), lv.node_shape[:3])
+        for c in range(3):
+            np.add.at(flat[:, c], nodes.ravel(), de[..., c].ravel())
     return d
 
 

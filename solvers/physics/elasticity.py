@@ -128,11 +128,8 @@ class ElasticProblem:
         self.backend = backend
         self.A = None
         if backend == "matrix-free":
-            from solvers.matfree import MatrixFreeSolver
-
             self.timings["assembly_s"] = 0.0
-            self.solver = MatrixFreeSolver(mesh, self._lame[self.cell_material], self.fixed, rtol=rtol,
-                                           maxiter=maxiter, device=device, precision=precision)
+            self.solver = self._matrix_free_solver(rtol=rtol, maxiter=maxiter, device=device, precision=precision)
         else:
             t0 = time.perf_counter()
             self.A = self._finish_matrix(self._assemble())
@@ -143,6 +140,12 @@ class ElasticProblem:
                                        aggregation=aggregation, smoother=self.SMOOTHER,
                                        basis=self._preconditioner_basis(self.A))
         self.timings["setup_s"] = self.solver.stats.setup_s
+
+    def _matrix_free_solver(self, **options):
+        """The matrix-free operator and its multigrid (:class:`solvers.matfree.MatrixFreeSolver`)."""
+        from solvers.matfree import MatrixFreeSolver
+
+        return MatrixFreeSolver(self.mesh, self._lame[self.cell_material], self.fixed, **options)
 
     def _assemble(self):
         """Global stiffness without boundary conditions (BSR, 3x3 blocks)."""
