@@ -243,6 +243,13 @@ class InterfaceConfig:
     24^3 benchmark charge in 0.76x the time, the debonded fraction within
     0.004 at every written step; a closed debonded face then yields
     ``|t_n| / (0.1 K0)`` into the particle (about 1 nm at 1 GPa on 0.4 um voxels).
+    ``newton_rtol`` and ``contact_factor`` belong to the assembled model (node pairs);
+    the matrix-free model (a cohesive band of electrolyte voxels, contact without a
+    penalty) refuses them.
+
+    The matrix-free model steps the damage by IMPL-EX increments: ``traction_tol`` is the
+    largest change of interface traction an increment may imply, as a fraction of the
+    strength (larger increments are halved), down to ``1 / 2^max_cuts`` of a step.
     """
 
     model: str = "bonded"
@@ -253,6 +260,8 @@ class InterfaceConfig:
     averaging_voxels: float = 1.5
     newton_rtol: float = 1e-6
     contact_factor: float = 1.0
+    traction_tol: float = 0.05
+    max_cuts: int = 4
 
     def __post_init__(self):
         _check_choice("interface.model", self.model, ("bonded", "cohesive"))
@@ -268,6 +277,16 @@ class InterfaceConfig:
             raise ConfigError(f"interface.contact_factor = {self.contact_factor!r} must lie in [0.1, 1]: softer "
                               "contact lets debonded faces sink into the particles and changes the debonded "
                               "fraction (0.01: by 0.017 on the 16^3 benchmark charge)")
+        if not 0 < self.traction_tol < 1:
+            raise ConfigError(f"interface.traction_tol = {self.traction_tol!r} must lie in (0, 1): a fraction of the "
+                              "strength")
+        if not 0 <= self.max_cuts <= 12:
+            raise ConfigError(f"interface.max_cuts = {self.max_cuts!r} must lie in [0, 12] (increments of "
+                              "1 / 2^max_cuts of a step)")
+
+    def assembled_only(self) -> list[str]:
+        """Options set away from their defaults that only the assembled (node-pair) model has."""
+        return [k for k, v in (("newton_rtol", 1e-6), ("contact_factor", 1.0)) if getattr(self, k) != v]
 
 
 @dataclass(frozen=True)
@@ -319,7 +338,7 @@ class SolverConfig:
     """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``,
     ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 3 M dof
     to save memory); ``backend = "assembled" | "matrix-free" | "auto"`` (matrix-free: no global
-    matrix, voxel-hex meshes only; mechanics by geometric multigrid with bonded interfaces,
+    matrix, voxel-hex meshes only; mechanics by geometric multigrid, bonded or cohesive interfaces,
     diffusion by Jacobi-CG; auto: the mechanics above 150 k unknowns, the diffusion above 100 k
     nodes, or both when the device or precision ask for it), ``device = "cpu" | "gpu"`` and
     ``precision = "float64" | "mixed"`` for the matrix-free backend."""
@@ -366,6 +385,16 @@ class OutputConfig:
     dir: str = "results"
 
 
+def refuse_matrix_free_options(interface: InterfaceConfig) -> None:
+    """ConfigError for interface options that the matrix-free cohesive model does not have."""
+    bad = interface.assembled_only()
+    if bad:
+        raise ConfigError(f"interface.{', interface.'.join(bad)} belong to the assembled cohesive model: the "
+                          "matrix-free one (solver.backend = 'matrix-free', or 'auto' on large voxel-hex meshes) "
+                          "settles contact without a penalty and steps by IMPL-EX increments (interface."
+                          "traction_tol, interface.max_cuts). Remove them, or set solver.backend = 'assembled'")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole run configuration."""
@@ -384,8 +413,7 @@ class Config:
     def __post_init__(self):
         active, _ = self.materials.resolve()
         if self.interface.model == "cohesive" and self.solver.backend == "matrix-free":
-            raise ConfigError("interface.model = 'cohesive' needs solver.backend = 'assembled' or 'auto' "
-                              "(the matrix-free multigrid covers bonded interfaces only)")
+            refuse_matrix_free_options(self.interface)
         if self.interface.model == "cohesive" and self.mesh.order != 1:
             raise ConfigError("interface.model = 'cohesive' needs mesh.order = 1 (its interface elements have one "
                               "point per face corner)")

@@ -27,8 +27,8 @@ import numpy as np
 
 from pipeline import io
 from pipeline.config import Config, dump_config
+from pipeline.problem import build_problem, load_states
 from pipeline.stats import (
-    cell_face_max,
     interface_damage_summary,
     interface_damage_table,
     particle_step_table,
@@ -141,14 +141,15 @@ def load_input(cfg: Config) -> tuple[np.ndarray, tuple[float, float, float], str
 def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress: Progress = _noop) -> dict:
     """Mesh, solve every step, reduce to particle and summary tables, write them.
 
+    The mechanics problem and the load states come from :mod:`pipeline.problem`;
+    this function only times, reduces and writes.
+
     Returns
     -------
     dict: the content of summary.json.
     """
     from segmentation import particle_geometry
     from solvers import fields
-    from solvers.physics import CohesiveLaw, CohesiveProblem, ElasticProblem, default_penalty
-    from solvers.physics.transient import Galvanostatic, galvanostatic_states, swell_states
 
     t = {}
     t0 = time.perf_counter()
@@ -162,52 +163,22 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
 
         quality = mesh_quality(mesh, mesh.phases, mesh.particles)
 
-    active, electrolyte = cfg.materials.resolve()
     geom = particle_geometry(mesh.phases, mesh.particles, sp_um, shell_voxels=cfg.statistics.shell_voxels)
     faces, fa, fs = mesh_interface(mesh, cfg)
-    opts = dict(top=cfg.mechanics.top, stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6,
-                solver=cfg.solver.method, rtol=cfg.solver.rtol, maxiter=cfg.solver.maxiter,
-                aggregation=cfg.solver.aggregation)
     cohesive = cfg.interface.model == "cohesive"
     onset_warning = onset_advice(cfg.mesh, cfg.interface) if cohesive else None
     if onset_warning:
         log.warning(onset_warning)
-    if cohesive:
-        ic = cfg.interface
-        k0 = ic.penalty_stiffness * 1e15 or default_penalty(active.E, electrolyte.E, float(mesh.spacing.min()))
-        law = CohesiveLaw(strength_Pa=ic.strength_MPa * 1e6, fracture_energy_J_m2=ic.fracture_energy_J_m2,
-                          penalty_Pa_m=k0, mode_mixity=ic.mode_mixity, contact_factor=ic.contact_factor)
-        averaging = ic.averaging_voxels * float(mesh.spacing.min()) if cfg.mesh.kind == "voxel-hex" else 0.0
-        prob = CohesiveProblem(mesh, {1: electrolyte, 2: active}, faces, law, averaging_length_m=averaging,
-                               nl_rtol=ic.newton_rtol, **opts)
-    else:
-        prob = ElasticProblem(mesh, {1: electrolyte, 2: active}, backend=cfg.solver.backend,
-                              device=cfg.solver.device, precision=cfg.solver.precision, **opts)
+    prob = build_problem(mesh, faces, cfg)
     t.update(prob.timings)
     vol = mesh.cell_volumes()
     weights = None if cfg.mesh.kind == "voxel-hex" else vol  # tets differ in size: volume-weighted statistics
-
-    cyc = cfg.cycling
     diffusion_info = {}
-    if cyc.mode == "swell":
-        states = swell_states(prob, active, soc_start=cyc.soc_start, soc_end=cyc.soc_end, steps=cyc.steps)
-        n_steps = cyc.steps
-    else:
-        protocol = Galvanostatic(c_rate=cyc.c_rate, soc_start=cyc.soc_start, soc_end=cyc.soc_end,
-                                 cycles=cyc.cycles, steps=cyc.steps_per_half_cycle(),
-                                 stress_assisted=cyc.stress_assisted, temperature_K=cyc.temperature_K)
-        states = galvanostatic_states(prob, active, faces, protocol, solver=cfg.solver.method,
-                                      backend=cfg.solver.backend, device=cfg.solver.device,
-                                      precision=cfg.solver.precision, output_every=cyc.output_every,
-                                      stats=diffusion_info,
-                                      flux_mask=(lambda _st: prob.face_damage() < 1.0) if cohesive else None)
-        n_steps = protocol.steps * cyc.cycles
+    states, n_steps = load_states(prob, faces, cfg, diffusion_info)
     is_active = mesh.cell_phase == 2
     tables, summaries = [], []
-    t_solve = 0.0
-    warned = False
-    n_hist = 0
-    # cohesive runs write the split mesh: debonded faces open visibly
+    t_solve, warned, n_hist = 0.0, False, 0
+    # the node-pair cohesive model writes its split mesh: debonded faces open visibly
     with io.time_series_writer(out / "fields.xdmf", prob.mesh.points * 1e6, prob.mesh.cells,
                                mesh.element.name) as write:
         ts = time.perf_counter()
@@ -229,29 +200,25 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                             "lower c_rate or narrow the SOC window", st.step, 100 * outside)
                 warned = True
             s.update(time_s=st.time_s, half_cycle=st.cycle, solver_iterations=st.iterations,
-                     coupling_iterations=st.coupling_iterations, theta_outside_0_1_fraction=outside)
+                     coupling_iterations=st.coupling_iterations, theta_outside_0_1_fraction=outside,
+                     **prob.step_record(n_hist))
+            n_hist = len(getattr(prob, "history", ()))
             cell_extra = {}
             if cohesive:
                 fd = prob.face_damage()
                 tables[-1].update(interface_damage_table(geom, prob, fd))
                 s.update(interface_damage_summary(prob, fd, mesh))
-                s["nonlinear_iterations"] = int(sum(h["nonlinear_iterations"] for h in prob.history[n_hist:]))
-                n_hist = len(prob.history)
-                cell_extra["interface_damage"] = cell_face_max(fd, fa, mesh.n_cells)
+                cell_extra["interface_damage"] = prob.cell_damage()
             summaries.append(s)
             if cfg.mesh.kind != "voxel-hex":  # lets viewers put tet fields back on the voxel grid
                 cell_extra["voxel"] = mesh.cell_voxel
-            write(st.time_s if cyc.mode == "galvanostatic" else st.step, {"displacement_um": st.u * 1e6},
-                  {**cell_extra, "phase": mesh.cell_phase, "particle": mesh.cell_particle, "soc": st.theta_cell,
-                   "von_mises_MPa": fields.von_mises(sig) * 1e-6,
-                   "hydrostatic_MPa": fields.hydrostatic(sig) * 1e-6,
-                   "max_principal_MPa": fields.max_principal(sig) * 1e-6,
-                   "stress_MPa": sig.reshape(-1, 9)[:, [8, 4, 0, 5, 2, 1]] * 1e-6})
+            write(st.time_s if cfg.cycling.mode == "galvanostatic" else st.step, {"displacement_um": st.u * 1e6},
+                  {**cell_extra, **cell_fields(mesh, st.theta_cell, sig)})
             ts = time.perf_counter()
     t["solve_s"] = t_solve
     io.write_csv(out / "particles.csv", stack_tables(tables))
     summary = {
-        "mode": cyc.mode,
+        "mode": cfg.cycling.mode,
         "particle_count": int(geom["particle_id"].size),
         "isolated_particles": int(np.sum(geom["isolated"])),
         "voxel_size_um": sp_um.tolist(),
@@ -261,19 +228,22 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         "solver": prob.solver.stats.as_dict(),
         **({"diffusion_solver": {**diffusion_info["diffusion"].as_dict(),
                                  "nodes": diffusion_info["diffusion_nodes"]}} if diffusion_info else {}),
-        "interface": {"model": cfg.interface.model} if not cohesive else {
-            "model": "cohesive", "penalty_Pa_m": prob.law.penalty_Pa_m, "delta_0_m": prob.law.delta_0,
-            "delta_f_m": prob.law.delta_f, "preconditioner_rebuilds": prob.rebuilds,
-            "step_cuts": int(sum(h["cuts"] for h in prob.history)),
-            "averaging_length_m": prob.averaging_length_m, "newton_rtol": prob.nl_rtol,
-            "contact_factor": prob.law.contact_factor,
-            "stagger_rounds": int(sum(h["stagger_rounds"] for h in prob.history)),
-            "onset_warning": onset_warning},
+        "interface": {**prob.summary(), **({"onset_warning": onset_warning} if cohesive else {})},
         "timings_s": {k: round(v, 3) for k, v in t.items()},
         "steps": summaries,
     }
     io.write_json(out / "summary.json", summary)
     return summary
+
+
+def cell_fields(mesh, theta_cell: np.ndarray, sigma: np.ndarray) -> dict[str, np.ndarray]:
+    """The cell data of fields.xdmf: labels, state of charge and stress measures (MPa)."""
+    from solvers import fields
+
+    return {"phase": mesh.cell_phase, "particle": mesh.cell_particle, "soc": theta_cell,
+            "von_mises_MPa": fields.von_mises(sigma) * 1e-6, "hydrostatic_MPa": fields.hydrostatic(sigma) * 1e-6,
+            "max_principal_MPa": fields.max_principal(sigma) * 1e-6,
+            "stress_MPa": sigma.reshape(-1, 9)[:, [8, 4, 0, 5, 2, 1]] * 1e-6}
 
 
 def mesh_stage(phases, particles, spacing_um, cfg: Config, out: Path):

@@ -243,3 +243,12 @@ class ElasticProblem:
         sig[:, idx, idx] += (lam * tr)[:, None]
         return sig
 
+
+    # --- what a results folder records (the cohesive problems have the same methods) --------------
+    def summary(self) -> dict:
+        """The interface model and its stepping, for summary.json."""
+        return {"model": "bonded"}
+
+    def step_record(self, since: int) -> dict:
+        """Counts of the solves after history entry ``since`` for the step summary (none when bonded)."""
+        return {}

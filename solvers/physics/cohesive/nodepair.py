@@ -223,6 +223,7 @@ class CohesiveProblem(ElasticProblem):
         self.nl_maxiter = int(nl_maxiter)
         self.max_cuts = int(max_cuts)
         self.bonded_mesh = mesh
+        self.faces = faces
         split, self.ap_node, self.interface = split_interface(mesh, faces)
         self.interface_particle = np.asarray(faces["particle"], np.int64)
         self.kappa = np.zeros(self.interface.n_points)
@@ -779,6 +780,34 @@ class CohesiveProblem(ElasticProblem):
         fd = self.face_damage() if face_damage is None else face_damage
         area = self.interface.face_area
         return float(area[fd > 0].sum() / area.sum()), float(area[fd >= 1].sum() / area.sum())
+
+
+    def cell_damage(self) -> np.ndarray:
+        """(ne,) damage on the cells: the largest over the AP|SE faces of every particle cell."""
+        faces, mesh = self.faces, self.bonded_mesh
+        if "ap_cell" in faces:
+            cell = np.asarray(faces["ap_cell"], np.int64)
+        else:  # voxel hexes: faces name their voxels
+            cell_of = np.full(mesh.phases.size, -1, np.int64)
+            cell_of[mesh.cell_voxel] = np.arange(mesh.n_cells)
+            cell = cell_of[faces["ap_voxel"]]
+        out = np.zeros(mesh.n_cells)
+        np.maximum.at(out, cell, self.face_damage())
+        return out
+
+    def summary(self) -> dict:
+        """The interface model and its stepping, for summary.json."""
+        h = self.history
+        return {"model": "cohesive", "formulation": "node pairs (assembled)", "penalty_Pa_m": self.law.penalty_Pa_m,
+                "delta_0_m": self.law.delta_0, "delta_f_m": self.law.delta_f,
+                "preconditioner_rebuilds": self.rebuilds, "step_cuts": int(sum(r["cuts"] for r in h)),
+                "averaging_length_m": self.averaging_length_m, "newton_rtol": self.nl_rtol,
+                "contact_factor": self.law.contact_factor,
+                "stagger_rounds": int(sum(r["stagger_rounds"] for r in h))}
+
+    def step_record(self, since: int) -> dict:
+        """Counts of the solves after history entry ``since`` (one step's worth), for the step summary."""
+        return {"nonlinear_iterations": int(sum(r["nonlinear_iterations"] for r in self.history[since:]))}
 
 
 def energy_line_search(change, slope: float, alpha_max: float = np.inf, c1: float = 1e-4) -> float:

@@ -1,0 +1,98 @@
+"""The solve stage's parts: which mechanics problem a config asks for, and the load states it runs through.
+
+:func:`build_problem` picks one of three problems that share one interface
+(``solve``, ``cell_stress``, ``summary``, ``step_record``; the cohesive ones
+also ``face_damage``, ``cell_damage``, ``area_fractions``):
+
+========================  ==========================  ===========================================
+interface.model           backend (after ``auto``)    problem
+========================  ==========================  ===========================================
+bonded                    assembled or matrix-free    :class:`~solvers.physics.ElasticProblem`
+cohesive                  assembled (any mesh)        :class:`~solvers.physics.CohesiveProblem` (node pairs)
+cohesive                  matrix-free (voxel-hex)     :class:`~solvers.physics.cohesive.voxel.VoxelCohesiveProblem`
+========================  ==========================  ===========================================
+
+``auto`` resolves the backend by the same rule for both interface models
+(:func:`solvers.linalg.resolve_backend` with
+:data:`solvers.physics.elasticity.MATRIX_FREE_DOF`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import Config, refuse_matrix_free_options
+
+
+def mechanics_backend(mesh, cfg: Config) -> str:
+    """"assembled" or "matrix-free": what ``[solver] backend`` gives for this mesh."""
+    from solvers.linalg import resolve_backend
+    from solvers.physics.elasticity import MATRIX_FREE_DOF
+
+    return resolve_backend(cfg.solver.backend, 3 * mesh.n_nodes, MATRIX_FREE_DOF,
+                           voxels=cfg.mesh.kind == "voxel-hex", device=cfg.solver.device,
+                           precision=cfg.solver.precision)
+
+
+def build_problem(mesh, faces: dict, cfg: Config):
+    """The mechanics problem of a run (module table), set up and ready to solve.
+
+    Parameters
+    ----------
+    mesh : VoxelMesh or TetMesh
+    faces : AP|SE faces of the mesh (:func:`pipeline.run.mesh_interface`)
+
+    Raises
+    ------
+    ConfigError
+        Interface options the chosen model does not have, before any solver set-up.
+    """
+    from solvers.physics import CohesiveLaw, CohesiveProblem, ElasticProblem, default_penalty
+
+    active, electrolyte = cfg.materials.resolve()
+    materials = {1: electrolyte, 2: active}
+    sv = cfg.solver
+    backend = mechanics_backend(mesh, cfg)
+    opts = dict(top=cfg.mechanics.top, stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6, rtol=sv.rtol,
+                maxiter=sv.maxiter)
+    if cfg.interface.model == "bonded":
+        return ElasticProblem(mesh, materials, solver=sv.method, aggregation=sv.aggregation, backend=backend,
+                              device=sv.device, precision=sv.precision, **opts)
+    ic = cfg.interface
+    h = float(np.min(mesh.spacing))
+    k0 = ic.penalty_stiffness * 1e15 or default_penalty(active.E, electrolyte.E, h)
+    law = CohesiveLaw(strength_Pa=ic.strength_MPa * 1e6, fracture_energy_J_m2=ic.fracture_energy_J_m2,
+                      penalty_Pa_m=k0, mode_mixity=ic.mode_mixity, contact_factor=ic.contact_factor)
+    averaging = ic.averaging_voxels * h if cfg.mesh.kind == "voxel-hex" else 0.0
+    if backend == "matrix-free":
+        from solvers.physics.cohesive.voxel import VoxelCohesiveProblem
+
+        refuse_matrix_free_options(ic)
+        return VoxelCohesiveProblem(mesh, materials, faces, law, averaging_length_m=averaging,
+                                    traction_tol=ic.traction_tol, max_cuts=ic.max_cuts, device=sv.device,
+                                    precision=sv.precision, **opts)
+    return CohesiveProblem(mesh, materials, faces, law, averaging_length_m=averaging, nl_rtol=ic.newton_rtol,
+                           solver=sv.method, aggregation=sv.aggregation, **opts)
+
+
+def load_states(prob, faces: dict, cfg: Config, diffusion_info: dict):
+    """The run's load states (an iterator of :class:`solvers.physics.transient` states) and their number.
+
+    Galvanostatic runs with a cohesive interface put no flux through debonded faces.
+    ``diffusion_info`` receives the diffusion solver's statistics.
+    """
+    from solvers.physics.transient import Galvanostatic, galvanostatic_states, swell_states
+
+    active, _ = cfg.materials.resolve()
+    cyc, sv = cfg.cycling, cfg.solver
+    if cyc.mode == "swell":
+        return swell_states(prob, active, soc_start=cyc.soc_start, soc_end=cyc.soc_end, steps=cyc.steps), cyc.steps
+    protocol = Galvanostatic(c_rate=cyc.c_rate, soc_start=cyc.soc_start, soc_end=cyc.soc_end, cycles=cyc.cycles,
+                             steps=cyc.steps_per_half_cycle(), stress_assisted=cyc.stress_assisted,
+                             temperature_K=cyc.temperature_K)
+    bonded = cfg.interface.model == "bonded"
+    states = galvanostatic_states(prob, active, faces, protocol, solver=sv.method, backend=sv.backend,
+                                  device=sv.device, precision=sv.precision, output_every=cyc.output_every,
+                                  stats=diffusion_info,
+                                  flux_mask=None if bonded else (lambda _st: prob.face_damage() < 1.0))
+    return states, protocol.steps * cyc.cycles
