@@ -392,6 +392,7 @@ class Level:
     scale: float = 1.0
     diag_inv: np.ndarray | None = None
     lmax: float = 1.0
+    top_vector: object = None  # the top eigenvector estimate of D^-1/2 A D^-1/2 (band updates warm-start from it)
     fixed_dev: object = None
     free_dev: object = None
     phase: np.ndarray | None = None  # (Z, Y, X) int32: Lame index where K_e = lam K_lam + mu K_mu of this grid, else -1
@@ -833,7 +834,7 @@ class MatrixFreeSolver:
             d = _diagonal(_host_view(lv))
             lv.diag_inv = self.xp.asarray(np.where(lv.fixed, 1.0 / lv.scale, 1.0 / np.where(d > 0, d, 1.0))
                                           .astype(self.pdtype))
-            lv.lmax = self._lambda_max(lv, xp=self.xp)  # softened band voxels change the spectrum's top
+            lv.lmax = max(lv.lmax, self._lambda_max_update(lv, xp=self.xp))  # the spectrum's top may move
         self._coarse_lu = self._factor(_host_view(self.levels[-1]))
         self.band_updates["calls"] += 1
         self.band_updates["coarse_voxels"] += n_coarse
@@ -854,6 +855,23 @@ class MatrixFreeSolver:
         # only together; those directions prolong to zero, so a tiny shift makes them harmless.
         A = A + sp.identity(A.shape[0], format="csr") * (1e-10 * lv.scale)
         return spla.splu(A.tocsc())
+
+    def _lambda_max_update(self, lv, steps=3, xp=np):
+        """A new lower estimate (times 1.1) of the largest eigenvalue of D^-1 A after an update: a few power
+        steps on D^-1/2 A D^-1/2 from the last top vector (kept on the level; 16 Lanczos steps from a random
+        one at first). The caller keeps the larger of it and the bound it had, so the bound only grows."""
+        dh = xp.sqrt(xp.asarray(lv.diag_inv, dtype=np.float64))
+        v = lv.top_vector
+        if v is None:
+            v = xp.asarray(np.random.default_rng(0).standard_normal(lv.node_shape))
+        rq = 0.0
+        for _ in range(steps):
+            v = v / float(xp.linalg.norm(v))
+            w = dh * self._apply_level(lv, dh * v, xp).astype(np.float64)
+            rq = float(xp.sum(w * v))
+            v = w
+        lv.top_vector = v / float(xp.linalg.norm(v))
+        return 1.1 * rq
 
     def _lambda_max(self, lv, steps=16, xp=np):
         """Largest eigenvalue of D^-1 A (times 1.1): Lanczos on D^-1/2 A D^-1/2, the top Ritz value

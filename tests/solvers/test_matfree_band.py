@@ -82,8 +82,9 @@ def test_band_array_kernel_equals_numba_kernel(case):
 
 
 def test_update_equals_a_fresh_build(case):
-    """Updating some band voxels recomputes the coarse levels above them exactly as a new setup would,
-    and the multigrid-CG solve is the same."""
+    """Updating some band voxels recomputes the coarse levels above them exactly as a new setup would;
+    the smoothers' spectral bound stays an upper bound (warm-started, never lowered), and the
+    multigrid-CG solve takes at most one iteration more than after a fresh set-up."""
     damage, closed = case[4], case[5]
     mf = solver_for(case, damage, closed)
     rng = np.random.default_rng(5)
@@ -100,8 +101,9 @@ def test_update_equals_a_fresh_build(case):
         kb = b.ke_host if b.ke_host is not None else np.asarray(b.ke)
         np.testing.assert_array_equal(a.mat, b.mat)
         np.testing.assert_array_equal(ka, kb)
-        assert a.lmax == b.lmax
+        if b is not fresh.levels[-1]:  # the coarsest level is solved, not smoothed
+            assert b.lmax / 1.1 * (1 - 1e-3) <= a.lmax <= 1.25 * b.lmax  # fresh: 1.1 x the top Ritz value
     f = case[1].load(np.where(case[0].cell_phase == 2, -0.01 / 3, 0.0))
     u1, u2 = mf.solve(f), fresh.solve(f)
-    assert mf.stats.iterations[-1] == fresh.stats.iterations[-1] <= 30
-    assert np.abs(u1 - u2).max() <= 1e-12 * np.abs(u2).max()
+    assert mf.stats.iterations[-1] <= fresh.stats.iterations[-1] + 1 <= 31
+    assert np.abs(u1 - u2).max() <= 1e-6 * np.abs(u2).max()

@@ -84,6 +84,9 @@ class VoxelCohesiveProblem(ElasticProblem):
         IMPL-EX error above which an increment is halved, as a fraction of the strength.
     max_cuts : int
         Smallest increment ``1 / 2^max_cuts`` of a step (accepted whatever its error).
+    contact_corrections : int
+        Solves again, at most this many times, an increment whose solution changed the contact state
+        (0: the new contact state enters the next increment, as IMPL-EX extrapolates it).
     **kwargs : top, stack_pressure_Pa, rtol, maxiter, device, precision (ElasticProblem)
 
     Attributes
@@ -94,7 +97,7 @@ class VoxelCohesiveProblem(ElasticProblem):
 
     def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], faces: Mapping, law: CohesiveLaw, *,
                  averaging_length_m: float = 0.0, traction_tol: float = TRACTION_TOL, max_cuts: int = 4,
-                 **kwargs):
+                 contact_corrections: int = 4, **kwargs):
         if not isinstance(mesh, VoxelMesh):
             raise ConfigError("the cohesive band runs on voxel-hex meshes: use backend = 'assembled' for tets")
         if kwargs.get("backend", "matrix-free") != "matrix-free":
@@ -111,6 +114,7 @@ class VoxelCohesiveProblem(ElasticProblem):
         self.averaging_length_m = float(averaging_length_m)
         self.traction_tol = float(traction_tol)
         self.max_cuts = int(max_cuts)
+        self.contact_corrections = int(contact_corrections)
         self.faces = faces
         geo = band_geometry(mesh.phases, mesh.particles, mesh.spacing, faces)
         self.band_geometry = geo
@@ -172,7 +176,7 @@ class VoxelCohesiveProblem(ElasticProblem):
             return solve
 
         self.state, record = advance(self.band, self.state, solve_at, last=self._last, max_cuts=self.max_cuts,
-                                     tol=self.traction_tol)
+                                     tol=self.traction_tol, max_corrections=self.contact_corrections)
         self._last = record["last"] if record["last"] < 1 else 1.0
         self._f_last, self._eps_last, self._u = f_new, eps_new, u[0]
         record.update(cg_iterations=int(sum(cg)), updated_voxels=updated[0], seconds=time.perf_counter() - t0)
