@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/cohesive_charge.py [--size 96] [--steps 40] [--output-every 10]
-        [--reference] [--halve] [--precision mixed|float64] [--no-bonded]
+        [--reference] [--halve] [--precision mixed|float64] [--no-bonded] [--max-cuts K]
+        [--contact-corrections K]
 
 Runs, one after the other in this process, on the same centred crop:
 
@@ -57,6 +58,10 @@ def crop(n: int):
     return voxel_hex_mesh(phases, particles, [H] * 3)
 
 
+#: the band's stepping (``--max-cuts``, ``--contact-corrections``); None: the class defaults
+STEPPING = {}
+
+
 def build(model: str, mesh, faces, precision: str):
     nmc, se = get_material("NMC811"), get_material("Li6PS5Cl")
     mats = {1: se, 2: nmc}
@@ -66,7 +71,7 @@ def build(model: str, mesh, faces, precision: str):
     if model == "reference":
         return CohesiveProblem(mesh, mats, faces, law, rtol=1e-8, averaging_length_m=AVERAGING_VOXELS * H)
     return VoxelCohesiveProblem(mesh, mats, faces, law, rtol=1e-8, averaging_length_m=AVERAGING_VOXELS * H,
-                                precision=precision)
+                                precision=precision, **STEPPING)
 
 
 def run(model: str, mesh, faces, steps: int, output_every: int, precision: str) -> dict:
@@ -136,7 +141,11 @@ def main():
     ap.add_argument("--reference", action="store_true", help="also run the assembled node-pair model")
     ap.add_argument("--halve", action="store_true", help="also run the band with twice the steps")
     ap.add_argument("--no-bonded", action="store_true", help="skip the bonded run")
+    ap.add_argument("--max-cuts", type=int, help="band: smallest increment 1/2^k of a step (0: one solve per step)")
+    ap.add_argument("--contact-corrections", type=int, help="band: re-solves for a changed contact state")
     a = ap.parse_args()
+    STEPPING.update({k: v for k, v in (("max_cuts", a.max_cuts), ("contact_corrections", a.contact_corrections))
+                     if v is not None})
     t0 = time.perf_counter()
     mesh = crop(a.size)
     faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
