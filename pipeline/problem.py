@@ -69,7 +69,8 @@ def build_problem(mesh, faces: dict, cfg: Config):
 
         refuse_matrix_free_options(ic)
         return VoxelCohesiveProblem(mesh, materials, faces, law, averaging_length_m=averaging,
-                                    traction_tol=ic.traction_tol, max_cuts=ic.max_cuts, device=sv.device,
+                                    traction_tol=ic.traction_tol, max_cuts=ic.max_cuts,
+                                    contact_corrections=ic.contact_corrections, device=sv.device,
                                     precision=sv.precision, **opts)
     return CohesiveProblem(mesh, materials, faces, law, averaging_length_m=averaging, nl_rtol=ic.newton_rtol,
                            solver=sv.method, aggregation=sv.aggregation, **opts)

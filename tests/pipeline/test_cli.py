@@ -215,7 +215,8 @@ def test_cohesive_galvanostatic_run_reports_delamination(tmp_path, kind, backend
         pytest.importorskip("pygalmesh")
     phases, _ = make_composite((12, 12, 12), active_fraction=0.45, void_fraction=0.08, radius=3, seed=11)
     write_volume(tmp_path / "stack.tif", phases, (0.5, 0.5, 0.5))
-    node_pair_options = "newton_rtol = 1e-5\ncontact_factor = 0.5" if backend == "assembled" else ""
+    options = ("newton_rtol = 1e-5\ncontact_factor = 0.5" if backend == "assembled" else
+               "max_cuts = 2\ncontact_corrections = 1")
     cfg = tmp_path / "run.toml"
     cfg.write_text(label_run_config(f"""
 [mesh]
@@ -226,7 +227,7 @@ active = 'NMC'
 model = 'cohesive'
 strength_MPa = 20.0
 fracture_energy_J_m2 = 0.5
-{node_pair_options}
+{options}
 [cycling]
 mode = 'galvanostatic'
 soc_start = 0.6
@@ -250,6 +251,7 @@ dir = "out"
         assert summary["interface"]["formulation"] == "node pairs (assembled)"
     else:
         assert summary["interface"]["formulation"] == "band (matrix-free)"
+        assert (summary["interface"]["max_cuts"], summary["interface"]["contact_corrections"]) == (2, 1)
         assert summary["solver"]["method"].startswith("matrix-free")
     # the default conforming mesh is not the validated one: the warning stays with the results, naming the
     # options; voxel hexes average the opening over 1.5 voxels by default (validated, no warning)

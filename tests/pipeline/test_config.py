@@ -30,6 +30,7 @@ def make(**sections):
      r"interface.contact_factor belong to the assembled cohesive model"),
     ({"interface": {"traction_tol": 0}}, r"interface.traction_tol = 0 must lie in \(0, 1\)"),
     ({"interface": {"max_cuts": 20}}, r"interface.max_cuts = 20 must lie in \[0, 12\]"),
+    ({"interface": {"contact_corrections": -1}}, r"interface.contact_corrections = -1 must lie in \[0, 10\]"),
     ({"meshing": {}}, r"unknown section \[meshing\]"),
     ({"mechanics": {"top": 3}}, "mechanics.top = 3 has the wrong type"),
     ({"mechanics": {"top": "stack_pressure"}}, "stack_pressure_MPa > 0"),

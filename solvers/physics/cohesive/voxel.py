@@ -256,6 +256,7 @@ class VoxelCohesiveProblem(ElasticProblem):
         return {"model": "cohesive", "formulation": "band (matrix-free)", "penalty_Pa_m": self.law.penalty_Pa_m,
                 "delta_0_m": self.law.delta_0, "delta_f_m": self.law.delta_f,
                 "averaging_length_m": self.averaging_length_m, "traction_tol": self.traction_tol,
+                "max_cuts": self.max_cuts, "contact_corrections": self.contact_corrections,
                 "band_voxels": self.band_geometry.n,
                 "increments": int(sum(r["increments"] for r in h)), "step_cuts": int(sum(r["cuts"] for r in h)),
                 "linear_solves": int(sum(r["solves"] for r in h)),
