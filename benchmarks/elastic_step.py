@@ -4,7 +4,7 @@ Each size runs in its own process so that its peak resident memory is its own.
 Usage: python benchmarks/elastic_step.py [SIZES...] [--aggregation auto|smoothed|plain]
        [--backend assembled|matrix-free] [--precision float64|mixed]
 (default 64 96 128, auto)
-Prints a Markdown table (the README's "Performance" table).
+Prints a Markdown table (the elastic-step table of docs/performance.md).
 """
 
 from __future__ import annotations

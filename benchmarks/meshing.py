@@ -9,7 +9,7 @@ Usage::
 
     python benchmarks/meshing.py [SIZE] [MATCH]  # crop edge in voxels, default 96; only cases containing MATCH
 
-Prints a Markdown table (the README's "Meshing" table).
+Prints a Markdown table (the meshing table of docs/performance.md).
 """
 
 from __future__ import annotations

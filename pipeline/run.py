@@ -424,7 +424,7 @@ ONSET_MESH = ("kind = 'conforming-tet', interface_cell_size_voxels = 0.35, inter
 def onset_advice(mesh_cfg, interface_cfg) -> str | None:
     """A warning for cohesive runs on meshes whose delamination onset is known to come early, or None.
 
-    The measured onsets of a sphere against PHYSICS.md 3(d) (README, Validation): 7 % early on
+    The measured onsets of a sphere against PHYSICS.md 3(d) (docs/validation.md): 7 % early on
     voxel hexes with the opening averaged over 1.5 voxels (15-24 % with the local law; shorter
     averaging lengths were not measured with the softening springs), 4 % on conforming tets with
     the options of :data:`ONSET_MESH`, 16-20 % on conforming tets that follow the voxel staircase.

@@ -93,7 +93,7 @@ class ElasticProblem:
         Matrix-free backend only: multigrid in float32.
     """
 
-    #: AMG smoother (:class:`solvers.linalg.LinearSolver`). The README's bonded tables were measured with
+    #: AMG smoother (:class:`solvers.linalg.LinearSolver`). The bonded tables of docs/performance.md were measured with
     #: symmetric sweeps; forward-backward solved a 347 k dof step in 8.4 s against 9.7 s once (not adopted
     #: here until those tables are rerun)
     SMOOTHER = "symmetric"

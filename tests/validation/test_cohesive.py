@@ -526,7 +526,7 @@ def test_delamination_onset_matches_closed_form_on_two_radii():
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="the local law on voxel hexes: half-damage onset 24 % below 3(d) at R = 4 "
                    "(15 % at R = 6, 21 % at R = 8): the staircase corners' openings spread from 0.3 to 2.9x "
-                   "their median and the first faces to fail shed load onto the rest; see README")
+                   "their median and the first faces to fail shed load onto the rest; see docs/performance.md")
 def test_local_law_on_voxel_hexes_delaminates_early():
     first, half, ref = onset(4, 24)
     assert half == pytest.approx(ref["box"], rel=0.15)
