@@ -202,7 +202,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
             s.update(time_s=st.time_s, half_cycle=st.cycle, solver_iterations=st.iterations,
                      coupling_iterations=st.coupling_iterations, theta_outside_0_1_fraction=outside,
                      **prob.step_record(n_hist))
-            n_hist = len(getattr(prob, "history", ()))
+            n_hist = len(prob.history)
             cell_extra = {}
             if cohesive:
                 fd = prob.face_damage()
@@ -282,8 +282,7 @@ def mesh_interface(mesh, cfg: Config) -> tuple[dict, np.ndarray, np.ndarray]:
     sigma = cfg.statistics.normal_smoothing_voxels
     if cfg.mesh.kind == "voxel-hex":
         faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing, sigma_voxels=sigma)
-        cell_of = np.full(mesh.phases.size, -1, np.int64)
-        cell_of[mesh.cell_voxel] = np.arange(mesh.n_cells)
+        cell_of = mesh.voxel_cell
         return faces, cell_of[faces["ap_voxel"]], cell_of[faces["se_voxel"]]
     faces = fields.tet_interface_faces(mesh, sigma_voxels=sigma if cfg.mesh.kind == "voxel-tet" else None)
     return faces, faces["ap_cell"], faces["se_cell"]

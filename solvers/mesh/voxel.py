@@ -55,6 +55,13 @@ class VoxelMesh:
         return tuple(self.phases.shape)
 
     @property
+    def voxel_cell(self) -> np.ndarray:
+        """(Z * Y * X,) int64: the cell of every voxel of ``phases`` (flat), -1 where there is none."""
+        out = np.full(self.phases.size, -1, np.int64)
+        out[self.cell_voxel] = np.arange(self.cell_voxel.size)
+        return out
+
+    @property
     def n_nodes(self) -> int:
         return int(self.node_grid.size)
 

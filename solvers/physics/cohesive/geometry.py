@@ -80,6 +80,22 @@ class CohesiveInterface:
 VoxelInterface = CohesiveInterface
 
 
+class AreaFractions:
+    """Mixin of both cohesive problems: shares of the AP|SE area damaged and debonded.
+
+    Needs ``face_damage()`` (nf,) and ``interface.face_area`` (nf,) on the problem.
+    """
+
+    def area_fractions(self, face_damage: np.ndarray | None = None) -> tuple[float, float]:
+        """Shares of the AP|SE area on damaged faces (d > 0) and on debonded faces (d = 1).
+
+        ``face_damage`` (nf,) defaults to ``face_damage()`` of the committed history.
+        """
+        fd = self.face_damage() if face_damage is None else face_damage
+        area = self.interface.face_area
+        return float(area[fd > 0].sum() / area.sum()), float(area[fd >= 1].sum() / area.sum())
+
+
 def split_interface(mesh, faces: Mapping) -> tuple:
     """Duplicate the nodes shared by active and electrolyte cells.
 

@@ -11,25 +11,8 @@ tried and rejected: it leaves the hourglass patterns of the corner jumps
 unresisted, and the traction at 0.6 % shrinkage then spread from -175 to
 +214 MPa (nodal: -50 to +185 MPa, median 65 MPa in both).
 
-The law (Ortiz-Pandolfi form). Opening ``delta = u_SE - u_AP``, normal part
-``delta_n = delta . n`` (``n`` from the particle into the electrolyte),
-tangential part ``delta_t``; effective opening
-``lambda = sqrt(<delta_n>^2 + beta^2 |delta_t|^2)`` with the mode mixity
-``beta``. Free energy per area
-``psi = (1 - d) K0 lambda^2 / 2 + k_c <-delta_n>^2 / 2``, so
-
-- tension: ``t = (1 - d) K0 (delta_n n + beta^2 delta_t)``;
-- contact (``delta_n < 0``): the normal stiffness is
-  ``k_c = (s + (1 - s) c) K0`` with ``s = max(1 - d, residual)`` committed
-  before the load increment and ``c`` the law's ``contact_factor`` (1 by
-  default: the full penalty whatever the damage), so faces never
-  interpenetrate beyond ``|t_n| / (c K0)``;
-- damage ``d = max over history of g(lambda)``,
-  ``g = delta_f (lambda - delta_0) / (lambda (delta_f - delta_0))`` clipped
-  to [0, 1], with ``delta_0 = sigma_c / K0`` and ``delta_f = 2 G_c / sigma_c``:
-  the effective traction ``(1 - d) K0 lambda`` rises to ``sigma_c`` and falls
-  linearly to zero at ``delta_f``; the work of full separation is ``G_c`` per
-  area in any mode mix. Damage never decreases.
+The traction-separation law (damage, contact, ``G_c`` per area) is
+:class:`~solvers.physics.cohesive.law.CohesiveLaw`; its module docstring states it.
 
 Averaged opening (voxel hexes; ``averaging_length_m`` > 0). On a staircase
 the nodal openings carry a corner pattern (the steps shear, and openings
@@ -95,7 +78,7 @@ from solvers.physics.cohesive.amg import (
     stiff_pairs,
 )
 from solvers.physics.cohesive.averaging import fluctuation_springs, opening_averaging
-from solvers.physics.cohesive.geometry import CohesiveInterface, split_interface
+from solvers.physics.cohesive.geometry import AreaFractions, CohesiveInterface, split_interface
 from solvers.physics.cohesive.law import CohesiveLaw
 from solvers.physics.elasticity import ElasticProblem
 from solvers.physics.materials import Material
@@ -145,7 +128,7 @@ def _bsr_from_blocks(rows, cols, blocks, n) -> sp.bsr_matrix:
     return sp.bsr_matrix((blocks[order], cols[order].astype(idx), indptr.astype(idx)), shape=(3 * n, 3 * n))
 
 
-class CohesiveProblem(ElasticProblem):
+class CohesiveProblem(AreaFractions, ElasticProblem):
     """Elasticity with a cohesive AP|SE interface on a voxel-hex or tetrahedral mesh.
 
     Same loads, box conditions and stress recovery as :class:`ElasticProblem`
@@ -245,7 +228,6 @@ class CohesiveProblem(ElasticProblem):
         self._fluct_for = None  # (kappa_old, springs matrix) of the last history seen
         self._state = None  # (law matrices, openings, history) of the last Newton direction (averaged law)
         self._nonlocal_ops = None  # (B, P, D) of _nonlocal_matrix, built on first use
-        self.history: list[dict] = []
         self.rebuild_after = int(rebuild_after)
         self.easy_iterations = int(easy_iterations)
         self.linear_maxiter = int(linear_maxiter)
@@ -772,25 +754,13 @@ class CohesiveProblem(ElasticProblem):
         """Damage of every AP|SE face: the mean of its points (4 on voxel faces, 3 on triangles), (nf,)."""
         return self.interface.face_mean(self.damage if damage is None else damage)
 
-    def area_fractions(self, face_damage: np.ndarray | None = None) -> tuple[float, float]:
-        """Shares of the AP|SE area on damaged faces (d > 0) and on debonded faces (d = 1).
-
-        ``face_damage`` (nf,) defaults to :meth:`face_damage` of the committed history.
-        """
-        fd = self.face_damage() if face_damage is None else face_damage
-        area = self.interface.face_area
-        return float(area[fd > 0].sum() / area.sum()), float(area[fd >= 1].sum() / area.sum())
-
-
     def cell_damage(self) -> np.ndarray:
         """(ne,) damage on the cells: the largest over the AP|SE faces of every particle cell."""
         faces, mesh = self.faces, self.bonded_mesh
         if "ap_cell" in faces:
             cell = np.asarray(faces["ap_cell"], np.int64)
         else:  # voxel hexes: faces name their voxels
-            cell_of = np.full(mesh.phases.size, -1, np.int64)
-            cell_of[mesh.cell_voxel] = np.arange(mesh.n_cells)
-            cell = cell_of[faces["ap_voxel"]]
+            cell = mesh.voxel_cell[faces["ap_voxel"]]
         out = np.zeros(mesh.n_cells)
         np.maximum.at(out, cell, self.face_damage())
         return out

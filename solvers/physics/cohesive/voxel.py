@@ -24,6 +24,7 @@ from solvers.fem.elements import HEX8
 from solvers.fem.mandel import from_mandel, hex_strain_matrix, isotropic
 from solvers.mesh.voxel import ACTIVE, ELECTROLYTE, VoxelMesh
 from solvers.physics.cohesive.band import TRACTION_TOL, BandLaw, BandState, advance, band_geometry
+from solvers.physics.cohesive.geometry import AreaFractions
 from solvers.physics.cohesive.law import CohesiveLaw
 from solvers.physics.elasticity import ElasticProblem
 from solvers.physics.materials import Material
@@ -63,7 +64,7 @@ def face_corner_nodes(faces: Mapping, shape) -> np.ndarray:
     return out
 
 
-class VoxelCohesiveProblem(ElasticProblem):
+class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
     """Elasticity with the cohesive AP|SE band on the matrix-free voxel multigrid (no duplicated nodes).
 
     Same loads, box conditions and bulk stress recovery as
@@ -124,10 +125,8 @@ class VoxelCohesiveProblem(ElasticProblem):
         self.state = BandState.bonded(geo.n)
         self.interface = FaceInterface(geo.face_weight, face_corner_nodes(faces, mesh.shape))
         self.interface_particle = np.asarray(faces["particle"], np.int64)
-        self.history: list[dict] = []
         self._B = hex_strain_matrix(mesh.spacing, (0.5, 0.5, 0.5))
-        cell_of = np.full(mesh.phases.size, -1, np.int64)
-        cell_of[mesh.cell_voxel] = np.arange(mesh.n_cells)
+        cell_of = mesh.voxel_cell
         self._band_cell = cell_of[geo.voxel]
         self._face_ap_cell = cell_of[faces["ap_voxel"]]
         if (self._band_cell < 0).any() or (self._face_ap_cell < 0).any():
@@ -236,12 +235,6 @@ class VoxelCohesiveProblem(ElasticProblem):
         """Damage of every AP|SE face: that of its electrolyte band voxel, (nf,)."""
         d = self.state.damage if damage is None else damage
         return d[self.band_geometry.face_band]
-
-    def area_fractions(self, face_damage: np.ndarray | None = None) -> tuple[float, float]:
-        """Shares of the AP|SE area on damaged faces (d > 0) and on debonded faces (d = 1)."""
-        fd = self.face_damage() if face_damage is None else face_damage
-        area = self.interface.face_area
-        return float(area[fd > 0].sum() / area.sum()), float(area[fd >= 1].sum() / area.sum())
 
     def cell_damage(self) -> np.ndarray:
         """(ne,) damage on the voxel grid: band voxels their own, particle voxels their faces' largest."""
