@@ -294,7 +294,8 @@ class InterfaceConfig:
 
     def assembled_only(self) -> list[str]:
         """Options set away from their defaults that only the assembled (node-pair) model has."""
-        return [k for k, v in (("newton_rtol", 1e-6), ("contact_factor", 1.0)) if getattr(self, k) != v]
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return [k for k in ("newton_rtol", "contact_factor") if getattr(self, k) != defaults[k]]
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ class ElasticProblem:
         self._gc = self._g / w.sum(axis=1)[:, None, None]  # cell-mean gradients (= centroid ones on voxels)
         self.fixed = box_constraints(mesh, top)
         self.timings: dict[str, float] = {}
+        self.history: list[dict] = []  # one record per solve in the cohesive problems (step_record)
         backend = resolve_backend(backend, 3 * mesh.n_nodes, MATRIX_FREE_DOF, voxels=self.structured,
                                   device=device, precision=precision)
         self.backend = backend
