@@ -132,7 +132,6 @@ class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
         if (self._band_cell < 0).any() or (self._face_ap_cell < 0).any():
             raise MeshError("band voxels or AP|SE faces on voxels the mesh left out (floating solid)")
         self._op = (self.state.damage.copy(), self.state.closed.copy())  # the state the operator holds
-        self._solved = self.band.stiffness(self.state.damage, self.state.closed)[0]  # band stiffness of the last solve
         self._last = 1.0  # size of the last committed increment, in steps
         self._f_last = None
         self._eps_last = np.zeros(mesh.n_cells)
@@ -194,8 +193,6 @@ class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
         if which.size:
             self.solver.update_band(C, hg, which)
         self._op = (damage.copy(), closed.copy())
-        self._solved = self._solved.copy()
-        self._solved[which] = C
         return int(which.size)
 
     def _cell_strain(self, u, cells):
@@ -223,7 +220,8 @@ class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
         """Cell-mean stress (ne, 3, 3), Pa; band voxels from the secant stiffness of the last solve."""
         sig = super().cell_stress(u, eigenstrain)
         eps = self._band_strain(u)
-        sig[self._band_cell] = from_mandel(np.einsum("bij,bj->bi", self._solved, eps))
+        blocks = self.solver.levels[0].band  # the secant stiffness the operator holds, in kernel order
+        sig[self._band_cell] = from_mandel(np.einsum("bij,bj->bi", blocks.C[blocks.order], eps))
         return sig
 
     @property
