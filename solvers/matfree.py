@@ -60,7 +60,7 @@ from solvers.fem.elements import HEX8
 from solvers.linalg import SolveStats, checked_solve, counted_cg
 from solvers.matfree_band import BandBlocks
 from solvers.mesh.voxel import nodes_of
-from tomomech.errors import ConfigError
+from tomomech.errors import ConfigError, ConvergenceError
 
 log = logging.getLogger(__name__)
 
@@ -694,12 +694,19 @@ class MatrixFreeSolver:
         band, :mod:`solvers.matfree_band`): ``voxel`` (nb,) flat voxel indices, ``C``
         (nb, 6, 6) Mandel stiffness, ``hourglass`` (nb,) scales of ``Khg`` (24, 24).
         :meth:`update_band` changes them and updates the levels above them in place.
-        Local solves are not built with a band.
+        With a band, local solves are not built at set-up: a CG solve that does not converge
+        finds them then (and the rigid modes below), solves again, and keeps both, refactoring
+        the local solves at every later update.
+    deflate : (Z, Y, X) int, optional
+        Particle labels (0: none). With a band, a CG solve that does not converge is run again
+        with the six rigid-body modes of every particle as a coarse space
+        (:mod:`solvers.deflation`): particles that the band debonds all round float on its
+        residual stiffness, a mode multigrid does not see.
     """
 
     def __init__(self, mesh, cell_lame, fixed, *, scale=None, rtol=1e-8, maxiter=500, device="cpu",
                  precision="float64", chebyshev_degree=2, local_cycles=8, local_threshold=0.003,
-                 local_max_fraction=0.02, band=None):
+                 local_max_fraction=0.02, band=None, deflate=None):
         if device not in ("cpu", "gpu"):
             raise ConfigError(f"solver.device = {device!r}: use 'cpu' or 'gpu'")
         if precision not in ("float64", "mixed"):
@@ -744,11 +751,20 @@ class MatrixFreeSolver:
             self._band_pos = np.full((Z, Y, X), -1, np.int64)  # kernel position of every band voxel
             self._band_pos[tuple(fine.band.zyx.T)] = np.arange(fine.band.n)
             self._band_keep = _unpack_keep(_corner_pattern(box)[tuple(fine.band.zyx.T)])
-            self.band_updates = {"calls": 0, "coarse_voxels": 0, "seconds": 0.0}
+            self.band_updates = {"calls": 0, "coarse_voxels": 0, "seconds": 0.0, "local_rebuilds": 0,
+                                 "local_seconds": 0.0}
+        # with a band, local solves are found only for a solve that fails without them (damage made soft features):
+        # found whenever CG slowed down, they were refactored at every update and cost more than they saved at 96^3
+        self._local_options = (local_cycles, local_threshold, local_max_fraction)
+        self._adaptive_local = band is not None and local_cycles > 0
+        if band is not None:
             local_cycles = 0
         self.levels = [fine]
         self._build_hierarchy(pairs)
+        self._deflate = None if deflate is None else np.asarray(deflate)
+        self._deflation = None  # built when CG fails to converge with local solves alone (floating particles)
         self._local = []  # stages of exact local solves, each (local dofs, factor, rows it changes, columns)
+        self._local_regions = []  # the (nodes, blocks) of each stage, to refactor after a band update
         if local_cycles > 0 and len(self.levels) > 1:
             self._local = self._local_solve_setup(local_cycles, local_threshold, local_max_fraction)
         self.stats.setup_s = time.perf_counter() - t0
@@ -786,6 +802,40 @@ class MatrixFreeSolver:
             lv.fixed_dev = self.xp.asarray(lv.fixed)
             lv.free_dev = ~lv.fixed_dev
 
+    def deflate_rigid_modes(self):
+        """Add the rigid-body modes of the particles given at set-up (``deflate``) to the preconditioner."""
+        if self._deflation is None and self._deflate is not None:
+            self._deflation = self._rigid_deflation(self._deflate)
+
+    def _rigid_deflation(self, labels):
+        """The rigid modes of the particles ``labels``, with ``E`` summed over the band voxels and the particle
+        voxels that have a fixed dof or a corner of another particle (the only voxels a rigid motion strains)."""
+        from solvers.deflation import RigidDeflation, RigidModes, node_clusters
+
+        fine = _host_view(self.levels[0])
+        clusters, p = node_clusters(labels)
+        modes = RigidModes.build(clusters, p, ~fine.fixed)
+        Z, Y, X = fine.mat.shape
+        first = clusters[:Z, :Y, :X]
+        strained, touched = np.zeros((Z, Y, X), bool), np.zeros((Z, Y, X), bool)
+        for dz, dy, dx in CORNERS:  # a fixed dof, or corners of two particles (or of one and of none)
+            corner = clusters[dz:dz + Z, dy:dy + Y, dx:dx + X]
+            strained |= fine.fixed[dz:dz + Z, dy:dy + Y, dx:dx + X].any(axis=-1) | (corner != first)
+            touched |= corner >= 0
+        table = np.argwhere(strained & touched & (fine.mat >= 0))
+        elements = {"table": table}
+        if fine.band is not None:
+            elements["band"] = fine.band.zyx
+
+        def products(kind, which, X):
+            if kind == "band":
+                return fine.band.products(which, X)
+            return fine.ke[fine.mat[tuple(table[which].T)]].reshape(-1, 24, 24) @ X
+
+        deflation = RigidDeflation(modes, products, elements)
+        log.info("rigid-body deflation: %d particle clusters, %d modes", p, modes.size - int(deflation._dead.sum()))
+        return deflation
+
     def _child_matrices(self, fine, czyx):
         """(m, 8, 8, 3, 8, 3) matrices of the children of the coarse voxels ``czyx`` (m, 3) of ``fine``'s
         next level: band voxels from their stiffness (box-masked), the others from ``fine``'s table."""
@@ -814,7 +864,11 @@ class MatrixFreeSolver:
         which = np.arange(fine.band.n) if which is None else np.asarray(which)
         if which.size == 0:
             return
+        if self._deflation is not None:
+            self._deflation.update("band", fine.band.order[which], before=True)
         fine.band.set(C, hourglass, which)
+        if self._deflation is not None:
+            self._deflation.update("band", fine.band.order[which], before=False)
         dirty = fine.band.zyx[fine.band.order[which]] // 2
         n_coarse = 0
         for k in range(1, len(self.levels)):
@@ -836,25 +890,39 @@ class MatrixFreeSolver:
                                           .astype(self.pdtype))
             lv.lmax = max(lv.lmax, self._lambda_max_update(lv, xp=self.xp))  # the spectrum's top may move
         self._coarse_lu = self._factor(_host_view(self.levels[-1]))
+        t1 = time.perf_counter()
+        touched = fine.band.zyx[fine.band.order[which]]
+        for i, (weak, block) in enumerate(self._local_regions):  # the stages over changed voxels: new matrices
+            if _cells_of(weak)[tuple(touched.T)].any():
+                self._local[i] = self._local_factor(weak, block)
+        self.band_updates["local_seconds"] += time.perf_counter() - t1
         self.band_updates["calls"] += 1
         self.band_updates["coarse_voxels"] += n_coarse
         self.band_updates["seconds"] += time.perf_counter() - t0
 
     def _factor(self, lv):
-        mat, ke = lv.mat, lv.ke
-        if lv.band is not None:  # a one-level hierarchy: its band voxels go into the factor too
-            b = lv.band
-            mat = mat.copy()
-            mat[tuple(b.zyx.T)] = len(ke) + np.arange(b.n)
-            kb = b.element_matrices().reshape(-1, 8, 3, 8, 3)
-            keep = self._band_keep[self._band_pos[tuple(b.zyx.T)]]
-            ke = np.concatenate([ke, kb * keep[:, :, :, None, None] * keep[:, None, None, :, :]])
+        mat, ke = self._with_band(lv)  # a one-level hierarchy: its band voxels go into the factor too
         A, self._coarse_nodes = _assemble_cells(mat >= 0, mat, ke)
         A = apply_dirichlet(A, lv.fixed.reshape(-1, 3)[self._coarse_nodes], scale=lv.scale)
         # A Galerkin coarse matrix can be semi-definite where coarse dofs reach the fine free dofs
         # only together; those directions prolong to zero, so a tiny shift makes them harmless.
         A = A + sp.identity(A.shape[0], format="csr") * (1e-10 * lv.scale)
         return spla.splu(A.tocsc())
+
+    def _with_band(self, lv, cells=None):
+        """Host ``mat`` and float64 ``ke`` of a level with its band voxels (if any; those in ``cells`` (Z, Y, X)
+        bool if given) as matrices of their own."""
+        lv = _host_view(lv)
+        mat, ke = lv.mat, np.asarray(lv.ke if isinstance(lv.ke, np.ndarray) else lv.ke.get(), np.float64)
+        if lv.band is None:
+            return mat, ke
+        b = lv.band
+        pos = np.arange(b.n) if cells is None else np.flatnonzero(cells[tuple(b.zyx.T)])
+        mat = mat.copy()
+        mat[tuple(b.zyx[pos].T)] = len(ke) + np.arange(pos.size)
+        kb = b.element_matrices(pos).reshape(-1, 8, 3, 8, 3)
+        keep = self._band_keep[pos]
+        return mat, np.concatenate([ke, kb * keep[:, :, :, None, None] * keep[:, None, None, :, :]])
 
     def _lambda_max_update(self, lv, steps=3, xp=np):
         """A new lower estimate (times 1.1) of the largest eigenvalue of D^-1 A after an update: a few power
@@ -902,7 +970,7 @@ class MatrixFreeSolver:
         free = ~lv.fixed
         e = xp.asarray((rng.standard_normal(lv.node_shape) * free).astype(self.pdtype))
         for _ in range(cycles):
-            e = e - self._vcycle(0, self._apply_level(lv, e, xp, ke=lv.ke))
+            e = self._error_cycle(e)
         mag = np.linalg.norm(np.asarray(e.get() if xp is not np else e, float), axis=-1)
         cap = max(1, int(max_fraction * free.any(-1).sum()))
         over = int((mag > threshold).sum())
@@ -920,6 +988,7 @@ class MatrixFreeSolver:
         log.info("multigrid local solves: %d nodes (%d dof) where %d cycles leave an error above %.3g; "
                  "factor %.1f M entries", int(weak.sum()), local[0].size, cycles, threshold,
                  local[1].nnz / 1e6)  # not lu.L / lu.U: they build (and keep) copies of the factor
+        self._local_regions = [(weak, block)]
         if REFINE_CYCLES == 0:
             return [local]
         # Block Jacobi between boxes lets the error of a feature that straddles a box face grow (the
@@ -927,7 +996,7 @@ class MatrixFreeSolver:
         # small stage solves each such feature exactly together with every box it touches.
         self._local = [local]
         for _ in range(REFINE_CYCLES):
-            e = e - self._vcycle(0, self._apply_level(lv, e, xp, ke=lv.ke))
+            e = self._error_cycle(e)
         mag = np.linalg.norm(np.asarray(e.get() if xp is not np else e, float), axis=-1)
         left = mag > max(REFINE_FRACTION * mag.max(), threshold)
         if not left.any():
@@ -936,22 +1005,32 @@ class MatrixFreeSolver:
         weak, block = _merge_blocks(weak, block, left)
         weak &= np.isin(block, np.unique(block[left]))
         second = self._local_factor(weak, block)
+        self._local_regions.append((weak, block))
         log.info("multigrid local solves: %d cycles more leave %.2g; second stage on %d nodes around the %d "
                  "where the error stays, factor %.1f M entries", REFINE_CYCLES, mag.max(), int(weak.sum()),
                  int(left.sum()), second[1].nnz / 1e6)
         return [local, second]
 
+    def _error_cycle(self, e):
+        """One step ``e - M A e`` of the preconditioned iteration on an error ``e`` (float ``pdtype``)."""
+        lv = self.levels[0]
+        if self._deflation is None:
+            return e - self._vcycle(0, self._apply_level(lv, e, self.xp, ke=lv.ke))
+        return (e - self.precondition(self.apply(e.astype(np.float64)))).astype(self.pdtype)
+
+    def _redetect_local(self):
+        """Find the nodes the preconditioner now leaves behind and give them exact local solves."""
+        self._local, self._local_regions = [], []
+        self._local = self._local_solve_setup(*self._local_options)
+        self.band_updates["local_rebuilds"] += 1
+
     def _local_factor(self, weak, block):
         """Exact block solves on the nodes ``weak``, one block per distinct ``block`` id (both node grids)."""
         lv = self.levels[0]
         xp = self.xp
-        Z, Y, X = lv.mat.shape
-        mat = np.asarray(lv.mat.get() if xp is not np else lv.mat)
-        cells = np.zeros((Z, Y, X), bool)
-        for dz, dy, dx in CORNERS:
-            cells |= weak[dz:dz + Z, dy:dy + Y, dx:dx + X]
+        cells = _cells_of(weak)
+        mat, ke = self._with_band(lv, cells)
         cells &= mat >= 0
-        ke = np.asarray(self.levels[0].ke.get() if xp is not np else self.levels[0].ke, np.float64)
         A, grid_nodes = _assemble_cells(cells, mat, ke)
         dofs = (grid_nodes[:, None] * 3 + np.arange(3)).ravel()  # full-grid dof of each matrix row
         local = np.flatnonzero(np.repeat(weak.ravel()[grid_nodes], 3) & ~lv.fixed.reshape(-1)[dofs])
@@ -1049,7 +1128,10 @@ class MatrixFreeSolver:
         return self._smooth(lv, x, b, res=r)
 
     def precondition(self, r_grid):
-        return self._vcycle(0, r_grid.astype(self.pdtype)).astype(np.float64)
+        y = self._vcycle(0, r_grid.astype(self.pdtype)).astype(np.float64)
+        if self._deflation is not None:  # A-DEF2: y + Q (r - A y), Q = Z E^-1 Z^T (Tang et al. 2009)
+            y += self._deflation.correct(r_grid - self.apply(y), self.xp)
+        return y
 
     # -- solve on mesh dofs ---------------------------------------------------------------------
     def _to_grid(self, v):
@@ -1079,9 +1161,32 @@ class MatrixFreeSolver:
         def on_grid(f):
             return lambda v: host(f(self.xp.asarray(v.reshape(shape)))).ravel()
 
-        x0 = None if x0 is None else host(self._to_grid(x0)).ravel()
-        x = _pcg(self.stats, on_grid(self.apply), on_grid(self.precondition), host(self._to_grid(b)).ravel(),
-                 x0, self.rtol, self.maxiter)
+        bg = self._to_grid(b)
+        x_start = None if x0 is None else self._to_grid(x0)
+
+        def run():
+            xg = x_start
+            if self._deflation is not None:  # a start whose residual has no rigid-mode part (A-DEF2 needs it)
+                xg = self.xp.zeros_like(bg) if xg is None else xg.copy()
+                xg += self._deflation.correct(bg - self.apply(xg), self.xp)
+            return _pcg(self.stats, on_grid(self.apply), on_grid(self.precondition), host(bg).ravel(),
+                        None if xg is None else host(xg).ravel(), self.rtol, self.maxiter)
+
+        if not self._adaptive_local:
+            return self._from_grid(run().reshape(shape))
+        try:
+            x = run()
+        except ConvergenceError:  # soft features the local solves do not cover yet: find them, try once more
+            self.deflate_rigid_modes()  # particles floating all round
+            log.info("band multigrid: CG did not converge; rigid-body deflation %s, new local solves, solving "
+                     "again", "on" if self._deflation is not None else "not available")
+            self._redetect_local()
+            try:
+                x = run()
+            except ConvergenceError as err:
+                raise ConvergenceError(f"{err}. The cohesive band's multigrid had exact local solves and "
+                                       "rigid-body deflation; raise [solver] maxiter, or run the interface on "
+                                       "backend = 'assembled'") from None
         return self._from_grid(x.reshape(shape))
 
 
@@ -1113,6 +1218,15 @@ def _assemble_cells(cells, mat, ke):
     g.node_grid = np.flatnonzero(nodes_of(cells))
     g.n_nodes = g.node_grid.size
     return assemble_voxel_stiffness(g, mat.ravel()[g.cell_voxel], list(ke)), g.node_grid
+
+
+def _cells_of(nodes):
+    """(Z, Y, X) bool: the voxels with a corner among ``nodes`` (Z+1, Y+1, X+1) bool."""
+    Z, Y, X = (n - 1 for n in nodes.shape)
+    cells = np.zeros((Z, Y, X), bool)
+    for dz, dy, dx in CORNERS:
+        cells |= nodes[dz:dz + Z, dy:dy + Y, dx:dx + X]
+    return cells
 
 
 def _box_blocks(shape):

@@ -159,6 +159,12 @@ class BandBlocks:
                 cupyx.scatter_add(out[:, c], flat.ravel(), ye[..., c].ravel())
         return y
 
+    def products(self, which, X) -> np.ndarray:
+        """Element matrices (unmasked) of the band voxels ``which`` (kernel order) times ``X`` (m, 24, k)."""
+        BX = np.einsum("ij,mjk->mik", self.B, X)
+        out = np.einsum("ji,mjk->mik", self.B, self.volume * (self.C[which] @ BX))
+        return out + self.hg[which][:, None, None] * np.einsum("ij,mjk->mik", self.Khg, X)
+
     def element_matrices(self, which=None) -> np.ndarray:
         """(m, 24, 24) element matrices, unmasked, of band voxels in kernel order (all, or ``which``)."""
         sel = slice(None) if which is None else which

@@ -88,6 +88,9 @@ class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
     contact_corrections : int
         Solves again, at most this many times, an increment whose solution changed the contact state
         (0: the new contact state enters the next increment, as IMPL-EX extrapolates it).
+    deflation : bool
+        Let a solve that does not converge fall back to the rigid-body modes of every particle as a coarse
+        space of the multigrid (:mod:`solvers.deflation`), besides new local solves.
     **kwargs : top, stack_pressure_Pa, rtol, maxiter, device, precision (ElasticProblem)
 
     Attributes
@@ -98,7 +101,7 @@ class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
 
     def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], faces: Mapping, law: CohesiveLaw, *,
                  averaging_length_m: float = 0.0, traction_tol: float = TRACTION_TOL, max_cuts: int = 4,
-                 contact_corrections: int = 4, **kwargs):
+                 contact_corrections: int = 4, deflation: bool = True, **kwargs):
         if not isinstance(mesh, VoxelMesh):
             raise ConfigError("the cohesive band runs on voxel-hex meshes: use backend = 'assembled' for tets")
         if kwargs.get("backend", "matrix-free") != "matrix-free":
@@ -116,6 +119,7 @@ class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
         self.traction_tol = float(traction_tol)
         self.max_cuts = int(max_cuts)
         self.contact_corrections = int(contact_corrections)
+        self.deflation = bool(deflation)
         self.faces = faces
         geo = band_geometry(mesh.phases, mesh.particles, mesh.spacing, faces)
         self.band_geometry = geo
@@ -148,7 +152,11 @@ class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
         Khg = lam * k_lam + mu * k_mu - V * self._B.T @ isotropic(lam, mu) @ self._B  # the electrolyte's hourglass
         C, hg = self.band.stiffness(*self._op)
         band = {"voxel": self.band_geometry.voxel, "C": C, "hourglass": hg, "Khg": Khg}
-        return MatrixFreeSolver(self.mesh, self._lame[self.cell_material], self.fixed, band=band, **options)
+        particles = np.zeros(self.mesh.shape, np.int64)
+        ap = self.mesh.cell_voxel[self.mesh.cell_phase == ACTIVE]
+        particles.ravel()[ap] = np.asarray(self.mesh.particles).ravel()[ap]
+        return MatrixFreeSolver(self.mesh, self._lame[self.cell_material], self.fixed, band=band,
+                                deflate=particles if self.deflation else None, **options)
 
     # --- one load step ----------------------------------------------------------------------
     def solve(self, eigenstrain: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
