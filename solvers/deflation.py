@@ -33,13 +33,14 @@ only when a solve fails to converge without it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from solvers.fem.elements import HEX8
+from solvers.linalg import rigid_body_modes
 
 CORNERS = HEX8.nodes.astype(np.int64)
 #: a cluster's mode is dropped where its Gram eigenvalue is below this fraction of the largest (fixed dofs)
@@ -98,6 +99,7 @@ class RigidModes:
     position: np.ndarray
     n_clusters: int
     dead: np.ndarray
+    _on_dev: tuple | None = field(default=None, repr=False)  # nodes, cluster, basis on the GPU
 
     @classmethod
     def build(cls, clusters: np.ndarray, n_clusters: int, free: np.ndarray) -> RigidModes:
@@ -108,13 +110,8 @@ class RigidModes:
         zyx = np.stack(np.unravel_index(nodes, shape), axis=1).astype(float)
         count = np.bincount(cl, minlength=n_clusters)
         centre = np.stack([np.bincount(cl, zyx[:, i], minlength=n_clusters) for i in range(3)], 1) / count[:, None]
-        p = zyx - centre[cl]  # node positions in voxels from the cluster centre
-        raw = np.zeros((nodes.size, 3, 6))
-        raw[:, [0, 1, 2], [0, 1, 2]] = 1.0  # translations
-        for k, (a, b) in enumerate(((0, 1), (0, 2), (1, 2))):  # the rotations u_a = p_b, u_b = -p_a
-            raw[:, a, 3 + k] = p[:, b]
-            raw[:, b, 3 + k] = -p[:, a]
-        raw *= free.reshape(-1, 3)[nodes][:, :, None]
+        # positions from each cluster's centre (their overall mean is then zero, so the modes turn about it)
+        raw = rigid_body_modes(zyx - centre[cl]).reshape(-1, 3, 6) * free.reshape(-1, 3)[nodes][:, :, None]
         gram = np.stack([np.bincount(cl, (raw[:, :, i] * raw[:, :, j]).sum(1), minlength=n_clusters)
                          for i in range(6) for j in range(6)], 1).reshape(n_clusters, 6, 6)
         w, v = np.linalg.eigh(gram)
@@ -145,7 +142,7 @@ class RigidModes:
     def _dev(self, xp):
         if xp is np:
             return self.nodes, self.cluster, self.basis
-        if getattr(self, "_on_dev", None) is None:  # pragma: no cover - needs a GPU
+        if self._on_dev is None:  # pragma: no cover - needs a GPU
             self._on_dev = tuple(xp.asarray(a) for a in (self.nodes, self.cluster, self.basis))
         return self._on_dev  # pragma: no cover
 
@@ -183,6 +180,11 @@ class RigidDeflation:
         zero on fixed dofs either way.
     elements : mapping kind -> (m, 3) int voxel coordinates
         Every voxel whose matrix strains a rigid particle motion.
+
+    Attributes
+    ----------
+    E : sparse (6 p, 6 p), ``Z^T A Z``
+    dead : (6 p,) bool, modes left out of the correction (no support, or no stiffness)
     """
 
     def __init__(self, modes: RigidModes, products, elements):
@@ -211,8 +213,8 @@ class RigidDeflation:
                     continue
                 blk = np.einsum("mai,maj->mij", Gb[ib], KG[both])  # (m, 6, 6): modes of b against a
                 i6 = np.arange(6)
-                rows.append((6 * cb[ib])[:, None, None] + i6[None, :, None] + 0 * i6[None, None, :])
-                cols.append((6 * ca[ia])[:, None, None] + i6[None, None, :] + 0 * i6[None, :, None])
+                rows.append(np.broadcast_to((6 * cb[ib])[:, None, None] + i6[None, :, None], blk.shape))
+                cols.append(np.broadcast_to((6 * ca[ia])[:, None, None] + i6[None, None, :], blk.shape))
                 vals.append(blk)
         r, c, v = (np.concatenate([a.ravel() for a in x]) for x in (rows, cols, vals))
         return sp.csr_matrix((v, (r, c)), shape=(n, n))
@@ -224,7 +226,7 @@ class RigidDeflation:
         scale = float(d[~dead].mean()) if (~dead).any() else 1.0
         E = 0.5 * (E + E.T) + sp.diags(np.where(dead, scale, 0.0))  # modes with no support: identity
         self._lu = spla.splu(E.tocsc())
-        self._dead = dead
+        self.dead = dead
 
     def update(self, kind, which, before: bool):
         """Remove (``before``) or add the contribution of the voxels ``which`` of ``kind``; the factor is renewed
@@ -238,5 +240,5 @@ class RigidDeflation:
         """``Z E^-1 Z^T r`` on a grid vector ``r`` (Z+1, Y+1, X+1, 3), as a new array."""
         zr = self.modes.restrict(r, xp)
         c = self._lu.solve(np.asarray(zr.get() if xp is not np else zr, np.float64))
-        c[self._dead] = 0.0
+        c[self.dead] = 0.0
         return self.modes.prolong_add(xp.asarray(c), xp.zeros_like(r), xp)

@@ -833,7 +833,7 @@ class MatrixFreeSolver:
             return fine.ke[fine.mat[tuple(table[which].T)]].reshape(-1, 24, 24) @ X
 
         deflation = RigidDeflation(modes, products, elements)
-        log.info("rigid-body deflation: %d particle clusters, %d modes", p, modes.size - int(deflation._dead.sum()))
+        log.info("rigid-body deflation: %d particle clusters, %d modes", p, modes.size - int(deflation.dead.sum()))
         return deflation
 
     def _child_matrices(self, fine, czyx):
