@@ -486,6 +486,18 @@ def _galerkin(k, keep):
     return kc * keep[:, :, :, None, None] * keep[:, None, None, :, :]
 
 
+def _coarse_box(box):
+    """Box conditions of the coarse nodes: those of the fine node on each; for an odd fine size, the
+    coarse node one fine node beyond the grid takes those of the fine boundary node half-way to it.
+
+    That node carries half the weight of the fine boundary node (trilinear prolongation), so fixing
+    it (as a node outside the grid once was) took constant displacements off every face of odd size:
+    CG needed 51 iterations on a 65^3 crop against 14 on 64^3.
+    """
+    idx = [np.minimum(np.arange(0, n + 1, 2), n - 1) for n in box.shape[:3]]  # n: fine node count
+    return np.ascontiguousarray(box[np.ix_(*idx)])
+
+
 def _galerkin_level(fine: Level, chunk: int = 4096, child_matrices=None):
     """Coarse level whose element matrices are exactly ``P^T A P`` (element by element).
 
@@ -500,9 +512,7 @@ def _galerkin_level(fine: Level, chunk: int = 4096, child_matrices=None):
     """
     children = _children(fine.mat, -1)
     z, y, x = children.shape[:3]
-    cbox = np.ones((z + 1, y + 1, x + 1, 3), bool)  # outside the fine grid: fixed
-    fb = fine.box[::2, ::2, ::2]
-    cbox[:fb.shape[0], :fb.shape[1], :fb.shape[2]] = fb
+    cbox = _coarse_box(fine.box)
     code = _corner_pattern(cbox)
     key = np.concatenate([children.astype(np.int64), code.astype(np.int64)], axis=-1)
     own = np.zeros((z, y, x), bool) if fine.dynamic is None else _children(fine.dynamic, False).any(axis=-1)

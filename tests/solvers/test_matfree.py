@@ -84,6 +84,49 @@ def test_transfers_are_adjoint_on_odd_grids():
     assert np.allclose(prolong(lin, fine), np.stack([2 * zf + 3 * yf - xf_] * 3, axis=-1))
 
 
+@pytest.mark.parametrize("n", [15, 16])
+def test_coarse_levels_keep_translations_on_odd_grids(monkeypatch, n):
+    """A z translation of the coarse grid (masked by its fixed dofs) prolongs to exactly 1 on every fine
+    node away from the fixed bottom (z >= 2; the side rollers and the free top leave u_z free), at
+    every level. Fails where a coarse node beyond an odd grid is fixed: the fine boundary nodes then get
+    0.5, and CG on a 65^3 crop needed 3.6x the iterations of 64^3."""
+    import solvers.matfree as matfree
+
+    monkeypatch.setattr(matfree, "COARSEST_DOF", 200)
+    ph = np.full((n, n, n), 1, np.uint8)
+    mf = ElasticProblem(voxel_hex_mesh(ph, np.zeros(ph.shape, np.int32), [0.4e-6] * 3), MATS,
+                        backend="matrix-free").solver
+    assert len(mf.levels) >= 3
+    for fine, coarse in zip(mf.levels[:-1], mf.levels[1:]):
+        t = np.zeros(coarse.node_shape)
+        t[..., 0] = 1.0
+        u = prolong(t * ~coarse.fixed, fine.node_shape[:3])
+        assert not fine.fixed[2:, ..., 0].any()
+        assert np.abs(u[2:, ..., 0] - 1.0).max() < 1e-14
+
+
+@pytest.mark.parametrize("n", [24, 25])
+def test_odd_and_even_crops_need_the_same_iterations(n):
+    """CG iterations on a MATBOX crop do not depend on the parity of the grid (25^3 needed 2.6x the
+    iterations of 24^3 while a coarse node beyond an odd grid was fixed; 65^3 3.6x those of 64^3)."""
+    its = {}
+    for m in (24, n):
+        mf = ElasticProblem(matbox_centre(m), MATS, backend="matrix-free")
+        mf.solve(np.where(mf.mesh.cell_phase == 2, -0.017, 0.0))
+        its[m] = mf.solver.stats.iterations[0]
+    assert its[n] <= 1.2 * its[24]
+
+
+def matbox_centre(n):
+    """The centred n^3 crop of the bundled MATBOX sample (pore -> SE, NMC -> AP, binder -> void)."""
+    from pipeline.io import read_volume
+
+    raw = read_volume(ROOT / "samples/matbox_nmc/nmc-1-cal_generatedCBD_bridge.tif").data
+    z0, y0, x0 = ((np.array(raw.shape) - n) // 2).tolist()
+    phases = np.array([1, 2, 0], np.uint8)[raw[z0:z0 + n, y0:y0 + n, x0:x0 + n]]
+    return voxel_hex_mesh(phases, (phases == 2).astype(np.int32), [0.4e-6] * 3)
+
+
 @pytest.mark.parametrize("fine", [(9, 8, 7), (8, 9, 10)])
 def test_numba_transfers_equal_the_array_expressions(fine):
     """The CPU kernels and the array form the GPU runs (odd and even grids, where the last
