@@ -83,6 +83,57 @@ def atomic_dir(dest_dir: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: lock file of a results folder while a run writes to it
+LOCK_NAME = ".tomomech.lock"
+
+
+@contextlib.contextmanager
+def results_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold a results folder for one run, after clearing what killed runs left in it.
+
+    An exclusive ``flock`` on ``.tomomech.lock`` marks the folder as written to; the
+    kernel drops it when the process ends in any way (SIGKILL included). Once it is
+    held, every temporary in the folder (``.tmp-*`` folders of :func:`atomic_dir`,
+    ``.*.part*`` files of :func:`atomic_path`) belongs to a run that died before its
+    rename: they are removed, and each is logged.
+
+    Raises
+    ------
+    InputError
+        Another live run holds the folder.
+    """
+    import fcntl
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_NAME, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another tomomech run is writing to {out}: wait for it to finish, or give "
+                             "this run another output folder (-o)") from None
+        for stale in stale_temporaries(out):
+            size = sum(f.stat().st_size for f in stale.rglob("*") if f.is_file()) if stale.is_dir() \
+                else stale.stat().st_size
+            log.warning("removing %s (%.1f MB), left by a run that was killed before it finished", stale, size / 1e6)
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        try:
+            yield out
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Temporaries of :func:`atomic_dir` and :func:`atomic_path` anywhere in ``folder`` (a results folder)."""
+    folder = Path(folder)
+    dirs = [d for d in folder.rglob(".tmp-*") if d.is_dir()]
+    files = [f for f in folder.rglob(".*.part*") if f.is_file() and not any(d in f.parents for d in dirs)]
+    return sorted(dirs) + sorted(files)
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")

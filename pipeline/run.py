@@ -341,8 +341,11 @@ def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress:
     -------
     Path of the results folder.
     """
-    out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with io.results_folder(cfg.output.dir) as out:
+        return _run(cfg, out, stages, progress, force)
+
+
+def _run(cfg: Config, out: Path, stages, progress: Progress, force: bool) -> Path:
     ws = Workspace(out)
     timings = {}
     cached = {}
