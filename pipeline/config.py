@@ -207,12 +207,24 @@ class MaterialsConfig:
 
 @dataclass(frozen=True)
 class MechanicsConfig:
-    """[mechanics]: top face ``free``, ``fixed`` or under ``stack_pressure`` (MPa, compressive)."""
+    """[mechanics]: box conditions.
+
+    ``top``: the top face ``free``, ``fixed`` (a roller) or under ``stack_pressure`` (MPa,
+    compressive). ``faces``: any box face (``z_min``, ``z_max``, ``y_min``, ``y_max``, ``x_min``,
+    ``x_max``) set to ``roller`` (normal displacement held; the default of all but the top),
+    ``fixed`` (all of it held) or ``free``, e.g. ``faces = {x_max = "free", y_max = "free"}``
+    for a crop at the sample's corner. A run is refused only if the faces the solid touches
+    leave a rigid motion free; the error names it.
+    """
 
     top: str = "free"
     stack_pressure_MPa: float = 0.0
+    faces: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        from solvers.physics.elasticity import face_conditions
+
+        face_conditions(self.top, self.faces)
         _check_choice("mechanics.top", self.top, ("free", "fixed", "stack_pressure"))
         _check_positive("mechanics.stack_pressure_MPa", self.stack_pressure_MPa, allow_zero=True)
         if self.top == "stack_pressure" and self.stack_pressure_MPa == 0:

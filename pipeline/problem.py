@@ -53,7 +53,8 @@ def build_problem(mesh, faces: dict, cfg: Config):
     materials = {1: electrolyte, 2: active}
     sv = cfg.solver
     backend = mechanics_backend(mesh, cfg)
-    opts = dict(top=cfg.mechanics.top, stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6, rtol=sv.rtol,
+    opts = dict(top=cfg.mechanics.top, boundary=cfg.mechanics.faces,
+                stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6, rtol=sv.rtol,
                 maxiter=sv.maxiter)
     if cfg.interface.model == "bonded":
         return ElasticProblem(mesh, materials, solver=sv.method, aggregation=sv.aggregation, backend=backend,

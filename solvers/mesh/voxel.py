@@ -169,8 +169,8 @@ def solid_body(phases: np.ndarray, particles: np.ndarray) -> tuple[np.ndarray, n
     Raises
     ------
     MeshError
-        Too small a volume, no solid, or a solid body that the box
-        constraints (z = 0 and the four side faces) cannot hold.
+        Too small a volume, or no solid. (Whether the box conditions hold the
+        body is checked where they are set: :func:`solvers.physics.elasticity.box_constraints`.)
     """
     phases = np.asarray(phases, np.uint8)
     particles = np.asarray(particles, np.int32)
@@ -189,13 +189,6 @@ def solid_body(phases: np.ndarray, particles: np.ndarray) -> tuple[np.ndarray, n
     if removed:
         log.warning("%d solid voxels are not face-connected to the main body; left out of the solve",
                     removed)
-    for name, sl in (("z = 0", np.s_[0, :, :]), ("y = 0", np.s_[:, 0, :]), ("y = max", np.s_[:, -1, :]),
-                     ("x = 0", np.s_[:, :, 0]), ("x = max", np.s_[:, :, -1])):
-        if not main[sl].any():
-            raise MeshError(
-                f"the solid body does not touch the box face {name}, so the roller constraints "
-                "cannot hold it; crop the volume to a region where solid spans the box"
-            )
     kept_ph = np.where(main, phases, VOID).astype(np.uint8)
     kept_pa = np.where(main & (phases == ACTIVE), particles, 0).astype(np.int32)
 
@@ -222,8 +215,7 @@ def voxel_hex_mesh(phases: np.ndarray, particles: np.ndarray, spacing_m) -> Voxe
     Raises
     ------
     MeshError
-        Too small a volume, no solid, or a solid body that the box
-        constraints (z = 0 and the four side faces) cannot hold.
+        Too small a volume, or no solid.
     """
     kept_ph, kept_pa, removed = solid_body(phases, particles)
     main = kept_ph != VOID

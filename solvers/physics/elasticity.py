@@ -49,21 +49,103 @@ def box_faces(mesh) -> tuple[np.ndarray, np.ndarray]:
     return box_face_nodes(mesh)
 
 
-def box_constraints(mesh, top: str = "free") -> np.ndarray:
-    """Fixed displacement components of the box conditions.
+#: the six box faces, and the conditions a face can have (``pressure``: the top only, ``top = "stack_pressure"``)
+FACES = ("z_min", "z_max", "y_min", "y_max", "x_min", "x_max")
+FACE_CONDITIONS = ("roller", "fixed", "free")
+_MOTIONS = ("translation along z", "translation along y", "translation along x",
+            "rotation about z", "rotation about y", "rotation about x")
+
+
+def face_conditions(top: str = "free", faces: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The condition of every box face: rollers everywhere, the top from ``top``, then ``faces``.
+
+    ``roller`` holds the displacement normal to the face, ``fixed`` all of it, ``free`` none.
+    ``top = "fixed"`` is a roller on the top; ``"stack_pressure"`` leaves it free (the pressure
+    is a load).
+    """
+    if top not in TOP_CONDITIONS:
+        raise ConfigError(f"mechanics.top = {top!r}: use one of {TOP_CONDITIONS}")
+    cond = dict.fromkeys(FACES, "roller")
+    cond["z_max"] = "roller" if top == "fixed" else "free"
+    for face, c in (faces or {}).items():
+        if face not in FACES:
+            raise ConfigError(f"mechanics.faces has {face!r}: the faces are {FACES}")
+        if c == "pressure":
+            raise ConfigError(f"mechanics.faces.{face} = 'pressure': a pressure is applied on the top only, "
+                              "with mechanics.top = 'stack_pressure'")
+        if c not in FACE_CONDITIONS:
+            raise ConfigError(f"mechanics.faces.{face} = {c!r}: use one of {FACE_CONDITIONS}")
+        if face == "z_max" and top != "free":
+            raise ConfigError(f"mechanics.faces.z_max and mechanics.top = {top!r} both set the top face: "
+                              "keep one")
+        cond[face] = c
+    return cond
+
+
+def box_constraints(mesh, top: str = "free", faces: Mapping[str, str] | None = None) -> np.ndarray:
+    """Fixed displacement components of the box conditions, checked to hold the body.
+
+    Parameters
+    ----------
+    mesh : VoxelMesh or TetMesh
+    top : {"free", "fixed", "stack_pressure"}
+    faces : mapping of face name (:data:`FACES`) to condition (:data:`FACE_CONDITIONS`), optional
 
     Returns
     -------
     (nn, 3) bool, components (z, y, x); True where ``u`` is held at zero.
+
+    Raises
+    ------
+    MeshError
+        The conditions leave a rigid-body motion of the meshed body free (named in the message).
     """
-    if top not in TOP_CONDITIONS:
-        raise ConfigError(f"mechanics.top = {top!r}: use one of {TOP_CONDITIONS}")
+    cond = face_conditions(top, faces)
     lo, hi = box_faces(mesh)
     fixed = np.zeros((mesh.n_nodes, 3), bool)
-    fixed[:, 0] = lo[:, 0] | (hi[:, 0] if top == "fixed" else False)
-    fixed[:, 1] = lo[:, 1] | hi[:, 1]
-    fixed[:, 2] = lo[:, 2] | hi[:, 2]
+    for axis, name in enumerate("zyx"):
+        for side, on in (("min", lo[:, axis]), ("max", hi[:, axis])):
+            c = cond[f"{name}_{side}"]
+            if c == "roller":
+                fixed[on, axis] = True
+            elif c == "fixed":
+                fixed[on] = True
+    free = free_rigid_motions(mesh.points, fixed)
+    if free:
+        touched = [f"{name}_{side}" for axis, name in enumerate("zyx")
+                   for side, on in (("min", lo), ("max", hi)) if on[:, axis].any()]
+        held = ", ".join(f"{f} {c}" for f, c in cond.items())
+        raise MeshError(f"the box conditions ({held}) leave the solid body free: {'; '.join(free)}. It touches "
+                        f"the faces {', '.join(touched)} only. Crop to a region whose solid reaches the held faces, "
+                        "or hold more of the faces it touches with mechanics.faces")
     return fixed
+
+
+def free_rigid_motions(points: np.ndarray, fixed: np.ndarray, tol: float = 1e-8) -> list[str]:
+    """The rigid-body motions that the held dofs leave free, in words (empty when the body is held).
+
+    A rank test: the six rigid modes (about the centroid) restricted to the held dofs, ``R``
+    (n_held, 6); singular values below ``tol`` times the largest span the free motions. Each
+    single mode in that space is named; what is left is named as a combination.
+    """
+    R = rigid_body_modes(np.asarray(points, float))[np.asarray(fixed).ravel()]
+    if R.shape[0] == 0:
+        return list(_MOTIONS)
+    _, sv, vt = np.linalg.svd(R, full_matrices=False)
+    null = vt[sv <= tol * max(sv[0], 1e-300)]
+    if len(null) == 0:
+        return []
+    cut = tol * max(sv[0], 1e-300)
+    pure = [k for k in range(6) if np.linalg.norm(R[:, k]) <= cut]
+    out = [_MOTIONS[k] for k in pure]
+    rest = null.copy()
+    rest[:, pure] = 0.0  # the null space less its single modes
+    if len(null) > len(pure):
+        u, s2, vt2 = np.linalg.svd(rest, full_matrices=False)
+        for v in vt2[:len(null) - len(pure)]:
+            v = v / v[np.argmax(np.abs(v))]
+            out.append(" + ".join(f"{c:.2g} x {m}" for c, m in zip(v, _MOTIONS) if abs(c) > 1e-6))
+    return out
 
 
 class ElasticProblem:
@@ -75,6 +157,8 @@ class ElasticProblem:
     materials : mapping phase code -> Material
         Every solid phase present in the mesh needs a material.
     top : {"free", "fixed", "stack_pressure"}
+    boundary : mapping of box face to "roller", "fixed" or "free", optional
+        Overrides of the default box conditions (:func:`face_conditions`); the body must stay held.
     stack_pressure_Pa : float
         Compressive traction on the top face when ``top="stack_pressure"``.
     solver : {"auto", "direct", "amg"}
@@ -99,9 +183,9 @@ class ElasticProblem:
     SMOOTHER = "symmetric"
 
     def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], *, top: str = "free",
-                 stack_pressure_Pa: float = 0.0, solver: str = "auto", rtol: float = 1e-8,
-                 maxiter: int = 500, aggregation: str = "auto", backend: str = "assembled",
-                 device: str = "cpu", precision: str = "float64"):
+                 boundary: Mapping[str, str] | None = None, stack_pressure_Pa: float = 0.0,
+                 solver: str = "auto", rtol: float = 1e-8, maxiter: int = 500, aggregation: str = "auto",
+                 backend: str = "assembled", device: str = "cpu", precision: str = "float64"):
         self.mesh = mesh
         self.top = top
         self.stack_pressure_Pa = float(stack_pressure_Pa)
@@ -121,7 +205,7 @@ class ElasticProblem:
         dn, w = mesh.gradient_tables()
         self._g = np.einsum("eq,eqai->eai", w, dn)  # int grad N dV
         self._gc = self._g / w.sum(axis=1)[:, None, None]  # cell-mean gradients (= centroid ones on voxels)
-        self.fixed = box_constraints(mesh, top)
+        self.fixed = box_constraints(mesh, top, boundary)
         self.timings: dict[str, float] = {}
         self.history: list[dict] = []  # one record per solve in the cohesive problems (step_record)
         backend = resolve_backend(backend, 3 * mesh.n_nodes, MATRIX_FREE_DOF, voxels=self.structured,

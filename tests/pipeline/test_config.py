@@ -15,6 +15,11 @@ def make(**sections):
 
 @pytest.mark.parametrize("sections, match", [
     ({"mesh": {"kindd": "voxel-hex"}}, "unknown key mesh.kindd .did you mean 'kind'"),
+    ({"mechanics": {"faces": {"x_top": "free"}}}, "mechanics.faces has 'x_top': the faces are"),
+    ({"mechanics": {"faces": {"x_max": "slip"}}}, r"mechanics.faces.x_max = 'slip': use one of \('roller'"),
+    ({"mechanics": {"faces": {"y_min": "pressure"}}}, "a pressure is applied on the top only"),
+    ({"mechanics": {"top": "fixed", "faces": {"z_max": "free"}}}, "both set the top face"),
+    ({"mechanics": {"faces": "free"}}, "mechanics.faces = 'free' has the wrong type"),
     ({"mesh": {"kind": "octree"}}, "mesh.kind = 'octree' is not allowed"),
     ({"mesh": {"kind": "conforming-tet", "cell_size_voxels": 0}}, "mesh.cell_size_voxels = 0 must be > 0"),
     ({"mesh": {"kind": "voxel-tet"}, "solver": {"backend": "matrix-free"}}, "matrix-free' works on voxel-hex"),

@@ -11,6 +11,7 @@ from solvers.fem.assembly import assemble_voxel_stiffness, elasticity_matrix, gr
 from solvers.linalg import LinearSolver
 from solvers.mesh import voxel_hex_mesh
 from solvers.physics import ElasticProblem, Material, box_constraints
+from solvers.physics.elasticity import free_rigid_motions
 from tomomech.errors import ConvergenceError, MeshError
 
 SPACING = np.array([1.0e-6, 1.5e-6, 0.8e-6])  # anisotropic on purpose
@@ -184,9 +185,49 @@ def test_floating_solid_removed_and_unholdable_body_rejected():
     m = voxel_hex_mesh(ph, (ph == 2).astype(np.int32), SPACING)
     assert m.removed_voxels == 1 and m.n_cells == 216 - 64
     ph2 = np.zeros((6, 6, 6), np.uint8)
-    ph2[:, 1:5, 1:5] = 1  # does not reach the side faces
-    with pytest.raises(MeshError, match="does not touch the box face"):
-        voxel_hex_mesh(ph2, np.zeros_like(ph2, dtype=np.int32), SPACING)
+    ph2[:, 1:5, 1:5] = 1  # does not reach the side faces: floats in x and y, and turns about z
+    m2 = voxel_hex_mesh(ph2, np.zeros_like(ph2, dtype=np.int32), SPACING)
+    with pytest.raises(MeshError, match="free: translation along y; translation along x; rotation about z. "
+                                        "It touches the faces z_min, z_max only"):
+        box_constraints(m2)
+    with pytest.raises(MeshError, match="free: translation along z; translation along y; translation along x; "
+                                        "rotation about z"):
+        box_constraints(m2, faces={"z_min": "free"})
+    assert box_constraints(m2, faces={"z_min": "fixed"}).sum() == 3 * 25  # clamped bottom: held
+
+
+@pytest.mark.parametrize("backend", ["assembled", "matrix-free"])
+def test_void_padding_on_two_side_faces_changes_nothing(backend):
+    """A crop padded with void on x = max and y = max (a corner of the sample) runs with the default
+    rollers, which then hold it through the faces it touches, and gives the unpadded crop's answer with
+    those two faces free, to 1e-8 (the nodes are the same and numbered alike)."""
+    ph, pa = make_composite((14, 14, 14), active_fraction=0.45, void_fraction=0.08, radius=4, seed=5)
+    mats = {1: SE, 2: AP}
+    plain = voxel_hex_mesh(ph, pa, SPACING)
+    padded = voxel_hex_mesh(np.pad(ph, [(0, 0), (0, 3), (0, 2)]), np.pad(pa, [(0, 0), (0, 3), (0, 2)]), SPACING)
+    assert np.array_equal(plain.points, padded.points)
+    free = {"y_max": "free", "x_max": "free"}
+    kw = dict(backend=backend, rtol=1e-12) if backend == "assembled" else dict(backend=backend, rtol=1e-11)
+    u = [ElasticProblem(m, mats, boundary=b, **kw).solve(np.where(m.cell_phase == 2, -0.01, 0.0))
+         for m, b in ((plain, free), (padded, None))]
+    assert np.abs(u[0] - u[1]).max() <= 1e-8 * np.abs(u[0]).max()
+    held = ElasticProblem(plain, mats, backend=backend).solve(np.where(plain.cell_phase == 2, -0.01, 0.0))
+    assert np.abs(held - u[0]).max() > 1e-3 * np.abs(u[0]).max()  # the two free faces do change the answer
+
+
+def test_free_rigid_motions_rank_test():
+    """Single motions are named; a free motion that is no single mode (a rotation about an axis away from
+    the centroid) is named as a combination."""
+    pts = np.array(np.meshgrid(*[np.arange(3.0)] * 3, indexing="ij")).reshape(3, -1).T
+    fixed = np.zeros((len(pts), 3), bool)
+    assert free_rigid_motions(pts, fixed) == ["translation along z", "translation along y", "translation along x",
+                                              "rotation about z", "rotation about y", "rotation about x"]
+    fixed[pts[:, 0] == 0] = True  # clamped bottom
+    assert free_rigid_motions(pts, fixed) == []
+    fixed[:] = False
+    fixed[(pts[:, 1] == 0) & (pts[:, 2] == 0)] = True  # a clamped line along z at y = x = 0, off the centroid
+    free = free_rigid_motions(pts, fixed)
+    assert len(free) == 1 and "rotation about z" in free[0] and "translation" in free[0]
 
 
 def test_von_mises_and_invariants():
