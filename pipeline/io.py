@@ -217,6 +217,28 @@ def file_hash(path, chunk: int = 1 << 20) -> str:
 
 # ----------------------------------------------------------------------------- volumes
 
+def _check_slice_numbers(folder: Path, names: list[str]) -> None:
+    """Refuse a folder of numbered slices with a gap or a repeated number: either would put every
+    later slice at the wrong height (z) without a sign in the results."""
+    numbers = [re.findall(r"\d+", Path(n).stem) for n in names]
+    if not all(numbers):
+        return  # not all numbered: natural sort order is all there is
+    idx = np.array([int(n[-1]) for n in numbers])
+    stems = {re.sub(r"\d+(?=\D*$)", "#", Path(n).stem) for n in names}
+    if len(stems) > 1:
+        return  # several name patterns: no single index to check
+    uniq, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][:5].tolist()
+        raise InputError(f"folder {str(folder)!r} has slices with the same number {dup}: keep one file per slice")
+    missing = np.setdiff1d(np.arange(idx.min(), idx.max() + 1), idx)
+    if missing.size:
+        shown = ", ".join(str(m) for m in missing[:10]) + (" ..." if missing.size > 10 else "")
+        raise InputError(f"folder {str(folder)!r}: slice numbers {idx.min()}..{idx.max()} miss {missing.size} "
+                         f"({shown}); every later slice would sit at the wrong z. Restore the missing slices, "
+                         "or move the slices on one side of the gap to another folder")
+
+
 def _natural_key(name: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
@@ -291,6 +313,7 @@ def read_volume(path, *, crop=None) -> Volume:
                            key=lambda f: _natural_key(f.name))
             if not files:
                 raise InputError(f"folder {str(p)!r} holds no .tif/.tiff slices")
+            _check_slice_numbers(p, [f.name for f in files])
             slices = []
             for f in files:
                 a = tifffile.imread(f)

@@ -42,6 +42,22 @@ def test_folder_of_slices_natural_sort_and_crop(tmp_path):
     assert c.data.shape == (3, 3, 6) and c.data[0, 0, 0] == 2
 
 
+def test_folder_with_a_missing_or_repeated_slice_number_is_refused(tmp_path):
+    d = tmp_path / "gap"
+    d.mkdir()
+    for k in (0, 1, 2, 4, 5):
+        tifffile.imwrite(d / f"slice_{k:04d}.tif", np.full((6, 7), k, np.uint16))
+    with pytest.raises(InputError, match=r"slice numbers 0..5 miss 1 \(3\); every later slice would sit at the "
+                                         "wrong z"):
+        io.read_volume(d)
+    tifffile.imwrite(d / "slice_3.tif", np.zeros((6, 7), np.uint16))
+    tifffile.imwrite(d / "slice_0003.tif", np.zeros((6, 7), np.uint16))
+    with pytest.raises(InputError, match=r"slices with the same number \[3\]"):
+        io.read_volume(d)
+    (d / "slice_3.tif").unlink()
+    assert io.read_volume(d).data.shape == (6, 6, 7)  # a run that starts at any number is fine
+
+
 def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         io.read_volume(tmp_path / "nope.tif")
