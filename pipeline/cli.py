@@ -57,6 +57,8 @@ def _config(args):
         overrides.setdefault("input", {})["voxel_size_um"] = args.voxel_size_um
     if getattr(args, "output", None):
         overrides.setdefault("output", {})["dir"] = str(Path(args.output).resolve())
+    if getattr(args, "uncertainty", None) is not None:
+        overrides.setdefault("uncertainty", {})["samples"] = args.uncertainty
     if target.suffix.lower() == ".toml":
         return load_config(target, overrides)
     if target.is_dir() and (target / "config.toml").exists():
@@ -148,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("-o", "--output", help="results folder (overrides [output] dir)")
         s.add_argument("--voxel-size-um", type=float, help="voxel size in micrometres (overrides metadata)")
         s.add_argument("--force", action="store_true", help="ignore cached stages")
+        if name == "run":
+            s.add_argument("--uncertainty", type=int, metavar="N",
+                           help="rerun under N seeded perturbations of the segmentation ([uncertainty] samples)")
     sub.add_parser("materials", help="list material presets")
     vw = sub.add_parser("view", help="open a results folder or a stack in napari")
     vw.add_argument("target", help="results folder, TIFF stack or slice folder")

@@ -417,6 +417,35 @@ def refuse_matrix_free_options(interface: InterfaceConfig) -> None:
 
 
 @dataclass(frozen=True)
+class UncertaintyConfig:
+    """[uncertainty]: rerun the run under ``samples`` seeded perturbations of its segmentation
+    (:mod:`pipeline.uncertainty`; 0: off).
+
+    Thresholds are drawn within the histogram valley around each of the run's thresholds, or
+    within +- ``threshold_band`` grey values when it is > 0; the denoise strength, split depth and
+    smallest particle are the run's times a factor drawn uniformly from ``[low, high]``.
+    ``workers``: local dask workers (0: one per core).
+    """
+
+    samples: int = 0
+    seed: int = 0
+    threshold_band: float = 0.0
+    denoise_factor: list = field(default_factory=lambda: [0.5, 1.5])
+    split_depth_factor: list = field(default_factory=lambda: [0.5, 1.5])
+    min_particle_factor: list = field(default_factory=lambda: [0.5, 2.0])
+    workers: int = 0
+
+    def __post_init__(self):
+        _check_positive("uncertainty.samples", self.samples, allow_zero=True)
+        _check_positive("uncertainty.threshold_band", self.threshold_band, allow_zero=True)
+        _check_positive("uncertainty.workers", self.workers, allow_zero=True)
+        for name in ("denoise_factor", "split_depth_factor", "min_particle_factor"):
+            r = getattr(self, name)
+            if not (len(r) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in r) and r[0] <= r[1]):
+                raise ConfigError(f"uncertainty.{name} = {r!r}: give [low, high] with 0 < low <= high")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole run configuration."""
 
@@ -430,6 +459,7 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
 
     def __post_init__(self):
         active, _ = self.materials.resolve()

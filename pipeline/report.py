@@ -208,6 +208,30 @@ def _onset_html(summary: dict) -> str:
     return f'\n<p><b>Delamination onset:</b> {html.escape(warning)}.</p>' if warning else ""
 
 
+def _uncertainty_html(out: Path) -> str:
+    """The segmentation-uncertainty table of ``uncertainty/summary.json`` ('' without one)."""
+    f = out / "uncertainty" / "summary.json"
+    if not f.exists():
+        return ""
+    u = io.read_json(f)
+    rows = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(e['label'])}</th><td>{_fmt(e['nominal'])}</td>"
+        f"<td>{_fmt(e['median'])}</td><td>{_fmt(e['p05'])} - {_fmt(e['p95'])}</td>"
+        f"<td>{'robust' if e['robust'] else '<b>depends on the segmentation</b>'}</td></tr>"
+        for e in u["electrode"].values())
+    share = u.get("matched_share_mean")
+    return (f"\n<h2>Segmentation uncertainty</h2><p>{u['done']} of {u['samples']} runs with perturbed segmentation "
+            f"choices; {100 * (share or 0):.0f} % of the particles matched on average (overlap IoU >= "
+            f"{u['match_iou']}). Robust: the 90 % interval lies within +-{100 * u['robust_within']:.0f} % of the "
+            f"median. Per particle: <a href='uncertainty/particles.csv'>uncertainty/particles.csv</a>.</p>"
+            f"<table><tr><th>outcome</th><th>this run</th><th>median</th><th>90 % interval</th><th></th></tr>"
+            f"{rows}</table>")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.4g}"
+
+
 def write_report(out: str | Path) -> Path:
     """Write ``report.html`` (and PNGs) into a results folder."""
     out = Path(out)
@@ -238,6 +262,7 @@ phase fractions: active {fr['active']:.3f}, electrolyte {fr['electrolyte']:.3f},
 mesh {_mesh_html(summary['mesh'])}; voxel size {summary['voxel_size_um']} µm.</p>
 <p>Stresses in MPa, tension positive. Particles that touch the box are cut by the crop: their
 stresses depend on the box conditions.</p>{_onset_html(summary)}
+{_uncertainty_html(out)}
 <h2>Steps</h2>{_table_html(steps_cols, range(len(summary['steps'])))}
 {''.join(f'<h3>{html.escape(c)}</h3><img src="{f}">' for f, c in plots)}
 <h2>Ten most stressed particles (last step)</h2>{_table_html({k: table[k] for k in show}, top)}

@@ -397,6 +397,12 @@ def _run(cfg: Config, out: Path, stages, progress: Progress, force: bool) -> Pat
             summary = solve_stage(phases, particles, spacing, cfg, out, progress)
             ws.mark("solve", solve_key)
             cached["solve"] = False
+    if "solve" in stages and cfg.uncertainty.samples > 0:
+        from pipeline.uncertainty import run_uncertainty
+
+        t0 = time.perf_counter()
+        run_uncertainty(cfg, out, spacing, image)
+        timings["uncertainty_s"] = time.perf_counter() - t0
     if "report" in stages:
         from pipeline.report import write_report
 

@@ -310,13 +310,21 @@ def _case_row(case: Case, folder: Path, swept_keys) -> tuple[dict, dict | None]:
         row.update(status="failed", error="summary.json missing: the case folder is incomplete")
     if row["status"] != "done":
         return row, None
+    outcomes, parts = run_outcomes(folder)
+    row.update(outcomes)
+    parts["case"] = np.array([case.name] * len(parts["case_void_fraction"]), dtype=object)
+    return row, parts
+
+
+def run_outcomes(folder: Path) -> tuple[dict, dict]:
+    """Electrode outcomes of a finished run's folder (last step), and its particle rows of that step."""
     summary = io.read_json(folder / "summary.json")
     table = io.read_csv(folder / "particles.csv")
     last = summary["steps"][-1]
     rows = table["step"] == int(table["step"].max())
     vol = float(np.sum(table["volume_um3"][rows]))
     act = last["phases"].get("active", {})
-    row.update({
+    outcomes = {
         "void_fraction": last["void_fraction"],
         "active_fraction": last["phase_fractions"]["active"],
         "particle_count": summary["particle_count"],
@@ -325,11 +333,10 @@ def _case_row(case: Case, folder: Path, swept_keys) -> tuple[dict, dict | None]:
         "particle_von_mises_p95_MPa": float(np.nanpercentile(table["von_mises_mean_MPa"][rows], 95)),
         "interface_normal_traction_mean_MPa": last["interface_normal_traction_mean_MPa"],
         "debonded_fraction": last.get("debonded_fraction", np.nan),
-    })
+    }
     parts = {k: v[rows] for k, v in table.items()}
-    parts["case"] = np.array([case.name] * int(rows.sum()), dtype=object)
     parts["case_void_fraction"] = np.full(int(rows.sum()), last["void_fraction"])
-    return row, parts
+    return outcomes, parts
 
 
 def _columns(rows: list[dict]) -> dict[str, np.ndarray]:

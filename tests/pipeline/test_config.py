@@ -16,6 +16,8 @@ def make(**sections):
 @pytest.mark.parametrize("sections, match", [
     ({"mesh": {"kindd": "voxel-hex"}}, "unknown key mesh.kindd .did you mean 'kind'"),
     ({"mechanics": {"faces": {"x_top": "free"}}}, "mechanics.faces has 'x_top': the faces are"),
+    ({"uncertainty": {"split_depth_factor": [2.0, 1.0]}}, r"uncertainty.split_depth_factor = \[2.0, 1.0\]: give"),
+    ({"uncertainty": {"samples": -1}}, "uncertainty.samples = -1 must be >= 0"),
     ({"mechanics": {"faces": {"x_max": "slip"}}}, r"mechanics.faces.x_max = 'slip': use one of \('roller'"),
     ({"mechanics": {"faces": {"y_min": "pressure"}}}, "a pressure is applied on the top only"),
     ({"mechanics": {"top": "fixed", "faces": {"z_max": "free"}}}, "both set the top face"),
