@@ -100,24 +100,31 @@ def segment_stage(image: np.ndarray, sc, spacing_um) -> tuple[np.ndarray, np.nda
         classify_multiotsu,
         classify_thresholds,
         denoise,
+        field_of_view,
         label_particles,
         map_phases,
         remove_small_particles,
     )
 
+    inside = None
     if sc.method == "labels":
         if not np.issubdtype(image.dtype, np.integer):
             raise InputError(f"segmentation.method = 'labels' needs an integer label image, the input is "
                              f"{image.dtype}; use 'multiotsu' or 'thresholds' for grey values")
         classes = image
     else:
+        inside = field_of_view(image)
         img = denoise(image, sc.denoise, sc.denoise_strength)
-        if sc.method == "multiotsu":
-            classes, thr = classify_multiotsu(img, 3)
+        thr = sc.thresholds
+        if sc.method == "multiotsu":  # from the field of view's grey values only
+            thr = classify_multiotsu(img if inside is None else img[:, inside], 3)[1]
             log.info("multi-Otsu thresholds: %s", np.round(thr, 3).tolist())
-        else:
-            classes = classify_thresholds(img, sc.thresholds)
+        classes = classify_thresholds(img, thr)
     phases = map_phases(classes, sc.int_phase_map())
+    if inside is not None:
+        log.info("field of view: %.1f %% of every slice lies outside the reconstructed cylinder (one constant "
+                 "grey value in every slice); masked as void, not segmented", 100 * (1 - inside.mean()))
+        phases[:, ~inside] = 0
     phases = remove_small_particles(phases, sc.min_particle_voxels)
     particles = label_particles(phases, spacing=spacing_um, split_touching=sc.split_touching,
                                 split_depth=sc.split_depth_voxels)
@@ -138,11 +145,13 @@ def load_input(cfg: Config) -> tuple[np.ndarray, tuple[float, float, float], str
     return vol.data, tuple(float(s) for s in spacing), io.file_hash(cfg.input.path)
 
 
-def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress: Progress = _noop) -> dict:
+def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress: Progress = _noop,
+                inside=None) -> dict:
     """Mesh, solve every step, reduce to particle and summary tables, write them.
 
     The mechanics problem and the load states come from :mod:`pipeline.problem`;
-    this function only times, reduces and writes.
+    this function only times, reduces and writes. ``inside`` ((Y, X) bool, optional): the
+    field of view; phase fractions count its voxels only.
 
     Returns
     -------
@@ -164,6 +173,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         quality = mesh_quality(mesh, mesh.phases, mesh.particles)
 
     geom = particle_geometry(mesh.phases, mesh.particles, sp_um, shell_voxels=cfg.statistics.shell_voxels)
+    region = None if inside is None else np.broadcast_to(coarsen_mask(inside, cfg.mesh.coarsen)[None],
+                                                         mesh.phases.shape)
     faces, fa, fs = mesh_interface(mesh, cfg)
     cohesive = cfg.interface.model == "cohesive"
     onset_warning = onset_advice(cfg.mesh, cfg.interface) if cohesive else None
@@ -192,7 +203,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                                               cell_theta=st.theta_cell, cell_particle=mesh.cell_particle,
                                               sigma=sig, faces=faces, face_tn=tn, cell_volume=weights))
             s = step_summary(step=st.step, soc=soc, phases=mesh.phases, cell_phase=mesh.cell_phase,
-                             sigma=sig, faces=faces, face_tn=tn, cell_volume=weights)
+                             sigma=sig, faces=faces, face_tn=tn, cell_volume=weights, region=region)
             outside = float(np.mean((st.theta_cell[is_active] < 0) | (st.theta_cell[is_active] > 1)))
             if outside and not warned:
                 log.warning("step %d: %.1f %% of the active volume has theta outside [0, 1]: the uniform "
@@ -230,10 +241,21 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                                  "nodes": diffusion_info["diffusion_nodes"]}} if diffusion_info else {}),
         "interface": {**prob.summary(), **({"onset_warning": onset_warning} if cohesive else {})},
         "timings_s": {k: round(v, 3) for k, v in t.items()},
+        **({"field_of_view": {"inside_fraction": float(inside.mean())}} if inside is not None else {}),
         "steps": summaries,
     }
     io.write_json(out / "summary.json", summary)
     return summary
+
+
+def coarsen_mask(mask: np.ndarray, block: int) -> np.ndarray:
+    """A (Y, X) mask on the grid of ``mesh.coarsen = block`` (trailing voxels cropped, as the phases):
+    a coarse column is in where most of its block is."""
+    b = int(block)
+    if b <= 1:
+        return mask
+    y, x = (s // b for s in mask.shape)
+    return mask[:y * b, :x * b].reshape(y, b, x, b).mean(axis=(1, 3)) >= 0.5
 
 
 def cell_fields(mesh, theta_cell: np.ndarray, sigma: np.ndarray) -> dict[str, np.ndarray]:
@@ -394,7 +416,10 @@ def _run(cfg: Config, out: Path, stages, progress: Progress, force: bool) -> Pat
             cached["solve"] = True
             summary = io.read_json(out / "summary.json")
         else:
-            summary = solve_stage(phases, particles, spacing, cfg, out, progress)
+            from segmentation import field_of_view
+
+            inside = None if cfg.segmentation.method == "labels" else field_of_view(image)
+            summary = solve_stage(phases, particles, spacing, cfg, out, progress, inside=inside)
             ws.mark("solve", solve_key)
             cached["solve"] = False
     if "solve" in stages and cfg.uncertainty.samples > 0:

@@ -65,12 +65,16 @@ def particle_step_table(geometry: dict[str, np.ndarray], *, step: int, time_s: f
 
 
 def step_summary(*, step: int, soc: float, phases: np.ndarray, cell_phase: np.ndarray,
-                 sigma: np.ndarray, faces: dict, face_tn: np.ndarray, cell_volume: np.ndarray | None = None) -> dict:
+                 sigma: np.ndarray, faces: dict, face_tn: np.ndarray, cell_volume: np.ndarray | None = None,
+                 region: np.ndarray | None = None) -> dict:
     """Electrode summary of one step: phase fractions and phase stress statistics (MPa).
 
     Means and the 95th percentile over cells are weighted by ``cell_volume`` when given.
+    Phase fractions are taken over the voxels of ``region`` ((Z, Y, X) bool, the field of
+    view) when given, else over the whole box.
     """
-    frac = np.bincount(phases.ravel(), minlength=3) / phases.size
+    counted = phases.ravel() if region is None else phases[region]
+    frac = np.bincount(counted, minlength=3) / counted.size
     out = {"step": int(step), "soc": float(soc),
            "phase_fractions": {PHASE_NAMES[k]: float(frac[k]) for k in range(3)},
            "void_fraction": float(frac[0]),

@@ -88,11 +88,13 @@ def valley_ranges(values: np.ndarray, thresholds, bins: int = 256) -> list[tuple
 
 
 def nominal_thresholds(cfg: Config, image: np.ndarray) -> tuple[list[float], np.ndarray]:
-    """The run's thresholds and the (denoised) grey values they split."""
-    from segmentation import classify_multiotsu, denoise
+    """The run's thresholds and the (denoised) grey values they split (inside the field of view)."""
+    from segmentation import classify_multiotsu, denoise, field_of_view
 
     sc = cfg.segmentation
+    inside = field_of_view(image)
     img = denoise(image, sc.denoise, sc.denoise_strength)
+    img = img if inside is None else img[:, inside]
     if sc.method == "thresholds":
         return [float(t) for t in sc.thresholds], img
     return classify_multiotsu(img, 3)[1].tolist(), img

@@ -4,6 +4,7 @@ Nothing here reads files or imports ``solvers`` or ``pipeline``. Arrays are
 (z, y, x); spacing is passed explicitly in micrometres.
 """
 
+from segmentation.fov import field_of_view
 from segmentation.geometry import face_pairs, particle_geometry
 from segmentation.particles import label_particles, remove_small_particles
 from segmentation.phases import (
@@ -21,6 +22,7 @@ __all__ = [
     "classify_thresholds",
     "denoise",
     "face_pairs",
+    "field_of_view",
     "label_particles",
     "make_composite",
     "map_phases",

@@ -116,5 +116,5 @@ def label_particles(
     lut = np.zeros(uniq.max() + 1, dtype=np.int32)
     lut[uniq[uniq > 0][order]] = np.arange(1, order.size + 1, dtype=np.int32)
     out = lut[lab]
-    log.info("labelled %d particles (%d connected components)", out.max(), comps.max())
+    log.info("labelled %d particles (%d connected components)", int(out.max()), int(comps.max()))
     return out
