@@ -172,9 +172,10 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
 
         quality = mesh_quality(mesh, mesh.phases, mesh.particles)
 
-    geom = particle_geometry(mesh.phases, mesh.particles, sp_um, shell_voxels=cfg.statistics.shell_voxels)
     region = None if inside is None else np.broadcast_to(coarsen_mask(inside, cfg.mesh.coarsen)[None],
                                                          mesh.phases.shape)
+    geom = particle_geometry(mesh.phases, mesh.particles, sp_um, shell_voxels=cfg.statistics.shell_voxels,
+                             region=region)
     faces, fa, fs = mesh_interface(mesh, cfg)
     cohesive = cfg.interface.model == "cohesive"
     onset_warning = onset_advice(cfg.mesh, cfg.interface) if cohesive else None

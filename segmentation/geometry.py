@@ -43,6 +43,7 @@ def particle_geometry(
     particles: np.ndarray,
     spacing=(1.0, 1.0, 1.0),
     shell_voxels: float = 3.0,
+    region: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Geometry of every particle, one entry per particle id 1..N.
 
@@ -56,6 +57,10 @@ def particle_geometry(
         ``local_void_fraction`` is measured. Each non-particle voxel belongs to
         the shell of its nearest particle (a Voronoi shell), so neighbouring
         shells never double count.
+    region : (Z, Y, X) bool, optional
+        The voxels that hold sample (a field of view). Faces to voxels outside it
+        count as box faces: not in any area, and a particle with one touches the
+        boundary; the shells hold voxels inside it only.
 
     Returns
     -------
@@ -68,6 +73,7 @@ def particle_geometry(
         ``local_void_fraction``.
     """
     ph = np.asarray(phases).ravel()
+    inside = np.ones(ph.size, bool) if region is None else np.asarray(region, bool).ravel()
     lab = np.asarray(particles).ravel().astype(np.int64)
     shape = np.shape(particles)
     n = int(lab.max()) if lab.size else 0
@@ -89,7 +95,7 @@ def particle_geometry(
         la, lb = lab[a], lab[b]
         diff = la != lb
         for own, other, oth_idx in ((la, lb, b), (lb, la, a)):
-            sel = diff & (own > 0)
+            sel = diff & (own > 0) & inside[oth_idx]
             o = own[sel]
             surf += np.bincount(o, minlength=m) * area[ax]
             oph = ph[oth_idx[sel]]
@@ -102,13 +108,15 @@ def particle_geometry(
     border[[0, -1], :, :] = True
     border[:, [0, -1], :] = True
     border[:, :, [0, -1]] = True
+    if region is not None:  # next to the outside of the field of view
+        border |= ndi.binary_dilation(~np.asarray(region, bool)) & np.asarray(region, bool)
     touches = np.bincount(lab3[border], minlength=m) > 0
 
     # Voronoi shell of each particle: non-particle voxels whose nearest particle
     # voxel is within shell_voxels
     dist, idx = ndi.distance_transform_edt(lab3 == 0, sampling=sp / sp.min(), return_indices=True)
     owner = lab3[tuple(idx)].ravel()
-    shell = (dist.ravel() > 0) & (dist.ravel() <= shell_voxels)
+    shell = (dist.ravel() > 0) & (dist.ravel() <= shell_voxels) & inside
     shell_n = np.bincount(owner[shell], minlength=m).astype(float)
     shell_void = np.bincount(owner[shell & (ph == Phase.VOID)], minlength=m)
     with np.errstate(invalid="ignore", divide="ignore"):

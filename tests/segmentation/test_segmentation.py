@@ -94,6 +94,27 @@ def test_geometry_of_a_box_particle_exact():
     assert g["eq_diameter_um"][0] == pytest.approx((6 * 60 / np.pi) ** (1 / 3))
 
 
+def test_geometry_with_a_field_of_view_leaves_the_outside_out():
+    """The void column on the particle's +x face made the outside of a field of view: its faces leave the
+    surface and void contact areas, the particle touches the boundary, and the shell holds no outside voxel."""
+    ph = np.full((10, 10, 10), Phase.ELECTROLYTE, np.uint8)
+    ph[2:5, 3:7, 4:9] = Phase.ACTIVE
+    ph[:, :, 9] = Phase.VOID
+    lab = label_particles(ph, split_touching=False)
+    sp = (0.5, 1.0, 2.0)
+    full = particle_geometry(ph, lab, sp, shell_voxels=5)
+    same = particle_geometry(ph, lab, sp, shell_voxels=5, region=np.ones(ph.shape, bool))
+    assert all(np.array_equal(full[k], same[k], equal_nan=True) for k in full)
+    region = np.ones(ph.shape, bool)
+    region[:, :, 9] = False
+    g = particle_geometry(ph, lab, sp, shell_voxels=5, region=region)
+    assert g["void_contact_area_um2"][0] == 0 and full["void_contact_area_um2"][0] == pytest.approx(12 * 0.5)
+    assert g["surface_area_um2"][0] == pytest.approx(full["surface_area_um2"][0] - 12 * 0.5)
+    assert g["se_contact_area_um2"][0] == full["se_contact_area_um2"][0]
+    assert g["touches_boundary"][0] and not full["touches_boundary"][0]
+    assert g["local_void_fraction"][0] == 0 < full["local_void_fraction"][0]
+
+
 def test_isolated_and_local_void_fraction():
     ph = np.full((12, 12, 12), Phase.VOID, np.uint8)
     ph[4:8, 4:8, 4:8] = Phase.ACTIVE  # only void around: isolated, local void fraction 1
