@@ -150,7 +150,7 @@ def trilinear_below(columns, coarse_nodes):
     """Trilinear prolongation from the 4h node grid to the 2h dofs ``columns`` ((grid node, component)
     of each, as :func:`prolongation` gives them): every copy of a node takes the value at its position."""
     def one_axis(nf):
-        nc = (nf - 1 + 1) // 2 + 1
+        nc = nf // 2 + 1  # coarse nodes over the nf - 1 fine voxels (odd counts padded)
         i = np.arange(nf)
         rows = np.concatenate([i, i[i % 2 == 1]])
         cols = np.minimum(np.concatenate([i // 2, i[i % 2 == 1] // 2 + 1]), nc - 1)

@@ -96,15 +96,7 @@ def segment_stage(image: np.ndarray, sc, spacing_um) -> tuple[np.ndarray, np.nda
     sc : SegmentationConfig
     spacing_um : (3,) voxel size
     """
-    from segmentation import (
-        classify_multiotsu,
-        classify_thresholds,
-        denoise,
-        field_of_view,
-        label_particles,
-        map_phases,
-        remove_small_particles,
-    )
+    from segmentation import classify_thresholds, label_particles, map_phases, remove_small_particles
 
     inside = None
     if sc.method == "labels":
@@ -113,12 +105,7 @@ def segment_stage(image: np.ndarray, sc, spacing_um) -> tuple[np.ndarray, np.nda
                              f"{image.dtype}; use 'multiotsu' or 'thresholds' for grey values")
         classes = image
     else:
-        inside = field_of_view(image)
-        img = denoise(image, sc.denoise, sc.denoise_strength)
-        thr = sc.thresholds
-        if sc.method == "multiotsu":  # from the field of view's grey values only
-            thr = classify_multiotsu(img if inside is None else img[:, inside], 3)[1]
-            log.info("multi-Otsu thresholds: %s", np.round(thr, 3).tolist())
+        img, inside, thr = grey_thresholds(image, sc)
         classes = classify_thresholds(img, thr)
     phases = map_phases(classes, sc.int_phase_map())
     if inside is not None:
@@ -129,6 +116,20 @@ def segment_stage(image: np.ndarray, sc, spacing_um) -> tuple[np.ndarray, np.nda
     particles = label_particles(phases, spacing=spacing_um, split_touching=sc.split_touching,
                                 split_depth=sc.split_depth_voxels)
     return phases, particles
+
+
+def grey_thresholds(image: np.ndarray, sc) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The denoised grey values, the field of view ((Y, X) bool or None) and the thresholds that
+    split them (``sc.thresholds``, or multi-Otsu over the field of view's values only)."""
+    from segmentation import denoise, field_of_view, multiotsu_thresholds
+
+    inside = field_of_view(image)
+    img = denoise(image, sc.denoise, sc.denoise_strength)
+    if sc.method != "multiotsu":
+        return img, inside, np.asarray(sc.thresholds, float)
+    thr = multiotsu_thresholds(img if inside is None else img[:, inside], 3)
+    log.info("multi-Otsu thresholds: %s", np.round(thr, 3).tolist())
+    return img, inside, thr
 
 
 def load_input(cfg: Config) -> tuple[np.ndarray, tuple[float, float, float], str]:

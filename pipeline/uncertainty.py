@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import tomllib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,20 +88,7 @@ def valley_ranges(values: np.ndarray, thresholds, bins: int = 256) -> list[tuple
     return out
 
 
-def nominal_thresholds(cfg: Config, image: np.ndarray) -> tuple[list[float], np.ndarray]:
-    """The run's thresholds and the (denoised) grey values they split (inside the field of view)."""
-    from segmentation import classify_multiotsu, denoise, field_of_view
-
-    sc = cfg.segmentation
-    inside = field_of_view(image)
-    img = denoise(image, sc.denoise, sc.denoise_strength)
-    img = img if inside is None else img[:, inside]
-    if sc.method == "thresholds":
-        return [float(t) for t in sc.thresholds], img
-    return classify_multiotsu(img, 3)[1].tolist(), img
-
-
-def draws(cfg: Config, image: np.ndarray | None) -> list[dict]:
+def draws(cfg: Config, image: np.ndarray) -> list[dict]:
     """The perturbed segmentation options of every sample (dotted config keys -> values).
 
     Depends only on the config, the image and ``[uncertainty] seed``: the same seed gives the
@@ -110,11 +98,13 @@ def draws(cfg: Config, image: np.ndarray | None) -> list[dict]:
     rng = np.random.default_rng(uc.seed)
     ranges = None
     if sc.method != "labels":
-        thr, img = nominal_thresholds(cfg, image)
+        from pipeline.run import grey_thresholds
+
+        img, inside, thr = grey_thresholds(image, sc)
         if uc.threshold_band > 0:
             ranges = [(t - uc.threshold_band, t + uc.threshold_band) for t in thr]
         else:
-            ranges = valley_ranges(img, thr)
+            ranges = valley_ranges(img if inside is None else img[:, inside], thr)
         log.info("uncertainty: thresholds %s drawn within %s", np.round(thr, 4).tolist(),
                  [tuple(np.round(r, 4).tolist()) for r in ranges])
     out = []
@@ -134,7 +124,7 @@ def draws(cfg: Config, image: np.ndarray | None) -> list[dict]:
     return out
 
 
-def uncertainty_study(cfg: Config, spacing_um, image: np.ndarray | None):
+def uncertainty_study(cfg: Config, spacing_um, image: np.ndarray):
     """The perturbed runs as a :class:`pipeline.study.Study` (validated, nothing run)."""
     from pipeline.config import config_from_dict
     from pipeline.run import content_key
@@ -160,7 +150,7 @@ def match_particles(nominal: np.ndarray, other: np.ndarray, min_iou: float = MAT
     """For every particle of ``nominal`` (labels 1..n), the label of ``other`` it matches, or 0.
 
     A match is the particle of ``other`` with the largest overlap, accepted when the intersection
-    over union is at least ``min_iou`` (so no particle is matched twice).
+    over union is at least ``min_iou`` (from 0.5 on, no particle of ``other`` is matched twice).
     """
     a = np.asarray(nominal, np.int64).ravel()
     b = np.asarray(other, np.int64).ravel()
@@ -181,14 +171,10 @@ def match_particles(nominal: np.ndarray, other: np.ndarray, min_iou: float = MAT
 
 
 def interval(x: np.ndarray, axis=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Median, 5th and 95th percentile over ``axis``, ignoring NaN."""
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return (np.nanmedian(x, axis=axis), np.nanpercentile(x, 5, axis=axis),
-                    np.nanpercentile(x, 95, axis=axis))
+    """Median, 5th and 95th percentile over ``axis``, ignoring NaN (all-NaN slices give NaN, silently)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(x, axis=axis), np.nanpercentile(x, 5, axis=axis), np.nanpercentile(x, 95, axis=axis)
 
 
 def summarize(out: Path, study) -> dict:
@@ -242,7 +228,7 @@ def summarize(out: Path, study) -> dict:
     return summary
 
 
-def run_uncertainty(cfg: Config, out: Path, spacing_um, image: np.ndarray | None, *, workers: int | None = None,
+def run_uncertainty(cfg: Config, out: Path, spacing_um, image: np.ndarray, *, workers: int | None = None,
                     scheduler: str | None = None) -> dict:
     """Run the perturbed cases (dask; finished ones are kept) and summarize them."""
     from pipeline.study import run_study

@@ -13,6 +13,7 @@ from segmentation.phases import (
     classify_thresholds,
     denoise,
     map_phases,
+    multiotsu_thresholds,
 )
 from segmentation.synthetic import make_composite
 
@@ -26,6 +27,7 @@ __all__ = [
     "label_particles",
     "make_composite",
     "map_phases",
+    "multiotsu_thresholds",
     "particle_geometry",
     "remove_small_particles",
 ]

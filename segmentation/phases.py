@@ -85,6 +85,19 @@ def classify_multiotsu(image: np.ndarray, classes: int = 3) -> tuple[np.ndarray,
         0 darkest ... ``classes-1`` brightest.
     thresholds : (classes-1,) float64
     """
+    img = np.asarray(image)
+    thr = multiotsu_thresholds(img, classes)
+    return np.digitize(img, thr).astype(np.uint8), thr
+
+
+def multiotsu_thresholds(image: np.ndarray, classes: int = 3) -> np.ndarray:
+    """The ``classes - 1`` multi-Otsu thresholds of the grey values ``image`` (any shape), float64.
+
+    Raises
+    ------
+    SegmentationError
+        The image has one grey value only.
+    """
     from skimage.filters import threshold_multiotsu
 
     img = np.asarray(image)
@@ -93,8 +106,7 @@ def classify_multiotsu(image: np.ndarray, classes: int = 3) -> tuple[np.ndarray,
             "the image has one grey value only: multi-Otsu cannot find classes; "
             "check the input file or use method = 'labels'"
         )
-    thr = threshold_multiotsu(img, classes=classes)
-    return np.digitize(img, thr).astype(np.uint8), np.asarray(thr, dtype=float)
+    return np.asarray(threshold_multiotsu(img, classes=classes), dtype=float)
 
 
 def classify_thresholds(image: np.ndarray, thresholds) -> np.ndarray:

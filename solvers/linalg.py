@@ -50,14 +50,14 @@ class SolveStats:
         }
 
 
-def rigid_body_modes(points: np.ndarray) -> np.ndarray:
+def rigid_body_modes(points: np.ndarray, centre=None) -> np.ndarray:
     """The six rigid-body modes of a 3D node set, node-major (3 nn, 6).
 
     Translations along the three axes, then rotations about them, centred on
-    the mean point and scaled to unit maximum so that AMG sees comparable
-    columns.
+    ``centre`` (default: the mean point) and scaled to unit maximum so that AMG
+    sees comparable columns.
     """
-    x = points - points.mean(axis=0)
+    x = points - (points.mean(axis=0) if centre is None else np.asarray(centre, float))
     x = x / max(np.abs(x).max(), 1e-300)
     n = x.shape[0]
     B = np.zeros((n, 3, 6))

@@ -94,10 +94,9 @@ class SegmentationWidget(widgets.Container):
             return []
         if self.method.value == "thresholds":
             return [self.t1.value, self.t2.value]
-        from segmentation import classify_multiotsu, denoise
+        from pipeline.run import grey_thresholds  # the run's own: multi-Otsu over the field of view
 
-        image = denoise(np.asarray(layer.data), self.denoise.value, self.strength.value)
-        return list(classify_multiotsu(image, 3)[1])
+        return list(grey_thresholds(np.asarray(layer.data), self.options())[2])
 
     def _draw_histogram(self, *_):
         self.axes.clear()

@@ -125,24 +125,26 @@ def free_rigid_motions(points: np.ndarray, fixed: np.ndarray, tol: float = 1e-8)
     """The rigid-body motions that the held dofs leave free, in words (empty when the body is held).
 
     A rank test: the six rigid modes (about the centroid) restricted to the held dofs, ``R``
-    (n_held, 6); singular values below ``tol`` times the largest span the free motions. Each
-    single mode in that space is named; what is left is named as a combination.
+    (n_held, 6), built on the held nodes only; singular values below ``tol`` times the largest
+    span the free motions. Each single mode in that space is named; what is left is named as a
+    combination.
     """
-    R = rigid_body_modes(np.asarray(points, float))[np.asarray(fixed).ravel()]
-    if R.shape[0] == 0:
+    points, fixed = np.asarray(points, float), np.asarray(fixed, bool)
+    held = fixed.any(axis=1)
+    if not held.any():
         return list(_MOTIONS)
+    R = rigid_body_modes(points[held], centre=points.mean(axis=0))[fixed[held].ravel()]
     _, sv, vt = np.linalg.svd(R, full_matrices=False)
-    null = vt[sv <= tol * max(sv[0], 1e-300)]
+    cut = tol * max(sv[0], 1e-300)
+    null = vt[sv <= cut]
     if len(null) == 0:
         return []
-    cut = tol * max(sv[0], 1e-300)
     pure = [k for k in range(6) if np.linalg.norm(R[:, k]) <= cut]
     out = [_MOTIONS[k] for k in pure]
     rest = null.copy()
     rest[:, pure] = 0.0  # the null space less its single modes
     if len(null) > len(pure):
-        u, s2, vt2 = np.linalg.svd(rest, full_matrices=False)
-        for v in vt2[:len(null) - len(pure)]:
+        for v in np.linalg.svd(rest, full_matrices=False)[2][:len(null) - len(pure)]:
             v = v / v[np.argmax(np.abs(v))]
             out.append(" + ".join(f"{c:.2g} x {m}" for c, m in zip(v, _MOTIONS) if abs(c) > 1e-6))
     return out
