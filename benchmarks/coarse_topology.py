@@ -1,32 +1,37 @@
-"""Which coarse space the slow solves on raw-CT segmentations need: a measured two-grid comparison.
+"""Which coarse spaces the slow solves on raw-CT segmentations and on a debonded band need: a measured
+multigrid comparison.
 
-Usage: python benchmarks/coarse_topology.py [nmc1cal|matbox] [SIZE]   (default: nmc1cal 48)
+Usage: python benchmarks/coarse_topology.py [nmc1cal|matbox|band] [SIZE] [LEVELS]
+(default: nmc1cal 48 2,3,4,5)
 
 ``nmc1cal``: the raw bundled nmc1cal stack segmented with the CLI defaults (multi-Otsu), centred
 SIZE^3 crop. ``matbox``: the centred SIZE^3 crop of the clean MATBOX sample (the reference).
+``band``: the MATBOX crop of ``benchmarks/cohesive_charge.py`` with a cohesive band whose voxels are
+all debonded and open (``benchmarks/band_cg.py``'s 100 % case: 500 CG iterations in production).
 
-One random right-hand side on the free dofs, CG to 1e-8 with five preconditioners:
+One random right-hand side on the free dofs, CG to 1e-8, preconditioned by V-cycles that differ only
+in their coarse spaces (the same smoother on every level: Chebyshev degree 2 on Jacobi over
+[lmax/30, lmax]; an exact solve, sparse LU, on the last level):
 
-- the production multigrid (``MatrixFreeSolver``, all levels, local solves as at set-up);
-- two-grid, trilinear coarse space (the one the production multigrid uses on every level);
-- two-grid, topology-aware coarse space: every coarse node is split into one copy per
-  26-connected solid component of its support (the 4^3 fine voxels its trilinear function
-  covers), and a fine node takes the copy of the component its voxels belong to, so that no
-  coarse function couples solid pieces that only meet outside its support (McAdams et al.,
-  SIGGRAPH 2011; Zhu et al., SCA 2010).
+- ``trilinear``: the space the production multigrid uses on every level;
+- ``topology``: every node of level L (spacing 2^L h) is split into one copy per connected solid
+  component of its support (the (2^(L+1))^3 fine voxels its trilinear function covers); an entity of
+  the level above takes the copy of the component its solid voxels are in (McAdams et al., SIGGRAPH
+  2011; Zhu et al., SCA 2010). On ``band``, the particles and the electrolyte are labelled apart and
+  joined only through bonded band voxels, so an open band is a gap; a fine node on both sides goes
+  with the particle.
+- ``topology+SA``: the topology-aware 2h level, then pyamg smoothed aggregation (rigid modes of the
+  copies, symmetric strength threshold 0 and 0.05) in place of the levels below.
 
-- the same two 2h spaces with a third level below, the trilinear 4h space (every copy of a 2h
-  node takes the value at its position): does splitting the first coarse level suffice?
-
-All use the same smoother on every level (Chebyshev degree 2 on Jacobi, [lmax/30, lmax]) and an
-exact solve on the last level (sparse LU of its Galerkin matrix), so the difference is the coarse
-spaces alone. This is a
-measurement prototype (assembled matrices, a Python loop over coarse nodes for the labels); the
-solver is ``solvers/matfree.py``. Prints dof, iterations and times. Run it alone.
+The components are found without a loop over nodes: the supports of the nodes of one parity class
+tile the grid, so one ``ndimage.label`` per class on the grid with the tiles pulled apart labels all
+of them. Assembled matrices throughout (a measurement, not the solver, which is
+``solvers/matfree.py``). Prints dof per level, iterations and times. Run it alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -35,14 +40,19 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy import ndimage as ndi
+from scipy.sparse.csgraph import connected_components
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from solvers.mesh import voxel_hex_mesh  # noqa: E402
 from solvers.physics import ElasticProblem, get_material  # noqa: E402
 
 MATS = {1: get_material("Li6PS5Cl"), 2: get_material("NMC811")}
+H = 0.4e-6
+#: the 13 half-space offsets of the 26-neighbourhood
+HALF = [o for o in itertools.product((-1, 0, 1), repeat=3) if o > (0, 0, 0)]
 
 
 def phases_of(sample: str, n: int) -> np.ndarray:
@@ -57,65 +67,185 @@ def phases_of(sample: str, n: int) -> np.ndarray:
         raw = read_volume(ROOT / "samples/matbox_nmc/nmc-1-cal_generatedCBD_bridge.tif").data
         ph = np.array([1, 2, 0], np.uint8)[raw]  # pore -> SE, NMC -> AP, binder -> void
     else:
-        raise SystemExit(f"sample {sample!r}: use nmc1cal or matbox")
+        raise SystemExit(f"sample {sample!r}: use nmc1cal, matbox or band")
     z0, y0, x0 = ((np.array(ph.shape) - n) // 2).tolist()
     return ph[z0:z0 + n, y0:y0 + n, x0:x0 + n]
 
 
-def component_table(solid: np.ndarray, coarse_nodes) -> tuple[np.ndarray, np.ndarray]:
-    """(cz, cy, cx, 4, 4, 4) copy index of every solid voxel of every coarse node's support (-1: void),
-    and the flat coarse grid node of every copy."""
-    cz, cy, cx = coarse_nodes
-    padded = np.pad(solid, [(2, 2 + 2 * c - s) for c, s in zip(coarse_nodes, solid.shape)])
-    table = np.full((cz, cy, cx, 4, 4, 4), -1, np.int64)
-    grid_node = []
-    for i in range(cz):
-        for j in range(cy):
-            for k in range(cx):
-                lab, n = ndi.label(padded[2 * i:2 * i + 4, 2 * j:2 * j + 4, 2 * k:2 * k + 4], np.ones((3, 3, 3)))
-                table[i, j, k] = np.where(lab > 0, lab - 1 + len(grid_node), -1)
-                grid_node += [(i * cy + j) * cx + k] * n
-    return table, np.array(grid_node, np.int64)
+def problem(sample: str, n: int):
+    """(mesh, assembled operator with the box conditions, fixed (nn, 3), pieces, glue, gap) of a sample.
+
+    ``pieces``: masks labelled apart; ``glue``: voxels of the second piece through which it joins the
+    first (26-neighbours); ``gap``: solid voxels that join nothing (debonded band)."""
+    if sample != "band":
+        ph = phases_of(sample, n)
+        mesh = voxel_hex_mesh(ph, (ph == 2).astype(np.int32), [H] * 3)
+        prob = ElasticProblem(mesh, MATS, backend="matrix-free")
+        A = prob._finish_matrix(prob._assemble()).tocsr()
+        solid = ph != 0
+        return mesh, A, prob.fixed, (solid, np.zeros_like(solid)), solid, np.zeros_like(solid)
+    from cohesive_charge import build, crop
+
+    from solvers import fields
+    from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_matrix, elasticity_parts
+    from solvers.fem.elements import HEX8
+    from solvers.fem.mandel import isotropic
+
+    mesh = crop(n)
+    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+    band = build("band", mesh, faces, "mixed")
+    geo = band.band_geometry
+    damage, closed = np.ones(geo.n), np.zeros(geo.n, bool)
+    C, hg = band.band.stiffness(damage, closed)
+    cell_of = np.full(mesh.phases.size, -1)
+    cell_of[mesh.cell_voxel] = np.arange(mesh.n_cells)
+    kmat = [elasticity_matrix(HEX8, mesh.spacing, band.materials[p].E, band.materials[p].nu)
+            for p in band.phase_codes]
+    cm = band.cell_material.copy()
+    cm[cell_of[geo.voxel]] = len(kmat) + np.arange(geo.n)
+    B, (lam, mu) = band._B, band._lame_se
+    k_lam, k_mu = (k.reshape(24, 24) for k in elasticity_parts(HEX8, mesh.spacing))
+    Khg = lam * k_lam + mu * k_mu - H**3 * B.T @ isotropic(lam, mu) @ B  # as the band's solver has it
+    Ke = H**3 * np.einsum("ki,bkl,lj->bij", B, C, B) + hg[:, None, None] * Khg
+    A = assemble_voxel_stiffness(mesh, cm, kmat + list(Ke.reshape(-1, 8, 3, 8, 3)))
+    A = apply_dirichlet(A, band.fixed, scale=A.diagonal().mean()).tocsr()
+    gap = np.zeros(mesh.phases.shape, bool)
+    gap.ravel()[geo.voxel[damage >= 1]] = True
+    se, ap = mesh.phases == 1, mesh.phases == 2
+    return mesh, A, band.fixed, (se, ap), se & ~gap, gap
 
 
-def prolongation(mesh, fixed, topology: bool) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Trilinear prolongation from the 2h node grid to the mesh dofs, or its topology-aware split
-    (the columns no free fine dof uses left out), and the flat 2h grid node and component of every column."""
-    solid = mesh.phases != 0
-    shape = np.array(solid.shape)
-    coarse = tuple(int(s) for s in (shape + 1) // 2 + 1)
-    nodes = np.array(np.unravel_index(mesh.node_grid, tuple(shape + 1))).T
-    if topology:
-        table, grid_node = component_table(solid, coarse)
-    else:
-        grid_node = np.arange(int(np.prod(coarse)))
-    n_cols = len(grid_node)
-    rows, cols, vals = [], [], []
-    for a in range(8):  # the 8 coarse neighbours (coincident ones carry weight 0)
-        off = np.array([(a >> 2) & 1, (a >> 1) & 1, a & 1])
-        c = np.where(off == 0, nodes // 2, (nodes + 1) // 2)
-        w = np.prod(np.where(nodes % 2 == 0, 1.0 - off, 0.5), axis=1)
-        if topology:  # the copy of the component of any solid voxel at the fine node, inside the support
-            col = np.full(len(nodes), -1)
-            for d in range(8):
-                v = nodes - np.array([(d >> 2) & 1, (d >> 1) & 1, d & 1])
-                inside = (v >= 0).all(1) & (v < shape).all(1)
-                v = np.where(inside[:, None], v, 0)
-                loc = v - 2 * c + 2
-                take = inside & solid[tuple(v.T)] & (loc >= 0).all(1) & (loc < 4).all(1) & (col < 0)
-                col[take] = table[(*c[take].T, *loc[take].T)]
+def tile_labels(mask, size, start):
+    """26-connected components of ``mask`` inside the tiles [start + size m, start + size (m + 1)) of
+    every axis: (Z, Y, X) int64 label, -1 off the mask, and the count."""
+    shape, lo = np.array(mask.shape), -np.asarray(start)
+    nb = -(-(shape + lo) // size)
+    a = np.pad(mask, [(int(lo[i]), int(nb[i] * size - shape[i] - lo[i])) for i in range(3)])
+    a = a.reshape(nb[0], size, nb[1], size, nb[2], size)
+    a = np.pad(a, [(0, 0), (0, 1)] * 3)  # a void layer between the tiles
+    lab, count = ndi.label(a.reshape(*(nb * (size + 1))), np.ones((3, 3, 3)))
+    lab = lab.reshape(nb[0], size + 1, nb[1], size + 1, nb[2], size + 1)[:, :size, :, :size, :, :size]
+    lab = lab.reshape(*(nb * size))[lo[0]:lo[0] + shape[0], lo[1]:lo[1] + shape[1], lo[2]:lo[2] + shape[2]]
+    return lab.astype(np.int64) - 1, count
+
+
+def joined_labels(pieces, glue, size, start):
+    """Components of the two ``pieces`` inside the tiles, the second joined to the first only where a
+    voxel of the first is a 26-neighbour of a ``glue`` voxel of the second in the same tile."""
+    la, na = tile_labels(pieces[0], size, start)
+    lb, nb_ = tile_labels(pieces[1], size, start)
+    shape = np.array(glue.shape)
+    tile = [(np.arange(s) - st) // size for s, st in zip(shape, start)]
+    edges = []
+    for off in HALF:
+        for d in (np.array(off), -np.array(off)):
+            sa = tuple(slice(max(0, -k), s - max(0, k)) for k, s in zip(d, shape))
+            sb = tuple(slice(max(0, k), s - max(0, -k)) for k, s in zip(d, shape))
+            same = np.ones(la[sa].shape, bool)
+            for ax in range(3):
+                shp = [1, 1, 1]
+                shp[ax] = -1
+                same &= (tile[ax][sa[ax]] == tile[ax][sb[ax]]).reshape(shp)
+            m = (la[sa] >= 0) & (lb[sb] >= 0) & glue[sb] & same
+            edges.append((la[sa][m], lb[sb][m] + na))
+    r, c = (np.concatenate(e) for e in zip(*edges))
+    count, comp = connected_components(sp.coo_matrix((np.ones(len(r)), (r, c)), shape=(na + nb_,) * 2),
+                                       directed=False)
+    lab = np.full(glue.shape, -1, np.int64)
+    lab[la >= 0] = comp[la[la >= 0]]
+    lab[lb >= 0] = comp[lb[lb >= 0] + na]
+    return lab, count
+
+
+def level_copies(pieces, glue, level, topology):
+    """The copies of the level-``level`` nodes: per parity class (8) a label image of the copy every fine
+    voxel belongs to (-1: none), and the grid node (3,) of every copy."""
+    h = 2 ** level
+    shape = pieces[0].shape
+    labels, node = [], []
+    total = 0
+    for c in range(8):
+        parity = np.array([(c >> 2) & 1, (c >> 1) & 1, c & 1])
+        start = np.where(parity == 0, -h, 0)  # even nodes' supports start at -h + 2h m, odd ones' at 2h m
+        if topology:
+            lab, count = joined_labels(pieces, glue, 2 * h, start)
         else:
-            col = np.ravel_multi_index(tuple(c.T), coarse)
+            lab, count = tile_labels(np.ones(shape, bool), 2 * h, start)
+        flat = lab.ravel()
+        inside = np.flatnonzero(flat >= 0)
+        first = np.empty(count, np.int64)
+        first[flat[inside][::-1]] = inside[::-1]
+        voxel = np.array(np.unravel_index(first, shape)).T
+        node.append(2 * ((voxel - start) // (2 * h)) + parity)
+        labels.append(np.where(lab >= 0, lab + total, -1))
+        total += count
+    return labels, np.concatenate(node)
+
+
+def representative_voxels(nodes, masks, shape):
+    """A voxel next to every fine node (n, 3), from the first mask that has one (-1: none)."""
+    rep = np.full((len(nodes), 3), -1)
+    for mask in masks:
+        for d in range(8):
+            v = nodes - np.array([(d >> 2) & 1, (d >> 1) & 1, d & 1])
+            inside = (v >= 0).all(1) & (v < shape).all(1)
+            take = inside & (rep[:, 0] < 0)
+            take[take] = mask[tuple(v[take].T)]
+            rep[take] = v[take]
+    return rep
+
+
+def prolongation(position, voxel, labels, copy_node, level):
+    """Trilinear weights from the level-``level`` copies to entities at ``position`` (fine voxel units),
+    each taking the copy its ``voxel`` is in: (entities, copies) csr, copies used only."""
+    h = 2 ** level
+    rows, cols, vals = [], [], []
+    has = voxel[:, 0] >= 0
+    for a in range(8):
+        off = np.array([(a >> 2) & 1, (a >> 1) & 1, a & 1])
+        base = position // h
+        t = (position - base * h) / h
+        w = np.prod(np.where(off == 1, t, 1 - t), axis=1)
+        node = base + off
+        cls = (node[:, 0] % 2) * 4 + (node[:, 1] % 2) * 2 + node[:, 2] % 2
+        col = np.full(len(position), -1)
+        for c in range(8):
+            m = has & (cls == c)
+            col[m] = labels[c][tuple(voxel[m].T)]
         ok = (w > 0) & (col >= 0)
-        for comp in range(3):
-            rows.append(3 * np.flatnonzero(ok) + comp)
-            cols.append(3 * col[ok] + comp)
-            vals.append(w[ok])
+        rows.append(np.flatnonzero(ok))
+        cols.append(col[ok])
+        vals.append(w[ok])
     P = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(3 * len(nodes), 3 * n_cols))
-    P = (sp.diags((~fixed.ravel()).astype(float)) @ P).tocsr()
-    used = np.flatnonzero(np.asarray(abs(P).sum(axis=0)).ravel() > 0)
-    return P[:, used].tocsr(), (grid_node[used // 3], used % 3)
+                      shape=(len(position), len(copy_node)))
+    used = np.flatnonzero(np.diff(P.tocsc().indptr) > 0)
+    return P[:, used].tocsr(), used
+
+
+def hierarchy(mesh, fixed, pieces, glue, gap, levels, topology):
+    """Prolongations (dof x dof) of ``levels - 1`` coarse levels, and the copies' positions and components
+    on the last."""
+    shape = np.array(mesh.phases.shape)
+    nodes = np.array(np.unravel_index(mesh.node_grid, tuple(shape + 1))).T
+    solid = (pieces[0] | pieces[1]) & ~gap
+    masks = (solid, gap) if topology else (np.ones(tuple(shape), bool),)
+    position, voxel = nodes, representative_voxels(nodes, masks, shape)
+    Ps = []
+    for level in range(1, levels):
+        labels, copy_node = level_copies(pieces, glue, level, topology)
+        P, used = prolongation(position, voxel, labels, copy_node, level)
+        # the next level's entities: these copies, at their nodes, with a voxel of their component
+        rep = np.empty((len(copy_node), 3), np.int64)
+        for lab in labels:
+            flat = lab.ravel()
+            inside = np.flatnonzero(flat >= 0)
+            rep[flat[inside]] = np.array(np.unravel_index(inside, lab.shape)).T
+        position, voxel = copy_node[used] * 2 ** level, rep[used]
+        Pd = sp.kron(P, sp.identity(3), format="csr")
+        if level == 1:
+            Pd = (sp.diags((~fixed.ravel()).astype(float)) @ Pd).tocsr()
+        Ps.append(Pd)
+    return Ps, position
 
 
 def smoother(A, degree=2, ratio=30.0):
@@ -146,70 +276,70 @@ def smoother(A, degree=2, ratio=30.0):
     return smooth
 
 
-def trilinear_below(columns, coarse_nodes):
-    """Trilinear prolongation from the 4h node grid to the 2h dofs ``columns`` ((grid node, component)
-    of each, as :func:`prolongation` gives them): every copy of a node takes the value at its position."""
-    def one_axis(nf):
-        nc = nf // 2 + 1  # coarse nodes over the nf - 1 fine voxels (odd counts padded)
-        i = np.arange(nf)
-        rows = np.concatenate([i, i[i % 2 == 1]])
-        cols = np.minimum(np.concatenate([i // 2, i[i % 2 == 1] // 2 + 1]), nc - 1)
-        vals = np.where(np.concatenate([i % 2 == 0, np.zeros((i % 2 == 1).sum(), bool)]), 1.0, 0.5)
-        return sp.csr_matrix((vals, (rows, cols)), shape=(nf, nc))
+def smoothed_aggregation(A, position, theta):
+    """A pyamg smoothed-aggregation V-cycle for ``A`` whose dofs are the copies at ``position`` x 3."""
+    import pyamg
 
-    axes = [one_axis(n) for n in coarse_nodes]
-    T = sp.kron(sp.kron(axes[0], axes[1]), axes[2]).tocsr()  # (2h grid nodes, 4h grid nodes)
-    node, comp = columns
-    T = T[node].tocoo()
-    return sp.csr_matrix((T.data, (T.row, 3 * T.col + comp[T.row])), shape=(len(node), 3 * T.shape[1]))
+    xyz = np.repeat(position.astype(float), 3, axis=0)
+    comp = np.tile(np.arange(3), len(position))
+    B = np.zeros((A.shape[0], 6))
+    B[np.arange(A.shape[0]), comp] = 1.0
+    for k, (i, j) in enumerate([(0, 1), (1, 2), (2, 0)]):  # rotations in the (i, j) planes
+        B[comp == i, 3 + k] = -xyz[comp == i, j]
+        B[comp == j, 3 + k] = xyz[comp == j, i]
+    ml = pyamg.smoothed_aggregation_solver(A, B=B, strength=("symmetric", {"theta": theta}),
+                                           max_coarse=2000)
+    return ml.aspreconditioner(cycle="V"), [lv.A.shape[0] for lv in ml.levels[1:]]
 
 
-def multigrid(A, prolongations):
-    """Symmetric V-cycle over ``A`` and the levels ``P^T A P`` below it (exact solve on the last)."""
+def vcycle(A, Ps, below=None):
+    """Symmetric V-cycle over ``A`` and the Galerkin levels ``P^T A P``; the last level solved exactly,
+    or by ``below(A_last)`` -> (preconditioner, sizes of its levels)."""
     ops, smooth = [A], [smoother(A)]
-    for P in prolongations:
-        ops.append((P.T @ ops[-1] @ P).tocsr())
-        if P is not prolongations[-1]:
-            smooth.append(smoother(ops[-1]))
-    last = ops[-1].tocsc()
-    lu = spla.splu(last + sp.identity(last.shape[0], format="csc") * 1e-10 * A.diagonal().mean())
+    for P in Ps:
+        Ac = (P.T @ ops[-1] @ P).tocsr()
+        ops.append((Ac + sp.diags((Ac.diagonal() == 0).astype(float))).tocsr())  # copies only fixed dofs use
+        smooth.append(smoother(ops[-1]))
+    sizes = [op.shape[0] for op in ops]
+    if below is None:
+        last = ops[-1].tocsc()
+        lu = spla.splu(last + sp.identity(last.shape[0], format="csc") * 1e-10 * A.diagonal().mean())
+        solve_last = lu.solve
+    else:
+        solve_last, more = below(ops[-1])
+        solve_last = solve_last.matvec
+        sizes += more
 
     def cycle(k, r):
-        if k == len(prolongations):
-            return lu.solve(r)
-        A_k, P = ops[k], prolongations[k]
+        if k == len(Ps):
+            return solve_last(r)
         x = smooth[k](np.zeros_like(r), r)
-        x = x + P @ cycle(k + 1, P.T @ (r - A_k @ x))
+        x = x + Ps[k] @ cycle(k + 1, Ps[k].T @ (r - ops[k] @ x))
         return smooth[k](x, r)
 
-    return spla.LinearOperator(A.shape, matvec=lambda r: cycle(0, r)), [op.shape[0] for op in ops[1:]]
+    return spla.LinearOperator(A.shape, matvec=lambda r: cycle(0, r)), sizes
 
 
-def main(sample="nmc1cal", n=48):
-    ph = phases_of(sample, int(n))
-    mesh = voxel_hex_mesh(ph, (ph == 2).astype(np.int32), [0.4e-6] * 3)
-    prob = ElasticProblem(mesh, MATS, backend="matrix-free")
-    b = np.random.default_rng(1).standard_normal(prob.n_dof) * ~prob.fixed.ravel()
-    t0 = time.perf_counter()
-    prob.solver.solve(b)
-    print(f"{sample} {n}^3, {prob.n_dof:,} dof, void {np.mean(ph == 0):.1%}: production multigrid "
-          f"{prob.solver.stats.iterations[-1]} CG its ({time.perf_counter() - t0:.1f} s)", flush=True)
-    A = prob._finish_matrix(prob._assemble()).tocsr()
-    coarse = tuple(int(c) for c in (np.array(ph.shape) + 1) // 2 + 1)
-    for levels in (2, 3):
-        for topology in (False, True):
-            t0 = time.perf_counter()
-            P, columns = prolongation(mesh, prob.fixed, topology)
-            Ps = [P] if levels == 2 else [P, trilinear_below(columns, coarse)]
-            M, sizes = multigrid(A, Ps)
-            t1 = time.perf_counter()
-            its = []
-            _, info = spla.cg(A, b, M=M, rtol=1e-8, maxiter=500, callback=lambda x, its=its: its.append(1))
-            name = "topology-aware" if topology else "trilinear"
-            failed = "" if info == 0 else " (no convergence)"
-            print(f"{levels}-level, {name} 2h space{', trilinear 4h' if levels == 3 else ''}: coarse dof "
-                  f"{' / '.join(f'{n:,}' for n in sizes)}, {len(its)} CG its{failed}; "
-                  f"setup {t1 - t0:.1f} s, solve {time.perf_counter() - t1:.1f} s", flush=True)
+def main(sample="nmc1cal", n=48, levels="2,3,4,5"):
+    mesh, A, fixed, pieces, glue, gap = problem(sample, int(n))
+    b = np.random.default_rng(1).standard_normal(A.shape[0]) * ~fixed.ravel()
+    void = 1 - np.mean(pieces[0] | pieces[1])
+    print(f"{sample} {n}^3, {A.shape[0]:,} dof, void {void:.1%}, gap {np.mean(gap):.1%}", flush=True)
+    runs = [(name, int(k), None) for k in levels.split(",") for name in ("trilinear", "topology")]
+    runs += [("topology+SA", 2, theta) for theta in (0.0, 0.05)]
+    for name, k, theta in runs:
+        t0 = time.perf_counter()
+        Ps, position = hierarchy(mesh, fixed, pieces, glue, gap, k, name != "trilinear")
+        below = None if theta is None else (lambda A1, p=position, t=theta: smoothed_aggregation(A1, p, t))
+        M, sizes = vcycle(A, Ps, below)
+        t1 = time.perf_counter()
+        its = []
+        _, info = spla.cg(A, b, M=M, rtol=1e-8, maxiter=500, callback=lambda x, its=its: its.append(1))
+        label = name if theta is None else f"{name} (theta {theta})"
+        print(f"{label}, {k} levels: dof {' / '.join(f'{s:,}' for s in sizes)}; {len(its)} CG its"
+              f"{'' if info == 0 else ' (no convergence)'}; setup {t1 - t0:.1f} s, solve "
+              f"{time.perf_counter() - t1:.1f} s", flush=True)
+
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
