@@ -15,7 +15,7 @@ FIELD_STYLE = {  # cell field -> (layer name, colormap, symmetric limits)
     "von_mises_MPa": ("von Mises (MPa)", "inferno", False),
     "hydrostatic_MPa": ("hydrostatic (MPa)", "coolwarm", True),
     "soc": ("SOC theta", "viridis", False),
-    "damage": ("damage", "magma", False),
+    "interface_damage": ("interface damage", "magma", False),
 }
 
 
@@ -46,8 +46,10 @@ def particle_features(out: Path, step: int | None = None) -> dict[str, np.ndarra
     return feats
 
 
-def field_volumes(out: Path, shape, spacing_um) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def field_volumes(out: Path, shape, spacing_um, steps=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Cell fields of fields.xdmf on the voxel grid: name -> (times (T,), float32 (T, Z, Y, X)).
+
+    ``steps``: the indices of the written steps to read (negative from the end; default: all).
 
     Hex cells fill their voxel. Tetrahedral meshes carry the ``voxel`` of
     every cell: a voxel takes the volume-weighted mean of its tets, and solid
@@ -62,7 +64,8 @@ def field_volumes(out: Path, shape, spacing_um) -> dict[str, tuple[np.ndarray, n
         return {}
     with meshio.xdmf.TimeSeriesReader(f) as r:
         points, cells = r.read_points_cells()
-        steps = [r.read_data(k) for k in range(r.num_steps)]
+        which = range(r.num_steps) if steps is None else sorted({k % r.num_steps for k in steps})
+        steps = [r.read_data(k) for k in which]
     conn = cells[0].data
     n_vox = int(np.prod(shape))
     if "voxel" in steps[0][2]:

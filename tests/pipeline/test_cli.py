@@ -288,6 +288,11 @@ dir = "out"
     assert (out / "delamination_vs_soc.png").exists() and (out / "delamination_per_particle.png").exists()
     page = (out / "report.html").read_text()
     assert "delamination_vs_soc.png" in page
+    # the one-line answer carries the debonded share of summary.json; napari shows the damage field
+    assert f"{100 * debonded[-1]:.1f} % of the AP|SE interface debonded at the end" in page
+    from pipeline.napari.layers import results_layers
+
+    assert "interface damage" in [layer[1]["name"] for layer in results_layers(out)]
     assert ("interface_cell_size_voxels = 0.35" in page) == (kind != "voxel-hex")
 
 

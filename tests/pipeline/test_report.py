@@ -1,0 +1,105 @@
+"""report.html: the one-line answer, per-particle p95, and slice montages with scale bars."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from pipeline import io, slices
+from pipeline.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_like(tmp_path_factory):
+    """A 20^3 label composite run through every stage (two swelling steps)."""
+    from pipeline.io import write_volume
+    from segmentation import make_composite
+
+    d = tmp_path_factory.mktemp("report")
+    phases, _ = make_composite((20, 20, 20), active_fraction=0.45, void_fraction=0.08, radius=4, seed=11)
+    write_volume(d / "stack.tif", phases, (0.5, 0.5, 0.5))
+    (d / "run.toml").write_text("""
+[input]
+path = "stack.tif"
+[segmentation]
+method = "labels"
+phase_map = { 0 = "void", 1 = "electrolyte", 2 = "active" }
+min_particle_voxels = 5
+[cycling]
+soc_start = 1.0
+soc_end = 0.4
+steps = 2
+[output]
+dir = "out"
+""")
+    assert main(["-q", "run", str(d / "run.toml")]) == 0
+    return d / "out"
+
+
+def _colours(png) -> int:
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)
+    return len(np.unique(img.reshape(-1, img.shape[-1]), axis=0))
+
+
+def test_slice_montages_exist_are_not_blank_and_carry_scale_bars(demo_like, monkeypatch):
+    out = demo_like
+    page = (out / "report.html").read_text()
+    for name in ("slices_microstructure.png", "slices_fields.png"):
+        assert f'src="{name}"' in page
+        assert _colours(out / name) > 50, f"{name} looks blank"
+    # every panel carries a scale bar, and the caption says its length: capture the figures as drawn
+    from matplotlib.offsetbox import AnchoredOffsetbox
+
+    drawn = []
+    real_save = __import__("pipeline.report", fromlist=["_save"])._save
+
+    def spy(plt, fig, path):
+        drawn.append(fig)
+        return real_save(plt, fig, path)
+
+    monkeypatch.setattr("pipeline.report._save", spy)
+    from pipeline.report import _fig
+
+    table = io.read_csv(out / "particles.csv")
+    captions = [slices.microstructure_montage(_fig(), out, table)[1], slices.fields_montage(_fig(), out)[1]]
+    bar = slices.scale_bar_um(20 * 0.5)
+    assert bar == 2.0
+    for fig, caption in zip(drawn, captions):
+        assert f"Scale bar {bar:g} µm" in caption
+        panels = [a for a in fig.axes if a.images]
+        assert len(panels) >= 6
+        for ax in panels:
+            bars = [a for a in ax.artists if isinstance(a, AnchoredOffsetbox)]
+            assert len(bars) == 1
+    # raw, phases, particles (3 rows) and 3 fields x first/last (6 rows), 3 planes each
+    assert [len([a for a in f.axes if a.images]) for f in drawn] == [9, 18]
+
+
+def test_headline_numbers_are_the_tables(demo_like):
+    out = demo_like
+    page = (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    table = io.read_csv(out / "particles.csv")
+    line = re.search(r'<p class="answer"><b>(.*?)</b></p>', page).group(1)
+    n, peak, pid = re.fullmatch(r"(\d+) particles, peak particle p95 von Mises ([\d.e+-]+) MPa in particle (\d+)"
+                                r"(?: \(every particle is cut by the box\))?\.", line).groups()
+    assert int(n) == summary["particle_count"]
+    last = (table["step"] == table["step"].max()) & table["meshed"]
+    pool = last & ~table["touches_boundary"] if (last & ~table["touches_boundary"]).any() else last
+    k = np.nanargmax(np.where(pool, table["von_mises_p95_MPa"], np.nan))
+    assert int(pid) == table["particle_id"][k]
+    assert float(peak) == pytest.approx(table["von_mises_p95_MPa"][k], rel=1e-3)
+    assert "debonded" not in line  # a bonded run has no debonded share to report
+
+
+def test_particle_plots_use_p95_and_label_the_max(demo_like):
+    page = (demo_like / "report.html").read_text()
+    assert "p95 von Mises" in page and "voxel-corner value" in page
+    assert "<script" not in page and "http" not in page  # opens without network access
+
+
+def test_scale_bar_lengths_are_round():
+    assert [slices.scale_bar_um(e) for e in (10, 19.2, 40, 96, 0.9)] == [2.0, 2.0, 10.0, 20.0, 0.2]
