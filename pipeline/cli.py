@@ -1,4 +1,4 @@
-"""Command line: ``tomomech run|segment|mesh|solve|report|materials``."""
+"""Command line: ``tomomech init|run|segment|mesh|solve|report|view|study|materials``."""
 
 from __future__ import annotations
 
@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--uncertainty", type=int, metavar="N",
                            help="rerun under N seeded perturbations of the segmentation ([uncertainty] samples)")
+    ini = sub.add_parser("init", help="write a commented starting config for a stack (voxel size, "
+                         "thresholds with their histogram, a first crop)")
+    ini.add_argument("stack", help="TIFF stack or slice folder")
+    ini.add_argument("-o", "--output", help="config to write (default: STACK_NAME.toml here)")
+    ini.add_argument("--force", action="store_true", help="overwrite an existing config")
     sub.add_parser("materials", help="list material presets")
     vw = sub.add_parser("view", help="open a results folder or a stack in napari")
     vw.add_argument("target", help="results folder, TIFF stack or slice folder")
@@ -176,6 +181,11 @@ def main(argv=None) -> int:
     try:
         if args.command == "materials":
             return cmd_materials(args)
+        if args.command == "init":
+            from pipeline.init import init_config
+
+            print(init_config(args.stack, args.output, force=args.force))
+            return 0
         if args.command == "study":
             return cmd_study(args)
         if args.command == "view":
