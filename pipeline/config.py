@@ -38,6 +38,8 @@ def _check_positive(key: str, value, *, allow_zero: bool = False) -> None:
 class InputConfig:
     """[input]: the stack to read.
 
+    ``path``: a multi-page TIFF or a folder of 2D slices (natural sort; a missing or repeated
+    slice number is refused), relative to the config file.
     ``voxel_size_um``: one number (isotropic) or [z, y, x]; overrides the
     file's metadata; required when the file carries none.
     ``crop``: [[z0, z1], [y0, y1], [x0, x1]] half-open voxel ranges.
@@ -79,6 +81,13 @@ class SegmentationConfig:
     ``phase_map`` maps a label value (``method = "labels"``) or an intensity
     class 0, 1, 2 from dark to bright (``multiotsu``/``thresholds``) to
     ``"void" | "electrolyte" | "active"``.
+
+    ``method``: ``"labels"`` (the stack is a label image), ``"multiotsu"`` (three intensity
+    classes, thresholds from the histogram inside the field of view) or ``"thresholds"``
+    (``thresholds = [t1, t2]`` in grey values). ``denoise``: ``"none" | "median" | "gaussian" |
+    "nlmeans"`` before thresholding, with ``denoise_strength`` (voxels). ``min_particle_voxels``:
+    smaller active islands go to their neighbouring phase. ``split_touching``: split touching
+    particles by a distance-transform watershed whose h-maxima depth is ``split_depth_voxels``.
     """
 
     method: str = "multiotsu"
@@ -135,7 +144,10 @@ class MeshConfig:
     of a swelling particle is steepest; 0 = no shell), ``facet_distance_voxels`` (largest
     distance of a surface facet to the labelled surface), the CGAL optimisers
     ``lloyd``, ``odt``, ``perturb`` (not reproducible: CGAL runs it under a
-    time limit), ``exude``, and ``seed``.
+    time limit), ``exude``, and ``seed``. ``upsample``: mesh the labels drawn that many times
+    finer along phase indicators smoothed by ``upsample_sigma_voxels`` (volumes kept; memory x
+    upsample^3). ``smooth_surface_iterations``: Taubin steps that take the surfaces off the voxel
+    staircase (0: none; 20 is a good start).
     """
 
     kind: str = "voxel-hex"
@@ -177,7 +189,8 @@ class MeshConfig:
                 import pygalmesh  # noqa: F401
             except ImportError:
                 raise ConfigError("mesh.kind = 'conforming-tet' needs pygalmesh: pip install 'tomomech[mesh]' "
-                                  "(with apt libcgal-dev libeigen3-dev), or run `make deps`") from None
+                                  "(with apt libcgal-dev libeigen3-dev), or run `make deps`, which builds it "
+                                  "once (about 6 min)") from None
 
     def conforming_options(self) -> dict:
         """Keyword arguments of :func:`solvers.mesh.conforming.conforming_tet_mesh`."""
@@ -193,7 +206,10 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class MaterialsConfig:
-    """[materials]: preset names or inline tables for each phase."""
+    """[materials]: ``active`` and ``electrolyte``, each a preset name (``tomomech materials``
+    lists them with their sources) or an inline table, e.g. ``{ E_GPa = 140, nu = 0.3,
+    volume_change = [[0.2, -0.05], [1, 0]] }``; an inline table may set ``base = "NMC811"`` and
+    override fields of that preset."""
 
     active: str | dict = "NMC811"
     electrolyte: str | dict = "Li6PS5Cl"
@@ -209,9 +225,10 @@ class MaterialsConfig:
 class MechanicsConfig:
     """[mechanics]: box conditions.
 
-    ``top``: the top face ``free``, ``fixed`` (a roller) or under ``stack_pressure`` (MPa,
-    compressive). ``faces``: any box face (``z_min``, ``z_max``, ``y_min``, ``y_max``, ``x_min``,
-    ``x_max``) set to ``roller`` (normal displacement held; the default of all but the top),
+    ``top``: the top face ``free``, ``fixed`` (a roller) or under ``stack_pressure`` with
+    ``stack_pressure_MPa`` (compressive). ``faces``: any box face (``z_min``, ``z_max``,
+    ``y_min``, ``y_max``, ``x_min``, ``x_max``) set to ``roller`` (normal displacement held; the
+    default of all but the top),
     ``fixed`` (all of it held) or ``free``, e.g. ``faces = {x_max = "free", y_max = "free"}``
     for a crop at the sample's corner. A run is refused only if the faces the solid touches
     leave a rigid motion free; the error names it.
@@ -233,7 +250,8 @@ class MechanicsConfig:
 
 @dataclass(frozen=True)
 class InterfaceConfig:
-    """[interface]: the AP|SE interface, ``model = "bonded"`` (default) or ``"cohesive"``.
+    """[interface]: the AP|SE interface, ``model = "bonded"`` (default) or ``"cohesive"``
+    (faces can open: damage, contact, loss of Li flux).
 
     Cohesive (PHYSICS.md section 1): bilinear traction-separation law with
     ``strength_MPa`` (normal strength; shear strength = strength / mode_mixity),
@@ -323,6 +341,8 @@ class CyclingConfig:
     and discharge; ``steps`` time steps per half-cycle, or ``dt_s``;
     ``output_every`` writes every n-th step (and the last);
     ``stress_assisted`` adds the hydrostatic-stress term to the flux.
+    ``mode``: ``"swell"`` or ``"galvanostatic"``; ``c_rate`` in 1/h; ``temperature_K`` for the
+    diffusivity and the stress term.
     """
 
     mode: str = "swell"
@@ -401,7 +421,7 @@ class StatisticsConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """[output]: results folder (relative to the config file)."""
+    """[output]: ``dir``, the results folder (relative to the config file; ``-o`` overrides it)."""
 
     dir: str = "results"
 
@@ -423,8 +443,9 @@ class UncertaintyConfig:
 
     Thresholds are drawn within the histogram valley around each of the run's thresholds, or
     within +- ``threshold_band`` grey values when it is > 0; the denoise strength, split depth and
-    smallest particle are the run's times a factor drawn uniformly from ``[low, high]``.
-    ``workers``: local dask workers (0: one per core).
+    smallest particle are the run's times a factor drawn uniformly from ``[low, high]``
+    (``denoise_factor``, ``split_depth_factor``, ``min_particle_factor``). ``seed``: the same seed
+    gives the same draws. ``workers``: local dask workers (0: one per core).
     """
 
     samples: int = 0
@@ -590,3 +611,60 @@ def dump_config(cfg: Config) -> str:
     import tomli_w
 
     return tomli_w.dumps(cfg.to_dict())
+
+
+def sections() -> dict[str, type]:
+    """The config sections in file order: ``{"input": InputConfig, ...}``."""
+    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(Config)}
+
+
+def undocumented_keys() -> list[str]:
+    """``section.key`` of every config key its section's docstring does not name in double backquotes."""
+    import inspect
+    import re
+
+    missing = []
+    for name, cls in sections().items():
+        doc = inspect.getdoc(cls) or ""
+        missing += [f"{name}.{f.name}" for f in dataclasses.fields(cls)
+                    if not re.search(rf"``[^`]*\b{re.escape(f.name)}\b[^`]*``", doc)]
+    return missing
+
+
+def reference_markdown() -> str:
+    """The config reference (Markdown) generated from the sections' fields, defaults and docstrings,
+    so that it cannot drift from what the code accepts."""
+    import inspect
+    import re
+
+    def default(f):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            return "required"
+        return "-" if value is None else f"`{tomli_w_value(value)}`"
+
+    out = []
+    for name, cls in sections().items():
+        doc = re.sub(r"``([^`]*)``", r"`\1`", inspect.getdoc(cls) or "")
+        doc = re.sub(r":(?:mod|class|func):`~?([^`]*)`", r"`\1`", doc)
+        head, _, body = doc.partition("\n")
+        head = head.split(":", 1)[-1].strip()
+        out += [f"## `[{name}]`", "", head[:1].upper() + head[1:], "", body.strip(), "",
+                "| key | type | default |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            kind = str(f.type).replace("|", "or")
+            out.append(f"| `{f.name}` | {kind} | {default(f)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def tomli_w_value(value) -> str:
+    """One value as TOML writes it (inline)."""
+    import tomli_w
+
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {tomli_w_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+    return tomli_w.dumps({"v": value}).strip()[4:]
