@@ -2,7 +2,7 @@
 multigrid comparison.
 
 Usage: python benchmarks/coarse_topology.py [nmc1cal|matbox|band] [SIZE] [LEVELS]
-(default: nmc1cal 48 2,3,4,5)
+(default: nmc1cal 48 2,3,4,5; LEVELS "" runs the inner-CG variants alone)
 
 ``nmc1cal``: the raw bundled nmc1cal stack segmented with the CLI defaults (multi-Otsu), centred
 SIZE^3 crop. ``matbox``: the centred SIZE^3 crop of the clean MATBOX sample (the reference).
@@ -22,6 +22,9 @@ in their coarse spaces (the same smoother on every level: Chebyshev degree 2 on 
   with the particle.
 - ``topology+SA``: the topology-aware 2h level, then pyamg smoothed aggregation (rigid modes of the
   copies, symmetric strength threshold 0 and 0.05) in place of the levels below.
+- ``two-level, inner CG``: the topology-aware 2h level solved by an inner CG to a relative
+  residual of 0.1 or 0.3, preconditioned by the topology-aware V-cycle of the 2h, 4h and 8h
+  levels; the outer iteration is flexible CG (its preconditioner is not a fixed linear map).
 
 The components are found without a loop over nodes: the supports of the nodes of one parity class
 tile the grid, so one ``ndimage.label`` per class on the grid with the tiles pulled apart labels all
@@ -320,13 +323,54 @@ def vcycle(A, Ps, below=None):
     return spla.LinearOperator(A.shape, matvec=lambda r: cycle(0, r)), sizes
 
 
+def inner_cg(Ps, tol):
+    """``below`` for :func:`vcycle`: the first coarse level solved by CG to ``tol``, preconditioned by the
+    V-cycle over the levels of ``Ps[1:]``; counts the inner iterations."""
+    count = [0]
+
+    def below(A1):
+        M1, sizes = vcycle(A1, Ps[1:])
+
+        def solve(r):
+            its = []
+            x, _ = spla.cg(A1, r, M=M1, rtol=tol, maxiter=50, callback=lambda x, its=its: its.append(1))
+            count[0] += len(its)
+            return x
+
+        return spla.LinearOperator(A1.shape, matvec=solve), sizes[1:]
+
+    return below, count
+
+
+def flexible_cg(A, b, M, rtol, maxiter):
+    """Flexible CG (Polak-Ribiere beta; Notay 2000): CG with a preconditioner that changes per
+    iteration. Returns the iterations it took (maxiter + 1: no convergence)."""
+    x = np.zeros_like(b)
+    r = b.copy()
+    z = M.matvec(r)
+    p = z.copy()
+    rz, r_old = r @ z, r.copy()
+    for k in range(1, maxiter + 1):
+        q = A @ p
+        alpha = rz / (p @ q)
+        x += alpha * p
+        r -= alpha * q
+        if np.linalg.norm(r) <= rtol * np.linalg.norm(b):
+            return k
+        z = M.matvec(r)
+        beta = z @ (r - r_old) / rz
+        rz, r_old = r @ z, r.copy()
+        p = z + beta * p
+    return maxiter + 1
+
+
 def main(sample="nmc1cal", n=48, levels="2,3,4,5"):
     mesh, A, fixed, pieces, glue, gap = problem(sample, int(n))
     b = np.random.default_rng(1).standard_normal(A.shape[0]) * ~fixed.ravel()
     void = 1 - np.mean(pieces[0] | pieces[1])
     print(f"{sample} {n}^3, {A.shape[0]:,} dof, void {void:.1%}, gap {np.mean(gap):.1%}", flush=True)
-    runs = [(name, int(k), None) for k in levels.split(",") for name in ("trilinear", "topology")]
-    runs += [("topology+SA", 2, theta) for theta in (0.0, 0.05)]
+    runs = [(name, int(k), None) for k in levels.split(",") if k for name in ("trilinear", "topology")]
+    runs += [("topology+SA", 2, theta) for theta in (0.0, 0.05) if levels]
     for name, k, theta in runs:
         t0 = time.perf_counter()
         Ps, position = hierarchy(mesh, fixed, pieces, glue, gap, k, name != "trilinear")
@@ -339,6 +383,16 @@ def main(sample="nmc1cal", n=48, levels="2,3,4,5"):
         print(f"{label}, {k} levels: dof {' / '.join(f'{s:,}' for s in sizes)}; {len(its)} CG its"
               f"{'' if info == 0 else ' (no convergence)'}; setup {t1 - t0:.1f} s, solve "
               f"{time.perf_counter() - t1:.1f} s", flush=True)
+    for tol in (0.1, 0.3):
+        t0 = time.perf_counter()
+        Ps, _ = hierarchy(mesh, fixed, pieces, glue, gap, 4, True)
+        below, inner = inner_cg(Ps, tol)
+        M, sizes = vcycle(A, Ps[:1], below)
+        t1 = time.perf_counter()
+        its = flexible_cg(A, b, M, 1e-8, 500)
+        print(f"two-level, 2h solved by inner CG to {tol} (topology V-cycle of 3 levels): dof "
+              f"{' / '.join(f'{s:,}' for s in sizes)}; {its} flexible CG its, {inner[0]} inner CG its; setup "
+              f"{t1 - t0:.1f} s, solve {time.perf_counter() - t1:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
