@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,32 +10,15 @@ import pytest
 from pipeline import io, slices
 from pipeline.cli import main
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def demo_like(tmp_path_factory):
-    """A 20^3 label composite run through every stage (two swelling steps)."""
-    from pipeline.io import write_volume
-    from segmentation import make_composite
-
-    d = tmp_path_factory.mktemp("report")
-    phases, _ = make_composite((20, 20, 20), active_fraction=0.45, void_fraction=0.08, radius=4, seed=11)
-    write_volume(d / "stack.tif", phases, (0.5, 0.5, 0.5))
-    (d / "run.toml").write_text("""
-[input]
-path = "stack.tif"
-[segmentation]
-method = "labels"
-phase_map = { 0 = "void", 1 = "electrolyte", 2 = "active" }
-min_particle_voxels = 5
-[cycling]
-soc_start = 1.0
-soc_end = 0.4
-steps = 2
-[output]
-dir = "out"
-""")
-    assert main(["-q", "run", str(d / "run.toml")]) == 0
-    return d / "out"
+    """The demo (`make run`: samples/matbox_nmc/demo.toml, a 56^3 MATBOX crop, three steps), about 20 s."""
+    out = tmp_path_factory.mktemp("report") / "demo"
+    assert main(["-q", "run", str(ROOT / "samples/matbox_nmc/demo.toml"), "-o", str(out)]) == 0
+    return out
 
 
 def _colours(png) -> int:
@@ -65,8 +49,8 @@ def test_slice_montages_exist_are_not_blank_and_carry_scale_bars(demo_like, monk
 
     table = io.read_csv(out / "particles.csv")
     captions = [slices.microstructure_montage(_fig(), out, table)[1], slices.fields_montage(_fig(), out)[1]]
-    bar = slices.scale_bar_um(20 * 0.5)
-    assert bar == 2.0
+    bar = slices.scale_bar_um(56 * 0.4)
+    assert bar == 5.0
     for fig, caption in zip(drawn, captions):
         assert f"Scale bar {bar:g} µm" in caption
         panels = [a for a in fig.axes if a.images]
@@ -93,6 +77,7 @@ def test_headline_numbers_are_the_tables(demo_like):
     assert int(pid) == table["particle_id"][k]
     assert float(peak) == pytest.approx(table["von_mises_p95_MPa"][k], rel=1e-3)
     assert "debonded" not in line  # a bonded run has no debonded share to report
+    assert "every particle is cut" not in line  # the demo crop holds interior particles
 
 
 def test_particle_plots_use_p95_and_label_the_max(demo_like):
