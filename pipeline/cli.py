@@ -23,9 +23,13 @@ def _setup_logging(verbose: int, quiet: int) -> None:
         handler = logging.StreamHandler()
         fmt = "%(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt))
+    level = max(logging.DEBUG, min(level, logging.CRITICAL))
+    handler.setLevel(level)  # records that libraries' own loggers let through stop here too
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(max(logging.DEBUG, min(level, logging.CRITICAL)))
+    root.setLevel(level)
+    # dask's scheduler and workers log every connection at INFO: shown with -vv only
+    logging.getLogger("distributed").setLevel(level if verbose >= 2 else max(level, logging.WARNING))
 
 
 def _progress_bar(quiet: bool):

@@ -333,3 +333,25 @@ dir = "out-{backend}"
         ok = np.isfinite(a[c])
         assert ok.sum() > 5
         assert np.allclose(m[c][ok], a[c][ok], rtol=1e-6, atol=1e-6 * np.abs(a[c][ok]).max()), c
+
+
+def test_quiet_hides_library_info_logs(capsys):
+    """-q hides INFO records of libraries that set their own logger levels (dask logs every connection)."""
+    import logging
+
+    from pipeline.cli import _setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logging.getLogger("distributed").level
+    try:
+        logging.getLogger("distributed.scheduler").setLevel(logging.INFO)  # as dask's config does
+        _setup_logging(0, 1)
+        logging.getLogger("distributed.scheduler").info("State start")
+        logging.getLogger("pipeline.run").warning("a warning still shows")
+        err = capsys.readouterr()
+        text = err.out + err.err
+        assert "State start" not in text and "a warning still shows" in text
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        logging.getLogger("distributed").setLevel(saved[2])
+        logging.getLogger("distributed.scheduler").setLevel(logging.NOTSET)
