@@ -301,11 +301,11 @@ def smoothed_aggregation(A, position, theta):
 def vcycle(A, Ps, below=None):
     """Symmetric V-cycle over ``A`` and the Galerkin levels ``P^T A P``; the last level solved exactly,
     or by ``below(A_last)`` -> (preconditioner, sizes of its levels)."""
-    ops, smooth = [A], [smoother(A)]
+    ops = [A]
     for P in Ps:
         Ac = (P.T @ ops[-1] @ P).tocsr()
         ops.append((Ac + sp.diags((Ac.diagonal() == 0).astype(float))).tocsr())  # copies only fixed dofs use
-        smooth.append(smoother(ops[-1]))
+    smooth = [smoother(op) for op in ops[:-1]]  # the last level is solved, not smoothed
     sizes = [op.shape[0] for op in ops]
     if below is None:
         last = ops[-1].tocsc()

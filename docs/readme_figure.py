@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import io  # noqa: E402
-from pipeline.napari.layers import PHASE_COLOURS, field_volumes  # noqa: E402
+from pipeline.napari.layers import field_volumes  # noqa: E402
 from pipeline.report import _fig  # noqa: E402
-from pipeline.slices import _panel, _particle_colours, middle_slices, scale_bar_um  # noqa: E402
+from pipeline.slices import _panel, _particle_colours, middle_slices, phase_rgba, scale_bar_um  # noqa: E402
 
 
 def main(out=ROOT / "results/matbox_demo"):
@@ -28,11 +28,7 @@ def main(out=ROOT / "results/matbox_demo"):
     bar = scale_bar_um(min(s * n for s, n in zip(spacing, ph.data.shape)))
     plt = _fig()
     fig, ax = plt.subplots(1, 3, figsize=(10, 3.6))
-    colours = np.array([PHASE_COLOURS[k] for k in range(3)])
-    img = middle_slices(ph.data)[2]
-    rgba = colours[img].copy()
-    rgba[img == 0] = (0, 0, 0, 1)
-    _panel(ax[0], rgba, spacing, 2, bar)
+    _panel(ax[0], phase_rgba(middle_slices(ph.data)[2]), spacing, 2, bar)
     _panel(ax[1], _particle_colours(middle_slices(particles)[2], cut), spacing, 2, bar)
     import matplotlib
 

@@ -554,9 +554,6 @@ def _build(cls, data: dict, section: str):
     return cls(**kw)
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-
-
 def config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
     """Validate a config mapping; relative paths are resolved against ``base_dir``."""
     hints = typing.get_type_hints(Config)
@@ -615,7 +612,7 @@ def dump_config(cfg: Config) -> str:
 
 def sections() -> dict[str, type]:
     """The config sections in file order: ``{"input": InputConfig, ...}``."""
-    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(Config)}
+    return typing.get_type_hints(Config)
 
 
 def undocumented_keys() -> list[str]:
@@ -644,7 +641,7 @@ def reference_markdown() -> str:
             value = f.default_factory()
         else:
             return "required"
-        return "-" if value is None else f"`{tomli_w_value(value)}`"
+        return "-" if value is None else f"`{_toml_inline(value)}`"
 
     out = []
     for name, cls in sections().items():
@@ -661,10 +658,10 @@ def reference_markdown() -> str:
     return "\n".join(out)
 
 
-def tomli_w_value(value) -> str:
+def _toml_inline(value) -> str:
     """One value as TOML writes it (inline)."""
     import tomli_w
 
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {tomli_w_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+        return "{ " + ", ".join(f"{k} = {_toml_inline(v)}" for k, v in value.items()) + " }" if value else "{}"
     return tomli_w.dumps({"v": value}).strip()[4:]

@@ -275,7 +275,13 @@ def write_report(out: str | Path) -> Path:
     plt = _fig()
     from pipeline.slices import fields_montage, microstructure_montage
 
-    slices = [m for m in (microstructure_montage(plt, out, table), fields_montage(plt, out)) if m]
+    montages = {"slices_microstructure.png": microstructure_montage(plt, out, table),
+                "slices_fields.png": fields_montage(plt, out)}
+    slices = []
+    for name, made in montages.items():
+        if made is not None:
+            fig, caption = made
+            slices.append((_save(plt, fig, out / name), caption))
     steps_cols = {"step": np.array([s["step"] for s in summary["steps"]]),
                   "time_s": np.array([s.get("time_s", 0.0) for s in summary["steps"]]),
                   "soc": np.array([s["soc"] for s in summary["steps"]]),

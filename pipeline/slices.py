@@ -3,7 +3,8 @@
 Three planes through the middle of the volume (z, y and x), drawn in µm with a scale bar:
 raw grey values, phases and particles (particles cut by the box in grey), then von Mises,
 hydrostatic stress, SOC and interface damage (where the run has them) at the first and the last
-written step. Matplotlib only; the images are PNGs beside report.html.
+written step. Matplotlib only; each montage is returned as a figure with its caption, and
+report.html saves them as PNGs beside it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import io
-from pipeline.napari.layers import FIELD_STYLE, PHASE_COLOURS, field_volumes
-
-ACTIVE = 2  # phase code of the active particles (phases.tif)
+from pipeline.napari.layers import FIELD_STYLE, PHASE_COLOURS, colour_limits, field_volumes, raw_volume
+from solvers.mesh.voxel import ACTIVE
 
 log = logging.getLogger(__name__)
 
@@ -64,29 +64,25 @@ def _particle_colours(particles: np.ndarray, cut: set[int]):
     return table[particles]
 
 
-def _raw_volume(out: Path, shape) -> np.ndarray | None:
-    from pipeline.config import load_config
-
-    try:
-        cfg = load_config(out / "config.toml")
-        raw = io.read_volume(cfg.input.path, crop=cfg.input.crop).data
-    except Exception as exc:  # noqa: BLE001 - the input may have moved: the report goes on without it
-        log.info("raw grey values left out of the report (%s)", exc)
-        return None
-    return raw if raw.shape == tuple(shape) else None
+def phase_rgba(img: np.ndarray) -> np.ndarray:
+    """RGBA image of a phase slice: electrolyte blue, active orange, void black."""
+    colours = np.array([PHASE_COLOURS[k] for k in range(3)])
+    rgba = colours[np.clip(img, 0, 2)]
+    rgba[img == 0] = (0, 0, 0, 1)
+    return rgba
 
 
-def microstructure_montage(plt, out: Path, table: dict) -> tuple[str, str] | None:
-    """raw | phases | particles in the three middle planes; (PNG name, caption)."""
+def microstructure_montage(plt, out: Path, table: dict):
+    """raw | phases | particles in the three middle planes: (figure, caption)."""
     ph_vol = io.read_volume(out / "phases.tif")
     phases, spacing = ph_vol.data, ph_vol.spacing_um or (1.0, 1.0, 1.0)
     particles = io.read_volume(out / "particles.tif").data
     last = table["step"] == table["step"].max()
     cut = set(table["particle_id"][last & table["touches_boundary"]].astype(int).tolist())
-    raw = _raw_volume(out, phases.shape)
+    raw = raw_volume(out)
+    raw = raw if raw is not None and raw.shape == phases.shape else None
     rows = ([("raw", raw)] if raw is not None else []) + [("phases", phases), ("particles", particles)]
     bar = scale_bar_um(min(s * n for s, n in zip(spacing, phases.shape)))
-    colours = np.array([PHASE_COLOURS[k] for k in range(3)])
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for r, (name, vol) in enumerate(rows):
         for c, ((held, axis), img) in enumerate(zip(PLANES, middle_slices(vol))):
@@ -95,23 +91,19 @@ def microstructure_montage(plt, out: Path, table: dict) -> tuple[str, str] | Non
                 lo, hi = np.percentile(vol, [0.5, 99.5])
                 _panel(ax, img, spacing, axis, bar, cmap="gray", vmin=lo, vmax=hi)
             elif name == "phases":
-                rgba = colours[np.clip(img, 0, 2)].copy()
-                rgba[img == 0] = (0, 0, 0, 1)
-                _panel(ax, rgba, spacing, axis, bar)
+                _panel(ax, phase_rgba(img), spacing, axis, bar)
             else:
                 _panel(ax, _particle_colours(img, cut), spacing, axis, bar)
             ax.set_title(f"{name}, mid {held}", fontsize=9)
     fig.tight_layout()
-    from pipeline.report import _save
-
-    name = _save(plt, fig, out / "slices_microstructure.png")
-    return name, (f"Middle slices (z, y, x) of the {'raw grey values, ' if raw is not None else ''}phases "
+    return fig, (f"Middle slices (z, y, x) of the {'raw grey values, ' if raw is not None else ''}phases "
                   f"(electrolyte blue, active orange, void black) and particles (cut by the box: grey). "
                   f"Scale bar {bar:g} µm.")
 
 
-def fields_montage(plt, out: Path) -> tuple[str, str] | None:
-    """Each cell field at the first and last written step, three middle planes; (PNG name, caption)."""
+def fields_montage(plt, out: Path):
+    """Each cell field at the first and last written step, three middle planes: (figure, caption), or
+    None without fields."""
     ph_vol = io.read_volume(out / "phases.tif")
     spacing = ph_vol.spacing_um or (1.0, 1.0, 1.0)
     fields = field_volumes(out, ph_vol.data.shape, spacing, steps=[0, -1])
@@ -122,26 +114,19 @@ def fields_montage(plt, out: Path) -> tuple[str, str] | None:
     for name, (_, vol) in fields.items():
         if name == "soc":  # the state of charge lives in the particles only
             vol = np.where(active[None], vol, np.nan)
+        limits = colour_limits(vol, FIELD_STYLE[name][2]) or (0.0, 1.0)  # both steps on one scale
         for k in sorted({0, len(vol) - 1}):
-            rows.append((name, k, vol))
+            rows.append((name, k, vol, limits))
     bar = scale_bar_um(min(s * n for s, n in zip(spacing, ph_vol.data.shape)))
     fig, axes = plt.subplots(len(rows), 3, figsize=(9.6, 2.8 * len(rows)), squeeze=False)
-    for r, (name, k, vol) in enumerate(rows):
-        label, cmap, symmetric = FIELD_STYLE[name]
-        finite = vol[np.isfinite(vol)]
-        lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
-        if symmetric:
-            lo, hi = -max(abs(lo), abs(hi), 1e-9), max(abs(lo), abs(hi), 1e-9)
-        import matplotlib
+    import matplotlib
 
+    for r, (name, k, vol, (lo, hi)) in enumerate(rows):
+        label, cmap, _ = FIELD_STYLE[name]
         cm = matplotlib.colormaps[cmap].with_extremes(bad="black")
         for c, ((held, axis), img) in enumerate(zip(PLANES, middle_slices(vol[k]))):
-            art = _panel(axes[r, c], np.ma.masked_invalid(img), spacing, axis, bar, cmap=cm, vmin=lo,
-                         vmax=max(hi, lo + 1e-9))
+            art = _panel(axes[r, c], np.ma.masked_invalid(img), spacing, axis, bar, cmap=cm, vmin=lo, vmax=hi)
             axes[r, c].set_title(f"{'first' if k == 0 else 'last'} step, mid {held}", fontsize=9)
         fig.colorbar(art, ax=list(axes[r]), shrink=0.8, label=label)
-    from pipeline.report import _save
-
-    name = _save(plt, fig, out / "slices_fields.png")
-    return name, (f"Cell fields in the middle slices at the first and the last written step (void black, and the "
+    return fig, (f"Cell fields in the middle slices at the first and the last written step (void black, and the "
                   f"electrolyte for SOC; colour limits: 1st-99th percentile). Scale bar {bar:g} µm.")

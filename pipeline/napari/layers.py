@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import io
+
+log = logging.getLogger(__name__)
 
 PHASE_COLOURS = {0: (0.0, 0.0, 0.0, 0.0), 1: (0.25, 0.55, 0.95, 1.0), 2: (0.95, 0.6, 0.15, 1.0),
                  None: (1.0, 0.0, 1.0, 1.0)}  # None: any other value (an edit error) in magenta
@@ -111,10 +114,37 @@ def _solid_voxels(out: Path, shape, fallback: np.ndarray) -> np.ndarray:
     return fallback
 
 
+def raw_volume(out: Path) -> np.ndarray | None:
+    """The run's input stack as it was cropped (from the results folder's config.toml), or None when
+    the config or the input can no longer be read (a moved stack)."""
+    from pipeline.config import load_config
+    from tomomech.errors import TomomechError
+
+    cfg_file = Path(out) / "config.toml"
+    try:
+        cfg = load_config(cfg_file) if cfg_file.exists() else None
+        if cfg is None or not Path(cfg.input.path).exists():
+            return None
+        return io.read_volume(cfg.input.path, crop=cfg.input.crop).data
+    except TomomechError as exc:
+        log.info("raw grey values not shown (%s)", exc)
+        return None
+
+
+def colour_limits(values: np.ndarray, symmetric: bool = False) -> tuple[float, float] | None:
+    """1st-99th percentile of the finite ``values`` (symmetric about 0 if asked), or None if none is finite."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    lo, hi = np.percentile(finite, [1, 99])
+    if symmetric:
+        m = max(abs(lo), abs(hi), 1e-9)
+        lo, hi = -m, m
+    return float(lo), float(max(hi, lo + 1e-9))
+
+
 def results_layers(path, step: int | None = None) -> list[tuple]:
     """Layers of a results folder: raw (cropped), phases, particles (+ features), fields."""
-    from pipeline.config import load_config
-
     out = Path(path)
     edits = out / "edits"  # hand edits (pipeline.run.save_edits) take precedence
     ph_file = edits / "phases.tif" if (edits / "phases.tif").exists() else out / "phases.tif"
@@ -123,27 +153,20 @@ def results_layers(path, step: int | None = None) -> list[tuple]:
     particles = io.read_volume(pa_file).data
     spacing = phases_vol.spacing_um or (1.0, 1.0, 1.0)
     layers = []
-    cfg_file = out / "config.toml"
-    if cfg_file.exists():
-        cfg = load_config(cfg_file)
-        if Path(cfg.input.path).exists():
-            raw = io.read_volume(cfg.input.path, crop=cfg.input.crop).data
-            lo, hi = np.percentile(raw, [0.5, 99.5])
-            layers.append((raw, {"name": "raw", "scale": spacing, "visible": False,
-                                 "contrast_limits": (float(lo), float(max(hi, lo + 1)))}, "image"))
+    raw = raw_volume(out)
+    if raw is not None:
+        lo, hi = np.percentile(raw, [0.5, 99.5])
+        layers.append((raw, {"name": "raw", "scale": spacing, "visible": False,
+                             "contrast_limits": (float(lo), float(max(hi, lo + 1)))}, "image"))
     meta = {"results_dir": str(out.resolve()), "spacing_um": spacing}
     fields = field_volumes(out, phases_vol.data.shape, spacing)
     for name, (times, vol) in fields.items():
         label, cmap, sym = FIELD_STYLE[name]
-        finite = vol[np.isfinite(vol)]
-        if finite.size == 0:
+        limits = colour_limits(vol, sym)
+        if limits is None:
             continue
-        lo, hi = np.percentile(finite, [1, 99])
-        if sym:
-            m = max(abs(lo), abs(hi), 1e-9)
-            lo, hi = -m, m
         layers.append((vol, {"name": label, "scale": (1.0,) + tuple(spacing), "colormap": cmap,
-                             "contrast_limits": (float(lo), float(max(hi, lo + 1e-9))), "visible": False,
+                             "contrast_limits": limits, "visible": False,
                              "metadata": {**meta, "times": times.tolist()}}, "image"))
     layers.append((phases_vol.data, {"name": "phases", "scale": spacing, "opacity": 0.5,
                                      "colormap": PHASE_COLOURS,
