@@ -1,6 +1,6 @@
 """CG iterations of the cohesive band's multigrid at 0 %, about 50 % and 100 % debonded, against bonded.
 
-Usage: python benchmarks/band_cg.py [SIZE]   (default 48)
+Usage: python benchmarks/band_cg.py [SIZE] [COARSE]   (default 48 trilinear; COARSE: trilinear or split)
 
 One shrinking step (dV/V = -3 % in the particles) on the centred MATBOX crop, solved with the band's
 damage set by hand (no stepping): undamaged, half of the band voxels (at random) debonded, all
@@ -21,13 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cohesive_charge import build, crop  # noqa: E402
+from cohesive_charge import STEPPING, build, crop  # noqa: E402
 
 from solvers import fields  # noqa: E402
 from tomomech.errors import ConvergenceError  # noqa: E402
 
 
-def main(n=48):
+def main(n=48, coarse="trilinear"):
+    STEPPING["coarse"] = coarse
+    n = int(n)
     mesh = crop(n)
     faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
     eps = np.where(mesh.cell_phase == 2, -0.01, 0.0)
@@ -57,4 +59,4 @@ def main(n=48):
 
 
 if __name__ == "__main__":
-    main(*[int(a) for a in sys.argv[1:]])
+    main(*sys.argv[1:])

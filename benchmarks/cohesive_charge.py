@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/cohesive_charge.py [--size 96] [--steps 40] [--output-every 10]
         [--reference] [--halve] [--precision mixed|float64] [--no-bonded] [--max-cuts K]
-        [--contact-corrections K]
+        [--contact-corrections K] [--coarse split|trilinear] [--split-patience F]
 
 Runs, one after the other in this process, on the same centred crop:
 
@@ -58,8 +58,10 @@ def crop(n: int):
     return voxel_hex_mesh(phases, particles, [H] * 3)
 
 
-#: the band's stepping (``--max-cuts``, ``--contact-corrections``); None: the class defaults
+#: the band's stepping and coarse spaces (``--max-cuts``, ``--contact-corrections``, ``--coarse``); absent: defaults
 STEPPING = {}
+#: ``--split-patience``: stale split levels may take this many times their first CG count (0: rebuild at once)
+PATIENCE = None
 
 
 def build(model: str, mesh, faces, precision: str):
@@ -78,6 +80,8 @@ def run(model: str, mesh, faces, steps: int, output_every: int, precision: str) 
     nmc = get_material("NMC811")
     t0 = time.perf_counter()
     mech = build(model, mesh, faces, precision)
+    if model == "band" and PATIENCE is not None:
+        mech.solver.split_patience = PATIENCE
     setup = time.perf_counter() - t0
     cohesive = model != "bonded"
     proto = Galvanostatic(c_rate=1.0, soc_start=1.0, soc_end=0.22, steps=steps)
@@ -143,9 +147,14 @@ def main():
     ap.add_argument("--no-bonded", action="store_true", help="skip the bonded run")
     ap.add_argument("--max-cuts", type=int, help="band: smallest increment 1/2^k of a step (0: one solve per step)")
     ap.add_argument("--contact-corrections", type=int, help="band: re-solves for a changed contact state")
+    ap.add_argument("--coarse", choices=("split", "trilinear"), help="band: the multigrid's coarse spaces")
+    ap.add_argument("--split-patience", type=float, help="band, split: rebuild after this many times the "
+                    "iterations of the levels' first solve (0: whenever voxels open or close)")
     a = ap.parse_args()
-    STEPPING.update({k: v for k, v in (("max_cuts", a.max_cuts), ("contact_corrections", a.contact_corrections))
-                     if v is not None})
+    STEPPING.update({k: v for k, v in (("max_cuts", a.max_cuts), ("contact_corrections", a.contact_corrections),
+                                       ("coarse", a.coarse)) if v is not None})
+    global PATIENCE
+    PATIENCE = a.split_patience
     t0 = time.perf_counter()
     mesh = crop(a.size)
     faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)

@@ -240,6 +240,35 @@ def counted_cg(A, b, *, M, x0=None, rtol: float, maxiter: int) -> tuple[np.ndarr
     return x, count[0]
 
 
+def flexible_cg(matvec, b, pmatvec, *, x0=None, rtol: float, maxiter: int) -> tuple[np.ndarray, int]:
+    """Flexible preconditioned CG (Polak-Ribiere beta; Notay, SIAM J Sci Comput 22, 2000).
+
+    CG whose preconditioner may change from one iteration to the next (a K-cycle, an inner solve);
+    with a fixed symmetric preconditioner it makes the same iterates as CG. Stops at
+    ``||b - A x|| <= rtol ||b||`` (the recursive residual) or after ``maxiter`` iterations.
+    Returns the solution and the iterations it took.
+    """
+    x = np.zeros_like(b) if x0 is None else np.array(x0, dtype=float)
+    r = b - matvec(x) if x0 is not None else b.copy()
+    stop = rtol * float(np.linalg.norm(b))
+    if float(np.linalg.norm(r)) <= stop:
+        return x, 0
+    z = pmatvec(r)
+    p, rz, r_old = z.copy(), float(r @ z), r.copy()
+    for k in range(1, maxiter + 1):
+        q = matvec(p)
+        alpha = rz / float(p @ q)
+        x += alpha * p
+        r -= alpha * q
+        if float(np.linalg.norm(r)) <= stop:
+            return x, k
+        z = pmatvec(r)
+        beta = float(z @ (r - r_old)) / rz
+        rz, r_old = float(r @ z), r.copy()
+        p = z + beta * p
+    return x, maxiter
+
+
 def checked_solve(stats: SolveStats, matvec, b: np.ndarray, rtol: float, solve, hint: str) -> np.ndarray:
     """Run ``solve() -> (x, iterations)``, check the true residual, record it in ``stats``.
 

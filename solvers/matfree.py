@@ -57,9 +57,9 @@ from threadpoolctl import threadpool_limits
 
 from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_parts
 from solvers.fem.elements import HEX8
-from solvers.linalg import SolveStats, checked_solve, counted_cg
+from solvers.linalg import SolveStats, checked_solve, counted_cg, flexible_cg
 from solvers.matfree_band import BandBlocks
-from solvers.mesh.voxel import nodes_of
+from solvers.mesh.voxel import ACTIVE, nodes_of
 from tomomech.errors import ConfigError, ConvergenceError
 
 log = logging.getLogger(__name__)
@@ -712,15 +712,33 @@ class MatrixFreeSolver:
         with the six rigid-body modes of every particle as a coarse space
         (:mod:`solvers.deflation`): particles that the band debonds all round float on its
         residual stiffness, a mode multigrid does not see.
+    coarse : {"trilinear", "split"}
+        ``trilinear``: the grid hierarchy above. ``split``: coarse levels that follow the solid's
+        topology (:mod:`solvers.topology`): every coarse node is split into one copy per connected
+        piece of solid in its support, with an open band (``band["open"]``) as a gap between the
+        particles and the electrolyte; the nodes whose solid voxels are all open get exact local
+        solves; the coarse levels are assembled and visited by a K-cycle, and CG is flexible.
+        With a band, once voxels open or close the old split levels are kept while CG needs at most
+        twice the iterations it took when they were new; a solve that needs more rebuilds them.
     """
 
     def __init__(self, mesh, cell_lame, fixed, *, scale=None, rtol=1e-8, maxiter=500, device="cpu",
                  precision="float64", chebyshev_degree=2, local_cycles=8, local_threshold=0.003,
-                 local_max_fraction=0.02, band=None, deflate=None):
+                 local_max_fraction=0.02, band=None, deflate=None, coarse="trilinear"):
         if device not in ("cpu", "gpu"):
             raise ConfigError(f"solver.device = {device!r}: use 'cpu' or 'gpu'")
         if precision not in ("float64", "mixed"):
             raise ConfigError(f"solver.precision = {precision!r}: use 'float64' or 'mixed'")
+        if coarse not in ("trilinear", "split"):
+            raise ConfigError(f"solver.coarse = {coarse!r}: use 'trilinear' or 'split'")
+        if coarse == "split" and device == "gpu":
+            raise ConfigError("solver.coarse = 'split' runs on the CPU only (its coarse levels are scipy sparse "
+                              "matrices); use coarse = 'trilinear' with device = 'gpu'")
+        self.split = coarse == "split"
+        self._split = None
+        self._split_stale = False  # the open band voxels changed since the split levels were built
+        self._split_its = None  # CG iterations of the first solve after they were built
+        self.split_patience = 2.0  # stale split levels may take this many times those iterations (0: rebuild at once)
         self.xp = np
         if device == "gpu":
             self.xp = _cupy()
@@ -729,7 +747,7 @@ class MatrixFreeSolver:
         self.degree = int(chebyshev_degree)
         self.chebyshev_ratio = 30.0  # smooth the upper part [lmax / ratio, lmax] of the spectrum
         self.pdtype = np.float32 if precision == "mixed" else np.float64
-        self.stats = SolveStats(f"matrix-free-gmg-{device}-{precision}")
+        self.stats = SolveStats(f"matrix-free-gmg{'-split' if coarse == 'split' else ''}-{device}-{precision}")
         t0 = time.perf_counter()
         Z, Y, X = mesh.shape
         # per-phase element matrices from the cells' Lame constants
@@ -769,13 +787,17 @@ class MatrixFreeSolver:
         self._adaptive_local = band is not None and local_cycles > 0
         if band is not None:
             local_cycles = 0
+        self._open = None
+        if band is not None:
+            self._open = np.zeros(fine.band.n, bool) if band.get("open") is None else np.asarray(band["open"], bool)
+        self._seen_open = None if self._open is None else self._open.copy()  # open set of the smoothers' bounds
         self.levels = [fine]
+        self._local = []  # stages of exact local solves, each (local dofs, factor, rows it changes, columns)
+        self._local_regions = []  # the (nodes, blocks) of each stage, to refactor after a band update
         self._build_hierarchy(pairs)
         self._deflate = None if deflate is None else np.asarray(deflate)
         self._deflation = None  # built when CG fails to converge with local solves alone (floating particles)
-        self._local = []  # stages of exact local solves, each (local dofs, factor, rows it changes, columns)
-        self._local_regions = []  # the (nodes, blocks) of each stage, to refactor after a band update
-        if local_cycles > 0 and len(self.levels) > 1:
+        if local_cycles > 0 and (len(self.levels) > 1 or self.split):
             self._local = self._local_solve_setup(local_cycles, local_threshold, local_max_fraction)
         self.stats.setup_s = time.perf_counter() - t0
         log.info("geometric multigrid: %d levels %s, setup %.2f s", len(self.levels),
@@ -787,20 +809,23 @@ class MatrixFreeSolver:
         ``lame`` (n_phase, 2): the Lame constants the levels' ``phase`` index (row kernels on the CPU)."""
         lv = self.levels[0]
         coarsest = COARSEST_DOF if lv.band is None else COARSEST_DOF_BAND
-        while 3 * int(np.prod(lv.node_shape[:3])) > coarsest and min(lv.mat.shape) >= 4:
+        while not self.split and 3 * int(np.prod(lv.node_shape[:3])) > coarsest and min(lv.mat.shape) >= 4:
             lv = _galerkin_level(lv, child_matrices=self._child_matrices)
             self.levels.append(lv)
         if self.xp is np:
-            for k, lv in enumerate(self.levels[:-1]):
+            for k, lv in enumerate(self._smoothed()):
                 spacing = np.asarray(self.mesh.spacing, float) * 2**k
                 lv.lame = LameOperator(lv.phase, lame, spacing, lv.fixed, lv.scale)
                 rest = np.where(lv.phase >= 0, -1, lv.mat).astype(np.int32)
                 lv.rest = rest if (rest >= 0).any() else None
-        for lv in self.levels[:-1]:
+        for lv in self._smoothed():
             d = _diagonal(lv)
             lv.diag_inv = np.where(lv.fixed, 1.0 / lv.scale, 1.0 / np.where(d > 0, d, 1.0))
             lv.lmax = self._lambda_max(lv)
-        self._coarse_lu = self._factor(self.levels[-1])
+        if self.split:
+            self._build_split()
+        else:
+            self._coarse_lu = self._factor(self.levels[-1])
         self._ke_fine64 = self.xp.asarray(self.levels[0].ke)  # the operator CG sees stays float64
         for lv in self.levels:  # device and precision of the preconditioner
             if lv.dynamic is not None or lv.band is not None:
@@ -811,6 +836,43 @@ class MatrixFreeSolver:
                 lv.diag_inv = self.xp.asarray(lv.diag_inv.astype(self.pdtype))
             lv.fixed_dev = self.xp.asarray(lv.fixed)
             lv.free_dev = ~lv.fixed_dev
+
+    def _smoothed(self):
+        """The grid levels that are smoothed (all but the coarsest, which is factored; with split coarse
+        levels the fine level alone)."""
+        return self.levels if self.split else self.levels[:-1]
+
+    def _build_split(self):
+        """The split coarse levels (:mod:`solvers.topology`) for the fine level's current operator, and
+        exact local solves on the nodes whose solid voxels are all open band voxels."""
+        from solvers.topology import SplitHierarchy, coarse_levels, gap_only_nodes
+
+        t0 = time.perf_counter()
+        fine = self.levels[0]
+        mat, ke = self._with_band(fine)
+        solid = mat >= 0
+        gap = np.zeros(solid.shape, bool)
+        if fine.band is not None:
+            gap[tuple(fine.band.zyx[fine.band.order[self._open]].T)] = True
+            se = solid & (self.mesh.phases != ACTIVE)
+            glue = np.zeros_like(gap)  # the electrolyte joins the particles only through bonded band voxels
+            glue[tuple(fine.band.zyx[fine.band.order[~self._open]].T)] = True
+            pieces = (se, solid & ~se)
+        else:
+            pieces, glue = (solid, np.zeros_like(solid)), solid
+        P1, more, cid, mixed = coarse_levels(pieces, glue, gap, coarsest_dof=COARSEST_DOF_BAND)
+        A1 = _split_level_one(mat, ke, P1, cid, mixed)
+        self._split = SplitHierarchy(P1, A1, more)
+        weak = gap_only_nodes(solid, gap) & ~_host_view(fine).fixed.all(axis=-1)
+        self._local, self._local_regions = [], []
+        if weak.any():
+            block = _box_blocks(weak.shape)
+            self._local = [self._local_factor(weak, block)]
+            self._local_regions = [(weak, block)]
+        self._split_open = self._open.copy() if self._open is not None else None
+        self._split_stale, self._split_its = False, None
+        log.info("split coarse levels: dof %s, %d open band voxels, local solves on %d nodes, %.1f s",
+                 self._split.sizes, int(gap.sum()), int(weak.sum()), time.perf_counter() - t0)
 
     def deflate_rigid_modes(self):
         """Add the rigid-body modes of the particles given at set-up (``deflate``) to the preconditioner."""
@@ -863,15 +925,19 @@ class MatrixFreeSolver:
             k[sel] = kb * keep[:, :, :, None, None] * keep[:, None, None, :, :]
         return k
 
-    def update_band(self, C, hourglass, which=None):
+    def update_band(self, C, hourglass, which=None, open=None):
         """New stiffness of band voxels (all, or the indices ``which`` into the band given at setup).
 
         The coarse voxels above them are recomputed in place level by level (Galerkin, exactly as at
         setup), the smoothers' diagonals and spectral bounds and the coarsest factor are renewed.
+        ``open`` (nb,) bool: the band voxels that are open now (split coarse levels are rebuilt when
+        it changes; with unchanged topology they keep their values, a preconditioner need not be exact).
         """
         t0 = time.perf_counter()
         fine = self.levels[0]
         which = np.arange(fine.band.n) if which is None else np.asarray(which)
+        if open is not None:
+            self._open = np.asarray(open, bool)
         if which.size == 0:
             return
         if self._deflation is not None:
@@ -894,11 +960,23 @@ class MatrixFreeSolver:
                 lv.ke[self.xp.asarray(slots)] = self.xp.asarray(new.astype(self.pdtype))
             n_coarse += len(dirty)
             dirty = dirty // 2
-        for lv in self.levels[:-1]:
+        opened = self._open is not None and bool((self._open & ~self._seen_open).any())
+        if opened:  # voxels that were never open before: the bounds stay valid for those that close again
+            self._seen_open |= self._open
+        for lv in self._smoothed():
             d = _diagonal(_host_view(lv))
             lv.diag_inv = self.xp.asarray(np.where(lv.fixed, 1.0 / lv.scale, 1.0 / np.where(d > 0, d, 1.0))
                                           .astype(self.pdtype))
-            lv.lmax = max(lv.lmax, self._lambda_max_update(lv, xp=self.xp))  # the spectrum's top may move
+            # the spectrum's top may move: a few power steps from the last top vector follow it while the
+            # damage grows, but where voxels open it moves elsewhere (48^3, all open: 3.76 against 4.87 from
+            # a fresh Lanczos; Chebyshev beyond its range made 176 CG its of 41), so then a fresh estimate
+            lv.lmax = max(lv.lmax, self._lambda_max(lv, xp=self.xp) if opened else
+                          self._lambda_max_update(lv, xp=self.xp))
+        if self.split:  # the split levels are rebuilt by ``solve`` once they stop paying
+            self._split_stale = not np.array_equal(self._open, self._split_open)
+            self.band_updates["calls"] += 1
+            self.band_updates["seconds"] += time.perf_counter() - t0
+            return
         self._coarse_lu = self._factor(_host_view(self.levels[-1]))
         t1 = time.perf_counter()
         touched = fine.band.zyx[fine.band.order[which]]
@@ -1117,7 +1195,7 @@ class MatrixFreeSolver:
     def _vcycle(self, k, b):
         xp = self.xp
         lv = self.levels[k]
-        if k == len(self.levels) - 1:
+        if k == len(self.levels) - 1 and self._split is None:
             bc = np.asarray(b.get() if xp is not np else b, np.float64).reshape(-1, 3)
             x = np.zeros_like(bc)  # untouched nodes: identity with zero right-hand side
             x[self._coarse_nodes] = self._coarse_lu.solve(bc[self._coarse_nodes].ravel()).reshape(-1, 3)
@@ -1127,9 +1205,14 @@ class MatrixFreeSolver:
         local = self._local if k == 0 else []  # on both sides, in mirrored order: a symmetric cycle
         for stage in local:
             self._local_correct(x, r, stage)
-        c = self.levels[k + 1]
-        rc = restrict(r * lv.free_dev, c.node_shape[:3], xp) * c.free_dev  # the transpose of P below
-        x = x + prolong(self._vcycle(k + 1, rc), lv.node_shape[:3], xp) * lv.free_dev
+        if self._split is not None:  # split coarse levels below the fine grid (CPU)
+            rc = self._split.restrict(np.asarray(r * lv.free_dev, np.float64).reshape(-1, 3))
+            xc = self._split.prolong(self._split.solve(rc)).reshape(lv.node_shape)
+            x = x + xc.astype(x.dtype) * lv.free_dev
+        else:
+            c = self.levels[k + 1]
+            rc = restrict(r * lv.free_dev, c.node_shape[:3], xp) * c.free_dev  # the transpose of P below
+            x = x + prolong(self._vcycle(k + 1, rc), lv.node_shape[:3], xp) * lv.free_dev
         r = None
         if local:
             r = b - self._apply_level(lv, x, xp)
@@ -1174,13 +1257,33 @@ class MatrixFreeSolver:
         bg = self._to_grid(b)
         x_start = None if x0 is None else self._to_grid(x0)
 
-        def run():
+        def run(maxiter=None):
             xg = x_start
             if self._deflation is not None:  # a start whose residual has no rigid-mode part (A-DEF2 needs it)
                 xg = self.xp.zeros_like(bg) if xg is None else xg.copy()
                 xg += self._deflation.correct(bg - self.apply(xg), self.xp)
-            return _pcg(self.stats, on_grid(self.apply), on_grid(self.precondition), host(bg).ravel(),
-                        None if xg is None else host(xg).ravel(), self.rtol, self.maxiter)
+            x = _pcg(self.stats, on_grid(self.apply), on_grid(self.precondition), host(bg).ravel(),
+                     None if xg is None else host(xg).ravel(), self.rtol, maxiter or self.maxiter,
+                     flexible=self.split)
+            if self.split and self._split_its is None:
+                self._split_its = self.stats.iterations[-1]
+            return x
+
+        if self._split_stale:
+            # Voxels opened or closed since the split levels were built. Rebuilding them at every change
+            # cost 3 s a solve at 48^3 (contact flips a few voxels back and forth), so the old levels, still
+            # a valid preconditioner, are tried first, up to twice the iterations they took when new.
+            # (Levels that never solved anything have no count to go by: rebuilt at once.)
+            if self._split_its is not None and self.split_patience > 0:
+                cap = min(max(int(self.split_patience * self._split_its), self._split_its + 10), self.maxiter)
+                try:
+                    return self._from_grid(run(cap).reshape(shape))
+                except ConvergenceError:
+                    log.info("split coarse levels: CG passed %d iterations with the levels of an older band "
+                             "state; rebuilding them", cap)
+                    self.band_updates["stale_iterations"] = self.band_updates.get("stale_iterations", 0) + cap
+            self._build_split()
+            self.band_updates["split_rebuilds"] = self.band_updates.get("split_rebuilds", 0) + 1
 
         if not self._adaptive_local:
             return self._from_grid(run().reshape(shape))
@@ -1200,16 +1303,66 @@ class MatrixFreeSolver:
         return self._from_grid(x.reshape(shape))
 
 
-def _pcg(stats, matvec, pmatvec, b, x0, rtol, maxiter):
+def _pcg(stats, matvec, pmatvec, b, x0, rtol, maxiter, flexible=False):
     """scipy CG with one BLAS thread: OpenBLAS threads left spinning after each CG dot product took
-    the cores from the numba kernels (a diffusion solve ran 3x slower, an elastic one 1.2x)."""
+    the cores from the numba kernels (a diffusion solve ran 3x slower, an elastic one 1.2x).
+    ``flexible``: flexible CG, for a preconditioner that is not a fixed linear map (a K-cycle)."""
     n = b.size
     A = spla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
     M = spla.LinearOperator((n, n), matvec=pmatvec, dtype=np.float64)
+    if flexible:
+        def run():
+            return flexible_cg(matvec, b, pmatvec, x0=x0, rtol=rtol, maxiter=maxiter)
+    else:
+        def run():
+            return counted_cg(A, b, M=M, x0=x0, rtol=rtol, maxiter=maxiter)
     with threadpool_limits(limits=1, user_api="blas"):
-        return checked_solve(stats, matvec, b, rtol,
-                             lambda: counted_cg(A, b, M=M, x0=x0, rtol=rtol, maxiter=maxiter),
-                             "raise [solver] maxiter or use backend = 'assembled'")
+        return checked_solve(stats, matvec, b, rtol, run, "raise [solver] maxiter or use backend = 'assembled'")
+
+
+def _split_level_one(mat, ke, P1, cid, mixed, chunk=20_000):
+    """The level-1 operator ``P1^T A P1`` of split coarse levels, (3 n1, 3 n1) csr.
+
+    A fine voxel that is not ``mixed`` takes, for each corner of its coarse voxel, the copy its own piece
+    is in, and so do all its corners: the voxels of one coarse voxel with the same 8 copies form a coarse
+    cell, whose matrix is ``sum_s P_s^T K_s P_s`` over its children as on the grid levels. A mixed
+    voxel's corners take copies of different pieces (an open band voxel's corner on a particle goes with
+    the particle), so those voxels go through the sparse product ``P^T A_mixed P``.
+
+    Parameters
+    ----------
+    mat : (Z, Y, X) int, index into ``ke`` (-1 void); ke : (n, 8, 3, 8, 3) masked element matrices
+    P1 : (n_nodes, n1) csr; cid, mixed : (Z, Y, X, 8), (Z, Y, X) from :func:`solvers.topology.coarse_levels`
+    """
+    gap = mixed
+    n1 = P1.shape[1]
+    cells = (mat >= 0) & ~gap
+    zyx = np.argwhere(cells)
+    sub = (zyx % 2) @ np.array([4, 2, 1])
+    sub_index = np.empty(8, np.int64)  # bit code of a sub-position -> its index in CORNERS (HEX8 order)
+    sub_index[(CORNERS @ np.array([4, 2, 1]))] = np.arange(8)
+    copies = cid[tuple(zyx.T)]
+    groups, g = _unique_rows(copies)
+    child = np.full((len(groups), 8), len(ke), np.int64)  # len(ke): the zero matrix
+    child[g, sub_index[sub]] = mat[tuple(zyx.T)]
+    kinds, kind = _unique_rows(child)
+    ke_z = np.concatenate([ke, np.zeros((1,) + ke.shape[1:])])
+    kc = np.empty((len(kinds), 24, 24))
+    ones = np.ones((1, 8, 3))
+    for i in range(0, len(kinds), chunk // 8):
+        part = kinds[i:i + chunk // 8]
+        kc[i:i + len(part)] = _galerkin(ke_z[part], np.broadcast_to(ones, (len(part), 8, 3))).reshape(-1, 24, 24)
+    A1 = sp.csr_matrix((3 * n1, 3 * n1))
+    for i in range(0, len(groups), chunk):
+        dof = (3 * groups[i:i + chunk, :, None] + np.arange(3)).reshape(-1, 24)
+        rows = np.broadcast_to(dof[:, :, None], (len(dof), 24, 24)).ravel()
+        cols = np.broadcast_to(dof[:, None, :], (len(dof), 24, 24)).ravel()
+        A1 = A1 + sp.csr_matrix((kc[kind[i:i + chunk]].ravel(), (rows, cols)), shape=A1.shape)
+    if gap.any():
+        Ag, nodes = _assemble_cells(gap & (mat >= 0), mat, ke)
+        Pg = sp.kron(P1[nodes], sp.identity(3), format="csr")
+        A1 = A1 + (Pg.T @ Ag @ Pg)
+    return A1.tocsr()
 
 
 def _assemble_cells(cells, mat, ke):

@@ -177,6 +177,8 @@ class ElasticProblem:
         Matrix-free backend only.
     precision : {"float64", "mixed"}
         Matrix-free backend only: multigrid in float32.
+    coarse : {"trilinear", "split"}
+        Matrix-free backend only: the multigrid's coarse spaces (:class:`solvers.matfree.MatrixFreeSolver`).
     """
 
     #: AMG smoother (:class:`solvers.linalg.LinearSolver`). The bonded tables of docs/performance.md were measured with
@@ -187,7 +189,8 @@ class ElasticProblem:
     def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], *, top: str = "free",
                  boundary: Mapping[str, str] | None = None, stack_pressure_Pa: float = 0.0,
                  solver: str = "auto", rtol: float = 1e-8, maxiter: int = 500, aggregation: str = "auto",
-                 backend: str = "assembled", device: str = "cpu", precision: str = "float64"):
+                 backend: str = "assembled", device: str = "cpu", precision: str = "float64",
+                 coarse: str = "trilinear"):
         self.mesh = mesh
         self.top = top
         self.stack_pressure_Pa = float(stack_pressure_Pa)
@@ -216,7 +219,8 @@ class ElasticProblem:
         self.A = None
         if backend == "matrix-free":
             self.timings["assembly_s"] = 0.0
-            self.solver = self._matrix_free_solver(rtol=rtol, maxiter=maxiter, device=device, precision=precision)
+            self.solver = self._matrix_free_solver(rtol=rtol, maxiter=maxiter, device=device, precision=precision,
+                                                   coarse=coarse)
         else:
             t0 = time.perf_counter()
             self.A = self._finish_matrix(self._assemble())

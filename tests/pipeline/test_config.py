@@ -49,12 +49,24 @@ def make(**sections):
     ({"materials": {"active": {"E_GPa": 100}}}, "inline material needs nu"),
     ({"materials": {"active": "Li6PS5Cl"}}, "has no volume-change law"),
     ({"solver": {"rtol": 2.0}}, "solver.rtol"),
+    ({"solver": {"coarse": "amg"}}, r"solver.coarse = 'amg' is not allowed"),
+    ({"solver": {"coarse": "split", "device": "gpu", "backend": "matrix-free"}}, "coarse = 'split' runs on the CPU"),
     ({"input": {"path": "x.tif", "voxel_size_um": -1}}, "voxel_size_um"),
     ({"input": {"path": "x.tif", "crop": [[0, 5], [0, 5]]}}, "input.crop"),
 ])
 def test_bad_config_names_the_key(sections, match):
     with pytest.raises(ConfigError, match=match):
         make(**sections)
+
+
+def test_coarse_spaces_auto_split_for_cohesive_runs_on_the_cpu():
+    from pipeline.problem import coarse_space
+
+    assert coarse_space(make(interface={"model": "cohesive"})) == "split"
+    assert coarse_space(make()) == "trilinear"
+    assert coarse_space(make(interface={"model": "cohesive"}, solver={"device": "gpu", "backend": "matrix-free"})) \
+        == "trilinear"
+    assert coarse_space(make(solver={"coarse": "split"})) == "split"
 
 
 def test_interface_shell_reaches_the_mesher_and_zero_means_none():

@@ -151,7 +151,7 @@ class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
         lam, mu = self._lame_se
         Khg = lam * k_lam + mu * k_mu - V * self._B.T @ isotropic(lam, mu) @ self._B  # the electrolyte's hourglass
         C, hg = self.band.stiffness(*self._op)
-        band = {"voxel": self.band_geometry.voxel, "C": C, "hourglass": hg, "Khg": Khg}
+        band = {"voxel": self.band_geometry.voxel, "C": C, "hourglass": hg, "Khg": Khg, "open": self._opened(*self._op)}
         particles = np.zeros(self.mesh.shape, np.int64)
         ap = self.mesh.cell_voxel[self.mesh.cell_phase == ACTIVE]
         particles.ravel()[ap] = np.asarray(self.mesh.particles).ravel()[ap]
@@ -199,9 +199,14 @@ class VoxelCohesiveProblem(AreaFractions, ElasticProblem):
         which = np.flatnonzero((damage != self._op[0]) | (closed != self._op[1]))
         C, hg = self.band.stiffness(damage, closed, which)
         if which.size:
-            self.solver.update_band(C, hg, which)
+            self.solver.update_band(C, hg, which, open=self._opened(damage, closed))
         self._op = (damage.copy(), closed.copy())
         return int(which.size)
+
+    @staticmethod
+    def _opened(damage, closed):
+        """(nb,) bool: band voxels fully debonded and not in contact (a gap for split coarse levels)."""
+        return (np.asarray(damage) >= 1.0) & ~np.asarray(closed, bool)
 
     def _cell_strain(self, u, cells):
         """(m, 6) Mandel mean strain of the cells ``cells``."""
