@@ -382,10 +382,11 @@ class SolverConfig:
     matrix, voxel-hex meshes only; mechanics by geometric multigrid, bonded or cohesive interfaces,
     diffusion by Jacobi-CG; auto: the mechanics above 150 k unknowns, the diffusion above 100 k
     nodes, or both when the device or precision ask for it), ``device = "cpu" | "gpu"`` and
-    ``precision = "float64" | "mixed"`` for the matrix-free backend; ``coarse = "auto" | "trilinear" |
-    "split"``, the matrix-free multigrid's coarse spaces (split: coarse nodes split per connected
-    piece of solid, and an open band is a gap; CPU only; auto: split for cohesive runs on the CPU,
-    trilinear otherwise)."""
+    ``precision = "float64" | "mixed"`` for the matrix-free backend; ``coarse = "trilinear" | "split"``,
+    the matrix-free multigrid's coarse spaces (split: coarse nodes split per connected piece of
+    solid, an open cohesive band counts as a gap; CPU only; it halves the iterations on raw-CT
+    segmentations and on an open band at 48^3, but at 96^3 its assembled coarse levels cost more
+    than they save: docs/performance.md)."""
 
     method: str = "auto"
     rtol: float = 1e-8
@@ -394,14 +395,14 @@ class SolverConfig:
     backend: str = "auto"
     device: str = "cpu"
     precision: str = "float64"
-    coarse: str = "auto"
+    coarse: str = "trilinear"
 
     def __post_init__(self):
         _check_choice("solver.method", self.method, ("auto", "direct", "amg"))
-        _check_choice("solver.coarse", self.coarse, ("auto", "trilinear", "split"))
+        _check_choice("solver.coarse", self.coarse, ("trilinear", "split"))
         if self.coarse == "split" and self.device == "gpu":
             raise ConfigError("solver.coarse = 'split' runs on the CPU (its coarse levels are scipy sparse "
-                              "matrices): use coarse = 'trilinear' or 'auto' with device = 'gpu'")
+                              "matrices): use coarse = 'trilinear' with device = 'gpu'")
         _check_choice("solver.aggregation", self.aggregation, ("auto", "smoothed", "plain"))
         _check_choice("solver.backend", self.backend, ("assembled", "matrix-free", "auto"))
         _check_choice("solver.device", self.device, ("cpu", "gpu"))

@@ -34,15 +34,6 @@ def mechanics_backend(mesh, cfg: Config) -> str:
                            precision=cfg.solver.precision)
 
 
-def coarse_space(cfg: Config) -> str:
-    """The matrix-free multigrid's coarse spaces for ``[solver] coarse``: auto gives "split" to cohesive
-    runs on the CPU (an open band is a gap the trilinear spaces bridge: docs/performance.md) and
-    "trilinear" otherwise."""
-    if cfg.solver.coarse != "auto":
-        return cfg.solver.coarse
-    return "split" if cfg.interface.model == "cohesive" and cfg.solver.device == "cpu" else "trilinear"
-
-
 def build_problem(mesh, faces: dict, cfg: Config):
     """The mechanics problem of a run (module table), set up and ready to solve.
 
@@ -64,7 +55,7 @@ def build_problem(mesh, faces: dict, cfg: Config):
     backend = mechanics_backend(mesh, cfg)
     opts = dict(top=cfg.mechanics.top, boundary=cfg.mechanics.faces,
                 stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6, rtol=sv.rtol,
-                maxiter=sv.maxiter, coarse=coarse_space(cfg))
+                maxiter=sv.maxiter, coarse=sv.coarse)
     if cfg.interface.model == "bonded":
         return ElasticProblem(mesh, materials, solver=sv.method, aggregation=sv.aggregation, backend=backend,
                               device=sv.device, precision=sv.precision, **opts)

@@ -59,16 +59,6 @@ def test_bad_config_names_the_key(sections, match):
         make(**sections)
 
 
-def test_coarse_spaces_auto_split_for_cohesive_runs_on_the_cpu():
-    from pipeline.problem import coarse_space
-
-    assert coarse_space(make(interface={"model": "cohesive"})) == "split"
-    assert coarse_space(make()) == "trilinear"
-    assert coarse_space(make(interface={"model": "cohesive"}, solver={"device": "gpu", "backend": "matrix-free"})) \
-        == "trilinear"
-    assert coarse_space(make(solver={"coarse": "split"})) == "split"
-
-
 def test_interface_shell_reaches_the_mesher_and_zero_means_none():
     assert make().mesh.conforming_options()["interface_cell_size_voxels"] is None
     opts = make(mesh={"interface_cell_size_voxels": 0.5, "interface_shell_voxels": 3.0,
