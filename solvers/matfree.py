@@ -1334,9 +1334,8 @@ def _split_level_one(mat, ke, P1, cid, mixed, chunk=20_000):
     mat : (Z, Y, X) int, index into ``ke`` (-1 void); ke : (n, 8, 3, 8, 3) masked element matrices
     P1 : (n_nodes, n1) csr; cid, mixed : (Z, Y, X, 8), (Z, Y, X) from :func:`solvers.topology.coarse_levels`
     """
-    gap = mixed
     n1 = P1.shape[1]
-    cells = (mat >= 0) & ~gap
+    cells = (mat >= 0) & ~mixed
     zyx = np.argwhere(cells)
     sub = (zyx % 2) @ np.array([4, 2, 1])
     sub_index = np.empty(8, np.int64)  # bit code of a sub-position -> its index in CORNERS (HEX8 order)
@@ -1358,8 +1357,8 @@ def _split_level_one(mat, ke, P1, cid, mixed, chunk=20_000):
         rows = np.broadcast_to(dof[:, :, None], (len(dof), 24, 24)).ravel()
         cols = np.broadcast_to(dof[:, None, :], (len(dof), 24, 24)).ravel()
         A1 = A1 + sp.csr_matrix((kc[kind[i:i + chunk]].ravel(), (rows, cols)), shape=A1.shape)
-    if gap.any():
-        Ag, nodes = _assemble_cells(gap & (mat >= 0), mat, ke)
+    if mixed.any():
+        Ag, nodes = _assemble_cells(mixed & (mat >= 0), mat, ke)
         Pg = sp.kron(P1[nodes], sp.identity(3), format="csr")
         A1 = A1 + (Pg.T @ Ag @ Pg)
     return A1.tocsr()
