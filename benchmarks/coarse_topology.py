@@ -37,7 +37,6 @@ of them. Assembled matrices throughout (a measurement, not the solver, which is
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -45,20 +44,18 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
-from scipy import ndimage as ndi
-from scipy.sparse.csgraph import connected_components
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from solvers.linalg import flexible_cg as _flexible_cg  # noqa: E402
 from solvers.mesh import voxel_hex_mesh  # noqa: E402
 from solvers.physics import ElasticProblem, get_material  # noqa: E402
+from solvers.topology import copy_voxels, gap_only_nodes, level_copies, prolongation, representative_voxels  # noqa: E402
 
 MATS = {1: get_material("Li6PS5Cl"), 2: get_material("NMC811")}
 H = 0.4e-6
-#: the 13 half-space offsets of the 26-neighbourhood
-HALF = [o for o in itertools.product((-1, 0, 1), repeat=3) if o > (0, 0, 0)]
 
 
 def phases_of(sample: str, n: int) -> np.ndarray:
@@ -118,114 +115,7 @@ def problem(sample: str, n: int):
     gap = np.zeros(mesh.phases.shape, bool)
     gap.ravel()[geo.voxel[damage >= 1]] = True
     se, ap = mesh.phases == 1, mesh.phases == 2
-    return mesh, A, band.fixed, (se, ap), se & ~gap, gap
-
-
-def tile_labels(mask, size, start):
-    """26-connected components of ``mask`` inside the tiles [start + size m, start + size (m + 1)) of
-    every axis: (Z, Y, X) int64 label, -1 off the mask, and the count."""
-    shape, lo = np.array(mask.shape), -np.asarray(start)
-    nb = -(-(shape + lo) // size)
-    a = np.pad(mask, [(int(lo[i]), int(nb[i] * size - shape[i] - lo[i])) for i in range(3)])
-    a = a.reshape(nb[0], size, nb[1], size, nb[2], size)
-    a = np.pad(a, [(0, 0), (0, 1)] * 3)  # a void layer between the tiles
-    lab, count = ndi.label(a.reshape(*(nb * (size + 1))), np.ones((3, 3, 3)))
-    lab = lab.reshape(nb[0], size + 1, nb[1], size + 1, nb[2], size + 1)[:, :size, :, :size, :, :size]
-    lab = lab.reshape(*(nb * size))[lo[0]:lo[0] + shape[0], lo[1]:lo[1] + shape[1], lo[2]:lo[2] + shape[2]]
-    return lab.astype(np.int64) - 1, count
-
-
-def joined_labels(pieces, glue, size, start):
-    """Components of the two ``pieces`` inside the tiles, the second joined to the first only where a
-    voxel of the first is a 26-neighbour of a ``glue`` voxel of the second in the same tile."""
-    la, na = tile_labels(pieces[0], size, start)
-    lb, nb_ = tile_labels(pieces[1], size, start)
-    shape = np.array(glue.shape)
-    tile = [(np.arange(s) - st) // size for s, st in zip(shape, start)]
-    edges = []
-    for off in HALF:
-        for d in (np.array(off), -np.array(off)):
-            sa = tuple(slice(max(0, -k), s - max(0, k)) for k, s in zip(d, shape))
-            sb = tuple(slice(max(0, k), s - max(0, -k)) for k, s in zip(d, shape))
-            same = np.ones(la[sa].shape, bool)
-            for ax in range(3):
-                shp = [1, 1, 1]
-                shp[ax] = -1
-                same &= (tile[ax][sa[ax]] == tile[ax][sb[ax]]).reshape(shp)
-            m = (la[sa] >= 0) & (lb[sb] >= 0) & glue[sb] & same
-            edges.append((la[sa][m], lb[sb][m] + na))
-    r, c = (np.concatenate(e) for e in zip(*edges))
-    count, comp = connected_components(sp.coo_matrix((np.ones(len(r)), (r, c)), shape=(na + nb_,) * 2),
-                                       directed=False)
-    lab = np.full(glue.shape, -1, np.int64)
-    lab[la >= 0] = comp[la[la >= 0]]
-    lab[lb >= 0] = comp[lb[lb >= 0] + na]
-    return lab, count
-
-
-def level_copies(pieces, glue, level, topology):
-    """The copies of the level-``level`` nodes: per parity class (8) a label image of the copy every fine
-    voxel belongs to (-1: none), and the grid node (3,) of every copy."""
-    h = 2 ** level
-    shape = pieces[0].shape
-    labels, node = [], []
-    total = 0
-    for c in range(8):
-        parity = np.array([(c >> 2) & 1, (c >> 1) & 1, c & 1])
-        start = np.where(parity == 0, -h, 0)  # even nodes' supports start at -h + 2h m, odd ones' at 2h m
-        if topology:
-            lab, count = joined_labels(pieces, glue, 2 * h, start)
-        else:
-            lab, count = tile_labels(np.ones(shape, bool), 2 * h, start)
-        flat = lab.ravel()
-        inside = np.flatnonzero(flat >= 0)
-        first = np.empty(count, np.int64)
-        first[flat[inside][::-1]] = inside[::-1]
-        voxel = np.array(np.unravel_index(first, shape)).T
-        node.append(2 * ((voxel - start) // (2 * h)) + parity)
-        labels.append(np.where(lab >= 0, lab + total, -1))
-        total += count
-    return labels, np.concatenate(node)
-
-
-def representative_voxels(nodes, masks, shape):
-    """A voxel next to every fine node (n, 3), from the first mask that has one (-1: none)."""
-    rep = np.full((len(nodes), 3), -1)
-    for mask in masks:
-        for d in range(8):
-            v = nodes - np.array([(d >> 2) & 1, (d >> 1) & 1, d & 1])
-            inside = (v >= 0).all(1) & (v < shape).all(1)
-            take = inside & (rep[:, 0] < 0)
-            take[take] = mask[tuple(v[take].T)]
-            rep[take] = v[take]
-    return rep
-
-
-def prolongation(position, voxel, labels, copy_node, level):
-    """Trilinear weights from the level-``level`` copies to entities at ``position`` (fine voxel units),
-    each taking the copy its ``voxel`` is in: (entities, copies) csr, copies used only."""
-    h = 2 ** level
-    rows, cols, vals = [], [], []
-    has = voxel[:, 0] >= 0
-    for a in range(8):
-        off = np.array([(a >> 2) & 1, (a >> 1) & 1, a & 1])
-        base = position // h
-        t = (position - base * h) / h
-        w = np.prod(np.where(off == 1, t, 1 - t), axis=1)
-        node = base + off
-        cls = (node[:, 0] % 2) * 4 + (node[:, 1] % 2) * 2 + node[:, 2] % 2
-        col = np.full(len(position), -1)
-        for c in range(8):
-            m = has & (cls == c)
-            col[m] = labels[c][tuple(voxel[m].T)]
-        ok = (w > 0) & (col >= 0)
-        rows.append(np.flatnonzero(ok))
-        cols.append(col[ok])
-        vals.append(w[ok])
-    P = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(len(position), len(copy_node)))
-    used = np.flatnonzero(np.diff(P.tocsc().indptr) > 0)
-    return P[:, used].tocsr(), used
+    return mesh, A, band.fixed, (se, ap), np.zeros_like(gap), gap  # every band voxel open: nothing glues
 
 
 def hierarchy(mesh, fixed, pieces, glue, gap, levels, topology):
@@ -238,15 +128,11 @@ def hierarchy(mesh, fixed, pieces, glue, gap, levels, topology):
     position, voxel = nodes, representative_voxels(nodes, masks, shape)
     Ps = []
     for level in range(1, levels):
-        labels, copy_node = level_copies(pieces, glue, level, topology)
-        P, used = prolongation(position, voxel, labels, copy_node, level)
+        whole = (np.ones(tuple(shape), bool), np.zeros(tuple(shape), bool))
+        labels, copy_node = level_copies(pieces if topology else whole, glue, level)
+        P, used = prolongation(position, voxel, labels, len(copy_node), level)
         # the next level's entities: these copies, at their nodes, with a voxel of their component
-        rep = np.empty((len(copy_node), 3), np.int64)
-        for lab in labels:
-            flat = lab.ravel()
-            inside = np.flatnonzero(flat >= 0)
-            rep[flat[inside]] = np.array(np.unravel_index(inside, lab.shape)).T
-        position, voxel = copy_node[used] * 2 ** level, rep[used]
+        position, voxel = copy_node[used] * 2 ** level, copy_voxels(labels, len(copy_node))[used]
         Pd = sp.kron(P, sp.identity(3), format="csr")
         if level == 1:
             Pd = (sp.diags((~fixed.ravel()).astype(float)) @ Pd).tocsr()
@@ -391,38 +277,15 @@ def inner_cg(Ps, tol):
 
 
 def flexible_cg(A, b, M, rtol, maxiter):
-    """Flexible CG (Polak-Ribiere beta; Notay 2000): CG with a preconditioner that changes per
-    iteration. Returns the iterations it took (maxiter + 1: no convergence)."""
-    x = np.zeros_like(b)
-    r = b.copy()
-    z = M.matvec(r)
-    p = z.copy()
-    rz, r_old = r @ z, r.copy()
-    for k in range(1, maxiter + 1):
-        q = A @ p
-        alpha = rz / (p @ q)
-        x += alpha * p
-        r -= alpha * q
-        if np.linalg.norm(r) <= rtol * np.linalg.norm(b):
-            return k
-        z = M.matvec(r)
-        beta = z @ (r - r_old) / rz
-        rz, r_old = r @ z, r.copy()
-        p = z + beta * p
-    return maxiter + 1
+    """Flexible CG (solvers.linalg) on a matrix: the iterations it took (maxiter + 1: no convergence)."""
+    x, its = _flexible_cg(A.__matmul__, b, M.matvec, rtol=rtol, maxiter=maxiter)
+    return its if np.linalg.norm(b - A @ x) <= rtol * np.linalg.norm(b) * (1 + 1e-9) else maxiter + 1
 
 
 def gap_only_dofs(mesh, fixed, gap):
     """Free dofs of the fine nodes whose solid voxels are all open band voxels (``gap``)."""
-    shape = np.array(mesh.phases.shape)
-    nodes = np.array(np.unravel_index(mesh.node_grid, tuple(shape + 1))).T
-    solid, opened = np.pad(mesh.phases != 0, 1), np.pad(gap, 1)
-    other, in_gap = np.zeros(len(nodes), bool), np.zeros(len(nodes), bool)
-    for d in range(8):
-        v = tuple((nodes - np.array([(d >> 2) & 1, (d >> 1) & 1, d & 1]) + 1).T)
-        other |= solid[v] & ~opened[v]
-        in_gap |= opened[v]
-    return np.flatnonzero(np.repeat(in_gap & ~other, 3) & ~fixed.ravel())
+    only = gap_only_nodes(mesh.phases != 0, gap).ravel()[mesh.node_grid]
+    return np.flatnonzero(np.repeat(only, 3) & ~fixed.ravel())
 
 
 def with_local_solve(A, M, dofs):

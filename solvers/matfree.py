@@ -736,7 +736,6 @@ class MatrixFreeSolver:
                               "matrices); use coarse = 'trilinear' with device = 'gpu'")
         self.split = coarse == "split"
         self._split = None
-        self._split_stale = False  # the open band voxels changed since the split levels were built
         self._split_its = None  # CG iterations of the first solve after they were built
         self.split_patience = 2.0  # stale split levels may take this many times those iterations (0: rebuild at once)
         self.xp = np
@@ -870,7 +869,7 @@ class MatrixFreeSolver:
             self._local = [self._local_factor(weak, block)]
             self._local_regions = [(weak, block)]
         self._split_open = self._open.copy() if self._open is not None else None
-        self._split_stale, self._split_its = False, None
+        self._split_its = None
         log.info("split coarse levels: dof %s, %d open band voxels, local solves on %d nodes, %.1f s",
                  self._split.sizes, int(gap.sum()), int(weak.sum()), time.perf_counter() - t0)
 
@@ -973,7 +972,6 @@ class MatrixFreeSolver:
             lv.lmax = max(lv.lmax, self._lambda_max(lv, xp=self.xp) if opened else
                           self._lambda_max_update(lv, xp=self.xp))
         if self.split:  # the split levels are rebuilt by ``solve`` once they stop paying
-            self._split_stale = not np.array_equal(self._open, self._split_open)
             self.band_updates["calls"] += 1
             self.band_updates["seconds"] += time.perf_counter() - t0
             return
@@ -1269,7 +1267,7 @@ class MatrixFreeSolver:
                 self._split_its = self.stats.iterations[-1]
             return x
 
-        if self._split_stale:
+        if self.split and self._open is not None and not np.array_equal(self._open, self._split_open):
             # Voxels opened or closed since the split levels were built. Rebuilding them at every change
             # cost 3 s a solve at 48^3 (contact flips a few voxels back and forth), so the old levels, still
             # a valid preconditioner, are tried first, up to twice the iterations they took when new.
