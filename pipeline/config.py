@@ -375,6 +375,49 @@ class CyclingConfig:
 
 
 @dataclass(frozen=True)
+class ElectrochemistryConfig:
+    """[electrochemistry]: how a galvanostatic current is shared among the AP|SE faces.
+
+    ``kinetics = "uniform"`` (PHYSICS.md section 1: one flux density over the bonded area) or
+    ``"butler-volmer"`` (section 5: the ionic potential in the electrolyte with the separator
+    at z = top as the Li-metal reference, Butler-Volmer current on every bonded face with an
+    ionic path, one solid potential = the cell voltage). Butler-Volmer takes ``ocp``,
+    ``k0_m_s``, ``alpha_a``, ``alpha_c`` from the active material and ``kappa_S_m`` from the
+    electrolyte ([materials]; presets NMC811 and Li6PS5Cl have them, inline tables may set
+    them). ``newton_rtol``: the current balance's tolerance (fraction of the applied current);
+    ``step_rtol``: a step's diffusion-kinetics iteration stops when no face's surface theta
+    changes by more; ``step_maxiter``: its iterations before the run stops with advice.
+    """
+
+    kinetics: str = "uniform"
+    newton_rtol: float = 1e-10
+    step_rtol: float = 1e-6
+    step_maxiter: int = 60
+
+    def __post_init__(self):
+        _check_choice("electrochemistry.kinetics", self.kinetics, ("uniform", "butler-volmer"))
+        for k in ("newton_rtol", "step_rtol"):
+            if not 0 < getattr(self, k) < 1:
+                raise ConfigError(f"electrochemistry.{k} = {getattr(self, k)!r} must lie in (0, 1)")
+        _check_positive("electrochemistry.step_maxiter", self.step_maxiter)
+
+    def check(self, active: Material, electrolyte: Material, cycling: CyclingConfig) -> None:
+        """Refuse a Butler-Volmer run that lacks data or starts where the kinetics vanish."""
+        if self.kinetics == "uniform":
+            return
+        if cycling.mode != "galvanostatic":
+            raise ConfigError("electrochemistry.kinetics = 'butler-volmer' needs cycling.mode = 'galvanostatic'")
+        for m, keys, sec in ((active, ("ocp", "k0_m_s"), "active"), (electrolyte, ("kappa_S_m",), "electrolyte")):
+            for k in keys:
+                if getattr(m, k) is None:
+                    raise ConfigError(f"electrochemistry.kinetics = 'butler-volmer' needs {k} in materials.{sec} "
+                                      f"({m.name}); use a preset that has it (NMC811, Li6PS5Cl) or add it")
+        if not 0.0 < cycling.soc_start < 1.0:
+            raise ConfigError(f"cycling.soc_start = {cycling.soc_start}: the exchange current vanishes at theta = 0 "
+                              "and 1, so Butler-Volmer kinetics cannot start there; start inside, e.g. 0.95")
+
+
+@dataclass(frozen=True)
 class SolverConfig:
     """[solver]: linear solver ``method = "auto" | "direct" | "amg"``, ``rtol``, ``maxiter``,
     ``aggregation = "auto" | "smoothed" | "plain"`` (AMG variant; auto: plain above 3 M dof
@@ -486,13 +529,15 @@ class Config:
     mechanics: MechanicsConfig = field(default_factory=MechanicsConfig)
     interface: InterfaceConfig = field(default_factory=InterfaceConfig)
     cycling: CyclingConfig = field(default_factory=CyclingConfig)
+    electrochemistry: ElectrochemistryConfig = field(default_factory=ElectrochemistryConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
 
     def __post_init__(self):
-        active, _ = self.materials.resolve()
+        active, electrolyte = self.materials.resolve()
+        self.electrochemistry.check(active, electrolyte, self.cycling)
         if self.interface.model == "cohesive" and self.solver.backend == "matrix-free":
             refuse_matrix_free_options(self.interface)
         if self.interface.model == "cohesive" and self.mesh.order != 1:

@@ -77,11 +77,33 @@ def build_problem(mesh, faces: dict, cfg: Config):
                            solver=sv.method, aggregation=sv.aggregation, **opts)
 
 
-def load_states(prob, faces: dict, cfg: Config, diffusion_info: dict):
+def kinetic_flux(mesh, faces: dict, cfg: Config):
+    """The Butler-Volmer flux rule of a run (``[electrochemistry] kinetics``), or None for the uniform rule.
+
+    ``mesh`` is the meshed sample (not a cohesive problem's split mesh): the electrolyte
+    potential lives on its electrolyte cells.
+    """
+    from solvers.physics.electrochem import KineticFlux
+    from solvers.physics.electrolyte import ElectrolyteProblem
+    from solvers.physics.kinetics import ButlerVolmer, Kinetics, open_circuit
+
+    ec = cfg.electrochemistry
+    if ec.kinetics == "uniform":
+        return None
+    active, electrolyte = cfg.materials.resolve()
+    law = ButlerVolmer(active.k0_m_s, active.c_max_mol_m3, alpha_a=active.alpha_a, alpha_c=active.alpha_c,
+                       temperature_K=cfg.cycling.temperature_K)
+    elec = ElectrolyteProblem(mesh, faces, kappa_S_m=electrolyte.kappa_S_m)
+    return KineticFlux(elec, Kinetics(law, open_circuit(active.ocp, active.name), newton_rtol=ec.newton_rtol),
+                       rtol=ec.step_rtol, maxiter=ec.step_maxiter)
+
+
+def load_states(prob, faces: dict, cfg: Config, diffusion_info: dict, kinetics=None):
     """The run's load states (an iterator of :class:`solvers.physics.transient` states) and their number.
 
     Galvanostatic runs with a cohesive interface put no flux through debonded faces.
-    ``diffusion_info`` receives the diffusion solver's statistics.
+    ``diffusion_info`` receives the diffusion solver's statistics; ``kinetics`` is the
+    flux rule of :func:`kinetic_flux` (None: uniform).
     """
     from solvers.physics.transient import Galvanostatic, galvanostatic_states, swell_states
 
@@ -95,6 +117,6 @@ def load_states(prob, faces: dict, cfg: Config, diffusion_info: dict):
     bonded = cfg.interface.model == "bonded"
     states = galvanostatic_states(prob, active, faces, protocol, solver=sv.method, backend=sv.backend,
                                   device=sv.device, precision=sv.precision, output_every=cyc.output_every,
-                                  stats=diffusion_info,
+                                  stats=diffusion_info, kinetics=kinetics,
                                   flux_mask=None if bonded else (lambda _st: prob.face_damage() < 1.0))
     return states, protocol.steps * cyc.cycles

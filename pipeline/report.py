@@ -83,6 +83,8 @@ def make_plots(out: Path, table: dict[str, np.ndarray], summary: dict) -> list[t
         plots += delamination_plots(plt, out, table, summary)
     if summary.get("mode") == "galvanostatic":
         plots += transient_plots(plt, out, table, summary)
+    if "cell_voltage_V" in summary["steps"][0]:
+        plots += kinetics_plots(plt, out, table, summary)
     elif len(summary["steps"]) > 1:
         fig, ax = plt.subplots(figsize=(5, 3.8))
         soc = [s["soc"] for s in summary["steps"]]
@@ -134,6 +136,40 @@ def delamination_plots(plt, out: Path, table: dict[str, np.ndarray], summary: di
     plots.append((_save(plt, fig, out / "delamination_per_particle.png"),
                   f"Per particle at step {last}: debonded fraction of its AP|SE interface against size and "
                   "local void fraction (colour: mean damage)."))
+    return plots
+
+
+def kinetics_plots(plt, out: Path, table: dict[str, np.ndarray], summary: dict) -> list[tuple[str, str]]:
+    """Cell voltage against passed charge per half-cycle; each particle's current share against its depth
+    below the separator and its size (Butler-Volmer runs)."""
+    steps = summary["steps"]
+    t = np.array([s["time_s"] for s in steps])
+    cur = np.array([s["current_A"] for s in steps])
+    half = np.array([s.get("half_cycle", 1) for s in steps])
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    start = 0.0
+    for h in np.unique(half):  # the last step of every half-cycle is always written: it starts the next one
+        sel = half == h
+        q = np.abs(cur[sel]) * (t[sel] - start) / 3600 * 1e12  # pAh
+        ax[0].plot(q, [steps[i]["cell_voltage_V"] for i in np.flatnonzero(sel)], "o-",
+                   label=f"half-cycle {h} ({'charge' if cur[sel][0] > 0 else 'discharge'})")
+        start = t[sel].max()
+    ax[0].set_xlabel("charge passed in the half-cycle (pAh)")
+    ax[0].set_ylabel("cell voltage vs Li/Li+ (V)")
+    ax[0].legend(fontsize=8)
+    last = int(table["step"].max())
+    rows = (table["step"] == last) & table["meshed"] & ~table["ionically_isolated"]
+    depth = summary["box_um"][0] - table["centroid_z_um"][rows]
+    sc = ax[1].scatter(depth, table["current_share"][rows], s=8 + 2 * table["eq_diameter_um"][rows] ** 2,
+                       c=table["surface_soc_mean"][rows], cmap="viridis")
+    fig.colorbar(sc, ax=ax[1], label="surface theta (area mean)")
+    ax[1].set_xlabel("particle depth below the separator (µm)")
+    ax[1].set_ylabel("share of the cell current")
+    plots = [(_save(plt, fig, out / "voltage_and_current_share.png"),
+              f"Cell voltage against charge passed in each half-cycle; at step {last}, each particle's share of "
+              "the current against its depth below the separator (marker size: particle size, colour: surface "
+              f"theta). {int(np.sum(table['ionically_isolated'][table['step'] == last]))} particles have no "
+              "ionic path to the separator.")]
     return plots
 
 

@@ -27,10 +27,12 @@ import numpy as np
 
 from pipeline import io
 from pipeline.config import Config, dump_config
-from pipeline.problem import build_problem, load_states
+from pipeline.problem import build_problem, kinetic_flux, load_states
 from pipeline.stats import (
     interface_damage_summary,
     interface_damage_table,
+    kinetics_summary,
+    kinetics_table,
     particle_step_table,
     stack_tables,
     step_summary,
@@ -187,7 +189,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     vol = mesh.cell_volumes()
     weights = None if cfg.mesh.kind == "voxel-hex" else vol  # tets differ in size: volume-weighted statistics
     diffusion_info = {}
-    states, n_steps = load_states(prob, faces, cfg, diffusion_info)
+    kinetics = kinetic_flux(mesh, faces, cfg)
+    states, n_steps = load_states(prob, faces, cfg, diffusion_info, kinetics)
     is_active = mesh.cell_phase == 2
     tables, summaries = [], []
     t_solve, warned, n_hist = 0.0, False, 0
@@ -208,9 +211,11 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                              sigma=sig, faces=faces, face_tn=tn, cell_volume=weights, region=region)
             outside = float(np.mean((st.theta_cell[is_active] < 0) | (st.theta_cell[is_active] > 1)))
             if outside and not warned:
-                log.warning("step %d: %.1f %% of the active volume has theta outside [0, 1]: the uniform "
-                            "galvanostatic flux over-fills particles with a large interface per volume; "
-                            "lower c_rate or narrow the SOC window", st.step, 100 * outside)
+                log.warning("step %d: %.1f %% of the active volume has theta outside [0, 1]: %s; lower c_rate or "
+                            "narrow the SOC window", st.step, 100 * outside,
+                            "the uniform galvanostatic flux over-fills particles with a large interface per volume"
+                            if kinetics is None else "the particles cannot take the current within one time step "
+                            "(more [cycling] steps)")
                 warned = True
             s.update(time_s=st.time_s, half_cycle=st.cycle, solver_iterations=st.iterations,
                      coupling_iterations=st.coupling_iterations, theta_outside_0_1_fraction=outside,
@@ -222,6 +227,10 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                 tables[-1].update(interface_damage_table(geom, prob, fd))
                 s.update(interface_damage_summary(prob, fd, mesh))
                 cell_extra["interface_damage"] = prob.cell_damage()
+            if st.electro is not None:
+                tables[-1].update(kinetics_table(geom, faces, st.electro))
+                s.update(kinetics_summary(st.electro))
+                cell_extra["phi_e_V"] = electrolyte_cell_potential(mesh, kinetics.elec, st.electro["phi"])
             summaries.append(s)
             if cfg.mesh.kind != "voxel-hex":  # lets viewers put tet fields back on the voxel grid
                 cell_extra["voxel"] = mesh.cell_voxel
@@ -235,10 +244,14 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         "particle_count": int(geom["particle_id"].size),
         "isolated_particles": int(np.sum(geom["isolated"])),
         "voxel_size_um": sp_um.tolist(),
+        "box_um": (np.asarray(mesh.phases.shape) * sp_um).tolist(),
         "mesh": {"kind": cfg.mesh.kind, "element": mesh.element.name, "cells": mesh.n_cells,
                  "nodes": mesh.n_nodes, "dof": prob.n_dof, "removed_floating_voxels": mesh.removed_voxels,
                  **({"quality": quality} if quality else {})},
         "solver": prob.solver.stats.as_dict(),
+        **({"electrolyte_solver": {**kinetics.elec.stats.as_dict(), "nodes": kinetics.elec.n_free,
+                                   "faces_without_ionic_path": int((~kinetics.elec.face_connected).sum())}}
+           if kinetics is not None else {}),
         **({"diffusion_solver": {**diffusion_info["diffusion"].as_dict(),
                                  "nodes": diffusion_info["diffusion_nodes"]}} if diffusion_info else {}),
         "interface": {**prob.summary(), **({"onset_warning": onset_warning} if cohesive else {})},
@@ -248,6 +261,19 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     }
     io.write_json(out / "summary.json", summary)
     return summary
+
+
+def electrolyte_cell_potential(mesh, elec, phi: np.ndarray) -> np.ndarray:
+    """Cell mean of the electrolyte potential (V) on electrolyte cells, NaN on the others and on
+    electrolyte without a path to the separator."""
+    cells = mesh.linear().cells if hasattr(mesh, "linear") else mesh.cells
+    node = np.full(mesh.n_nodes, np.nan)
+    node[elec.separator_nodes] = 0.0
+    node[elec.free_nodes] = phi
+    out = np.full(mesh.n_cells, np.nan)
+    se = mesh.cell_phase == 1
+    out[se] = node[cells[se]].mean(axis=1)
+    return out
 
 
 def coarsen_mask(mask: np.ndarray, block: int) -> np.ndarray:

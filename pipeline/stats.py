@@ -175,3 +175,44 @@ def cell_face_max(face_values: np.ndarray, face_cell: np.ndarray, n_cells: int) 
     out = np.zeros(n_cells)
     np.maximum.at(out, face_cell, face_values)
     return out
+
+
+def kinetics_table(geometry: dict[str, np.ndarray], faces: dict[str, np.ndarray], electro: dict) -> dict:
+    """Per-particle electrochemistry of one step (Butler-Volmer runs).
+
+    Parameters
+    ----------
+    geometry : particle geometry table (for ``particle_id``)
+    faces : AP|SE faces
+    electro : a state's ``electro`` record (:class:`solvers.physics.transient.State`)
+
+    Returns
+    -------
+    dict of (N,) columns: ``current_share`` (fraction of the cell current, positive = the
+    cell's direction), ``current_density_mean_A_m2`` and ``overpotential_mean_V`` (area means
+    over the faces that carry current), ``surface_soc_mean`` (area mean over all AP|SE faces),
+    ``ionically_isolated`` (no face with an ionic path to the separator).
+    """
+    n = geometry["particle_id"].size
+    part, area = faces["particle"], faces["area"]
+    on = electro["carries"]
+    w = np.bincount(part, weights=area * on, minlength=n + 1)
+    cur = np.bincount(part, weights=area * electro["i_face"], minlength=n + 1)
+    total = electro["current_A"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {
+            "current_share": cur / total if total else np.zeros(n + 1),
+            "current_density_mean_A_m2": cur / w,
+            "overpotential_mean_V": np.bincount(part, weights=area * on * electro["eta_face"], minlength=n + 1) / w,
+            "surface_soc_mean": (np.bincount(part, weights=area * electro["theta_face"], minlength=n + 1)
+                                 / np.bincount(part, weights=area, minlength=n + 1)),
+            "ionically_isolated": np.bincount(part, weights=electro["connected"], minlength=n + 1) == 0,
+        }
+    return {k: v[1:] for k, v in out.items()}
+
+
+def kinetics_summary(electro: dict) -> dict:
+    """Electrode electrochemistry of one step: cell voltage, current, iterations."""
+    return {"cell_voltage_V": float(electro["phi_s"]), "current_A": float(electro["current_A"]),
+            "kinetic_iterations": int(electro["kinetic_iterations"]),
+            "newton_iterations": int(electro["newton_iterations"])}

@@ -74,6 +74,8 @@ class DiffusionProblem:
 
     def __init__(self, mesh, *, D: float, dt: float, faces: dict, solver: str = "auto", rtol: float = 1e-10,
                  backend: str = "assembled", device: str = "cpu", precision: str = "float64"):
+        self._given = (mesh, dict(D=D, faces=faces, solver=solver, rtol=rtol, backend=backend, device=device,
+                                  precision=precision))
         if hasattr(mesh, "linear"):  # quadratic tets: Li diffuses on their corners (linear tets, lumped mass)
             mesh = mesh.linear()
         self.mesh = mesh
@@ -119,6 +121,11 @@ class DiffusionProblem:
             self.solver = LinearSolver(self.A, method=solver, near_nullspace=np.ones((n, 1)), rtol=rtol)
         self.face_nodes = self._face_nodes(faces)
         self.face_area = np.asarray(faces["area"], float)
+
+    def with_dt(self, dt: float) -> DiffusionProblem:
+        """The same problem with another time step (its own matrix and preconditioner)."""
+        mesh, kwargs = self._given
+        return DiffusionProblem(mesh, dt=dt, **kwargs)
 
     def _node_key(self, nodes: np.ndarray) -> np.ndarray:
         """Position key of mesh nodes: the grid index (voxel meshes) or the original node (tet meshes)."""

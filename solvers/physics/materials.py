@@ -35,6 +35,16 @@ class Material:
         inside the table.
     omega_m3_mol : float or None
         Partial molar volume for a linear law ``dV/V = Omega c_max theta``.
+    ocp : str, tuple of (theta, U) pairs, or None
+        Open-circuit potential against Li/Li+ (V): the name of a published fit
+        (:data:`solvers.physics.kinetics.OCP_FITS`) or a table, linearly
+        interpolated (active materials, Butler-Volmer kinetics).
+    k0_m_s : float or None
+        Rate constant of ``i0 = F k0 c_max sqrt(theta (1 - theta))``, m/s.
+    alpha_a, alpha_c : float
+        Anodic and cathodic transfer coefficients.
+    kappa_S_m : float or None
+        Ionic conductivity, S/m (electrolytes).
     source : str
         Where the numbers come from.
     """
@@ -46,6 +56,11 @@ class Material:
     c_max_mol_m3: float | None = None
     volume_change: tuple[tuple[float, float], ...] | None = None
     omega_m3_mol: float | None = None
+    ocp: str | tuple[tuple[float, float], ...] | None = None
+    k0_m_s: float | None = None
+    alpha_a: float = 0.5
+    alpha_c: float = 0.5
+    kappa_S_m: float | None = None
     source: str = ""
 
     def __post_init__(self):
@@ -64,6 +79,17 @@ class Material:
                 raise ConfigError(f"material {self.name!r}: volume_change theta values must increase")
             if np.any(t[:, 1] <= -1):
                 raise ConfigError(f"material {self.name!r}: volume_change dV/V must be above -1")
+        if self.ocp is not None:
+            from solvers.physics.kinetics import open_circuit
+
+            open_circuit(self.ocp, self.name)  # validates the name or the table
+        for k in ("k0_m_s", "kappa_S_m"):
+            v = getattr(self, k)
+            if v is not None and not (v > 0 and np.isfinite(v)):
+                raise ConfigError(f"material {self.name!r}: {k} must be positive, got {v}")
+        for k in ("alpha_a", "alpha_c"):
+            if not 0.0 < getattr(self, k) < 1.0:
+                raise ConfigError(f"material {self.name!r}: {k} must lie in (0, 1), got {getattr(self, k)}")
 
     @property
     def E(self) -> float:
@@ -130,8 +156,13 @@ PRESETS: dict[str, Material] = {
             # Energy Environ. Sci. 11 (2018) 2142. Intermediate points are approximate.
             volume_change=((0.22, -0.051), (0.3, -0.037), (0.4, -0.024), (0.5, -0.015),
                            (0.6, -0.010), (0.8, -0.004), (1.0, 0.0)),
+            # OCP and kinetics: Chen et al., J. Electrochem. Soc. 167 (2020) 080534, as PyBaMM's
+            # "Chen2020" set: i0 = m_ref sqrt(c_e c_s (c_max - c_s)), m_ref = 3.42e-6 (A/m^2)(m^3/mol)^1.5,
+            # at c_e = 1000 mol/m^3 of the liquid cell it was fitted in: k0 = m_ref sqrt(1000) / F
+            ocp="Chen2020-NMC811", k0_m_s=3.42e-6 * 1000**0.5 / 96485.33212,
             source=f"{_PH}; E: secondary-particle nanoindentation (199 GPa for dense pellets); "
-                   "volume change: de Biasi 2017, Koerver 2018 (shape approximate)",
+                   "volume change: de Biasi 2017, Koerver 2018 (shape approximate); OCP and k0: Chen 2020 "
+                   "(liquid-electrolyte fit, carried over to the SE interface)",
         ),
         Material("NMC", 140.0, 0.3, D_m2_s=7e-15, c_max_mol_m3=38320.0, omega_m3_mol=1.338e-6,
                  source=f"{_PH}; generic NMC of chemo-mechanical models (about 5.9 % over theta 0..1)"),
@@ -139,7 +170,9 @@ PRESETS: dict[str, Material] = {
                  source=f"{_PH}; E of sintered pellets"),
         Material("graphite", 15.0, 0.3, D_m2_s=3.9e-14, c_max_mol_m3=28700.0, omega_m3_mol=3.1e-6,
                  source=f"{_PH}; anode"),
-        Material("Li6PS5Cl", 22.0, 0.3, source=f"{_PH}; argyrodite sulfide SE, nu assumed"),
+        Material("Li6PS5Cl", 22.0, 0.3, kappa_S_m=0.2,
+                 source=f"{_PH}; argyrodite sulfide SE, nu assumed; kappa: 0.2 S/m, the low end of the "
+                        "0.2-0.3 S/m of cold-pressed pellets at room temperature (PHYSICS.md section 5)"),
         Material("LPS", 18.5, 0.3,
                  source=f"{_PH}; Li2S-P2S5 glass, Sakuda et al., Sci. Rep. 3 (2013) 2261; nu assumed"),
         Material("LGPS", 37.0, 0.3, source=f"{_PH}; Li10GeP2S12, atomistic value; nu assumed"),
@@ -176,7 +209,7 @@ def get_material(spec, key: str = "materials") -> Material:
     if not isinstance(spec, dict):
         raise ConfigError(f"{key} must be a preset name or a table, got {type(spec).__name__}")
     allowed = {"name", "base", "E_GPa", "nu", "D_m2_s", "c_max_mol_m3", "volume_change",
-               "omega_m3_mol", "source"}
+               "omega_m3_mol", "ocp", "k0_m_s", "alpha_a", "alpha_c", "kappa_S_m", "source"}
     unknown = set(spec) - allowed
     if unknown:
         raise ConfigError(f"{key}: unknown material keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -190,10 +223,14 @@ def get_material(spec, key: str = "materials") -> Material:
     for req in ("E_GPa", "nu"):
         if req not in fields:
             raise ConfigError(f"{key}: inline material needs {req}")
-    for k in ("E_GPa", "nu", "D_m2_s", "c_max_mol_m3", "omega_m3_mol"):
+    for k in ("E_GPa", "nu", "D_m2_s", "c_max_mol_m3", "omega_m3_mol", "k0_m_s", "alpha_a", "alpha_c", "kappa_S_m"):
         v = fields.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise ConfigError(f"{key}.{k} must be a number, got {v!r}")
-    if fields.get("volume_change") is not None:
-        fields["volume_change"] = tuple(tuple(float(x) for x in p) for p in fields["volume_change"])
+    for k in ("volume_change", "ocp"):
+        if fields.get(k) is not None and not isinstance(fields[k], str):
+            try:
+                fields[k] = tuple(tuple(float(x) for x in p) for p in fields[k])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}.{k} must be a table of [theta, value] pairs, got {fields[k]!r}") from None
     return Material(**fields)

@@ -16,8 +16,9 @@ import numpy as np
 
 from solvers import fields
 from solvers.mesh.voxel import ACTIVE
-from solvers.physics.diffusion import GAS_CONSTANT, DiffusionProblem
+from solvers.physics.diffusion import FARADAY, GAS_CONSTANT, DiffusionProblem
 from solvers.physics.elasticity import ElasticProblem
+from solvers.physics.electrochem import KineticFlux
 from solvers.physics.materials import Material
 from tomomech.errors import ConfigError, ConvergenceError
 
@@ -44,6 +45,11 @@ class State:
     iterations : int
         Mechanics CG iterations of this step (summed over stress-assisted iterations).
     coupling_iterations : int
+    electro : dict or None
+        Butler-Volmer runs: ``phi_s`` (cell voltage, V against Li/Li+), ``current_A``,
+        ``i_face`` (A/m^2, positive = delithiation), ``eta_face`` (V), ``theta_face``
+        (surface state of charge), ``phi`` (electrolyte potential on the free nodes, V),
+        ``kinetic_iterations`` (diffusion-kinetics fixed-point iterations of the step).
     """
 
     step: int
@@ -55,6 +61,7 @@ class State:
     sigma: np.ndarray
     iterations: int
     coupling_iterations: int = 1
+    electro: dict | None = None
 
 
 def swell_states(mech: ElasticProblem, active: Material, *, soc_start: float, soc_end: float,
@@ -129,7 +136,7 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
                          solver: str = "auto", backend: str = "assembled", device: str = "cpu",
                          precision: str = "float64", output_every: int = 1, feedback_every: int = 1,
                          flux_mask: Callable[[State | None], np.ndarray] | None = None,
-                         stats: dict | None = None) -> Iterator[State]:
+                         stats: dict | None = None, kinetics: KineticFlux | None = None) -> Iterator[State]:
     """Transient charge/discharge: yields a :class:`State` every ``output_every`` steps.
 
     Diffusion runs every step. Mechanics runs at every yielded step, and at
@@ -159,6 +166,10 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
     stats : dict, optional
         Filled with ``"diffusion"``: the diffusion solver's
         :class:`~solvers.linalg.SolveStats` (setup once, time per solve).
+    kinetics : KineticFlux, optional
+        Butler-Volmer flux (PHYSICS.md section 5) instead of the uniform rule:
+        the same total current, shared among the faces by the kinetics and the
+        electrolyte's resistance; only faces with an ionic path carry it.
     """
     for name in ("D_m2_s", "c_max_mol_m3"):
         if getattr(active, name) is None:
@@ -190,33 +201,40 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
     for half in range(1, protocol.cycles + 1):
         sign = 1.0 if half % 2 == 1 else -1.0
         mask = np.ones(face_particle.size, bool) if flux_mask is None else flux_mask(state)
-        reach = np.bincount(face_particle[mask], minlength=n_part) > 0
+        carries = mask if kinetics is None else kinetics.carries(mask)
+        reach = np.bincount(face_particle[carries], minlength=n_part) > 0
         vol = float(np.sum(diff.mass[reach[diff.node_particle]]))
-        j = sign * galvanostatic_flux(active, protocol, vol, float(diff.face_area[mask].sum()))
+        j = sign * galvanostatic_flux(active, protocol, vol, float(diff.face_area[carries].sum()))
+        current = -FARADAY * j * float(diff.face_area[carries].sum())  # A, positive = charge
         feedback = sa_coeff != 0.0 or flux_mask is not None
         for k_half in range(1, protocol.steps + 1):
             step += 1
             if flux_mask is not None and state is not None:
                 mask = flux_mask(state)
-            inflow = diff.face_load(np.where(mask, j, 0.0))
+            if kinetics is None:
+                inflow = diff.face_load(np.where(mask, j, 0.0))
+                diffuse = lambda extra, c=c, inflow=inflow: diff.step(c, inflow + extra)  # noqa: E731
+            else:
+                diffuse = lambda extra, c=c, mask=mask, cur=current: kinetics.step(diff, c, extra, mask, cur)  # noqa: E731
             out = step % output_every == 0 or k_half == protocol.steps
             if not (out or (feedback and step % feedback_every == 0)):  # stress-assisted: every = 1
-                c = diff.step(c, inflow)
+                c = diffuse(0.0)
                 continue
-            c, u, sigma, its, k = _coupled_step(diff, mech, active, c, inflow, u, theta0, sa_coeff, protocol)
+            c, u, sigma, its, k = _coupled_step(diff, mech, active, diffuse, u, theta0, sa_coeff, protocol)
             cell_theta[diff.cell_index] = diff.cell_mean(c) / c_max
-            state = State(step, step * protocol.dt, half, cell_theta.copy(), c / c_max, u, sigma, its, k)
+            state = State(step, step * protocol.dt, half, cell_theta.copy(), c / c_max, u, sigma, its, k,
+                          None if kinetics is None else dict(kinetics.last))
             if out:
                 yield state
 
 
-def _coupled_step(diff, mech, active, c, inflow, u, theta0, sa_coeff, protocol):
-    """Diffusion then mechanics; with stress-assisted flux, iterate to ``coupling_rtol``."""
+def _coupled_step(diff, mech, active, diffuse, u, theta0, sa_coeff, protocol):
+    """Diffusion (``diffuse(extra_inflow) -> c_new``) then mechanics; with stress-assisted flux,
+    iterate to ``coupling_rtol``."""
     c_max = active.c_max_mol_m3
     is_active = mech.mesh.cell_phase == ACTIVE
     its = 0
-    extra = 0.0
-    c_new = diff.step(c, inflow)
+    c_new = diffuse(0.0)
     for k in range(1, protocol.coupling_maxiter + 1):
         theta_cell = np.full(mech.mesh.n_cells, theta0)
         theta_cell[diff.cell_index] = diff.cell_mean(c_new) / c_max
@@ -227,8 +245,7 @@ def _coupled_step(diff, mech, active, c, inflow, u, theta0, sa_coeff, protocol):
         if sa_coeff == 0.0:
             return c_new, u, sigma, its, k
         sh_nodes = diff.to_nodes(fields.hydrostatic(sigma[diff.cell_index]))
-        extra = diff.stress_assisted_load(c_new, sh_nodes, sa_coeff)
-        c_next = diff.step(c, inflow + extra)
+        c_next = diffuse(diff.stress_assisted_load(c_new, sh_nodes, sa_coeff))
         change = float(np.abs(c_next - c_new).max()) / c_max
         c_new = c_next
         if change < protocol.coupling_rtol:

@@ -355,3 +355,32 @@ def test_quiet_hides_library_info_logs(capsys):
         root.handlers[:], root.level = saved[0], saved[1]
         logging.getLogger("distributed").setLevel(saved[2])
         logging.getLogger("distributed.scheduler").setLevel(logging.NOTSET)
+
+
+def test_butler_volmer_run_outputs(config_file):
+    """A Butler-Volmer charge and discharge through the CLI: the cell voltage per step (above the
+    discharge voltage at equal SOC), current shares that sum to 1 over particles, the electrolyte
+    potential on electrolyte cells in fields.xdmf (0 at the separator side, positive on charge), and
+    the voltage plot in the report."""
+    galvanostatic_config(config_file, 4, extra="[electrochemistry]\nkinetics = 'butler-volmer'\n")
+    text = config_file.read_text().replace("active = 'NMC'", "active = 'NMC811'")
+    config_file.write_text(text)
+    assert main(["-q", "run", str(config_file)]) == 0
+    out = config_file.parent / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    v = [s["cell_voltage_V"] for s in summary["steps"]]
+    cur = [s["current_A"] for s in summary["steps"]]
+    assert cur[0] < 0 and cur[-1] > 0  # discharge 0.4 -> 0.6, then charge back
+    assert v[2] > v[1]  # at the turn (theta 0.6) the charge voltage lies above the discharge voltage
+    assert summary["electrolyte_solver"]["nodes"] > 0
+    t = io.read_csv(out / "particles.csv")
+    for k in np.unique(t["step"]):
+        rows = (t["step"] == k) & ~t["ionically_isolated"]
+        assert np.nansum(t["current_share"][rows]) == pytest.approx(1.0, rel=1e-5)  # CSV keeps 7 digits
+    assert (out / "voltage_and_current_share.png").exists()
+    with meshio.xdmf.TimeSeriesReader(out / "fields.xdmf") as r:
+        r.read_points_cells()
+        _, _, cd = r.read_data(r.num_steps - 1)
+    phi = cd["phi_e_V"][0]
+    se = cd["phase"][0] == 1
+    assert np.all(np.isnan(phi[~se])) and np.nanmin(phi[se]) >= -1e-12 and np.nanmax(phi[se]) > 0

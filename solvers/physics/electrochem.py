@@ -1,0 +1,168 @@
+"""The Butler-Volmer flux rule of a transient run (PHYSICS.md section 5).
+
+The uniform rule of section 1 sets the face flux before the diffusion step.
+Here the flux depends on the particles' surface state of charge at the end of
+the step (backward Euler), through ``U(theta_s)`` and ``i0(theta_s)``, so a
+step is a fixed point: kinetics -> face flux -> diffusion -> surface theta ->
+kinetics. The surface response of a face to its own flux is strong (the
+kinetic resistance is small next to ``dU/dtheta`` times the surface nodes'
+capacity), so plain substitution can diverge; Anderson mixing (Walker and Ni,
+SIAM J. Numer. Anal. 49, 2011) over the surface theta of every face makes it
+converge in a handful of iterations.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from solvers.physics.diffusion import FARADAY
+from solvers.physics.kinetics import Kinetics, balance_current
+from tomomech.errors import ConvergenceError
+
+log = logging.getLogger(__name__)
+
+
+class KineticFlux:
+    """Implicit Butler-Volmer steps of a diffusion problem.
+
+    Parameters
+    ----------
+    electrolyte : ElectrolyteProblem
+    kinetics : Kinetics
+    rtol : float
+        A step has converged when the surface theta of no face changes by more than this.
+    maxiter : int
+        Fixed-point iterations per step before ConvergenceError.
+    depth : int
+        Anderson mixing depth (0 = plain substitution).
+    max_cuts : int
+        A step that does not converge is halved, at most this many times.
+
+    Attributes
+    ----------
+    last : dict or None
+        The last converged step (see :class:`~solvers.physics.transient.State` ``electro``).
+    """
+
+    def __init__(self, electrolyte, kinetics: Kinetics, *, rtol: float = 1e-6, maxiter: int = 60, depth: int = 5,
+                 max_cuts: int = 3):
+        self.elec = electrolyte
+        self.kin = kinetics
+        self.rtol, self.maxiter, self.depth, self.max_cuts = float(rtol), int(maxiter), int(depth), int(max_cuts)
+        self.last = None
+        self._nodes = None
+        self._response, self._halves = {}, {}
+
+    def _slope(self, theta: np.ndarray, d: float = 1e-6) -> np.ndarray:
+        """dU/dtheta (V), central difference."""
+        return (self.kin.ocp(theta + d) - self.kin.ocp(theta - d)) / (2 * d)
+
+    def _points(self, diff, c: np.ndarray) -> np.ndarray:
+        """Surface theta at every interface point (the diffusion node of each face corner)."""
+        return c[self._nodes] / self.kin.law.c_max_mol_m3
+
+    def _load(self, diff, i: np.ndarray) -> np.ndarray:
+        """Nodal Li inflow (mol/s) of a current density (A/m^2, positive = out) at every point."""
+        return np.bincount(self._nodes, weights=-i * self.elec.point_area / FARADAY, minlength=diff.n_nodes)
+
+    def carries(self, mask: np.ndarray) -> np.ndarray:
+        """Faces that carry current: bonded (``mask``) and with an ionic path to the separator."""
+        return mask & self.elec.face_connected
+
+    def step(self, diff, c: np.ndarray, extra: np.ndarray | float, mask: np.ndarray, current_A: float,
+             cuts: int = 0) -> np.ndarray:
+        """One backward-Euler step under Butler-Volmer flux; returns the new concentration (mol/m^3).
+
+        A step that does not converge is cut in two halves, down to ``dt / 2**max_cuts``.
+
+        Parameters
+        ----------
+        diff : DiffusionProblem
+        c : (nd,) concentration at the start of the step, mol/m^3
+        extra : (nd,) or 0
+            Further nodal inflow, mol/s (stress-assisted flux).
+        mask : (nf,) bool, bonded faces
+        current_A : float, positive = charge
+        """
+        try:
+            return self._step(diff, c, extra, mask, current_A)
+        except ConvergenceError as err:
+            if cuts >= self.max_cuts:
+                raise ConvergenceError(
+                    f"{err} at dt = {diff.dt:.3g} s, after {cuts} cuts of the time step: the particles' surfaces "
+                    "cannot take the current (the cell is at its limit); lower [cycling] c_rate, narrow the SOC "
+                    "window, or give more [cycling] steps", iterations=err.iterations, residual=err.residual) from err
+            half = self._halves.get(diff.dt) or self._halves.setdefault(diff.dt, diff.with_dt(diff.dt / 2))
+            log.info("Butler-Volmer step at dt = %.3g s cut in two (%s)", diff.dt, err)
+            c_half = self.step(half, c, extra, mask, current_A, cuts + 1)
+            return self.step(half, c_half, extra, mask, current_A, cuts + 1)
+
+    def _step(self, diff, c, extra, mask, current_A) -> np.ndarray:
+        if self._nodes is None:
+            if diff.face_nodes.shape[1] != self.elec.corners:
+                raise ValueError("the diffusion and electrolyte problems were built on different faces")
+            self._nodes = diff.face_nodes.ravel()
+        if diff.dt not in self._response:
+            # drop of each point's theta per A/m^2 of charge current at every point, over one step (> 0):
+            # one diffusion solve from zero, the smoothest current pattern, whose response is the largest
+            ones = np.ones(self._nodes.size)
+            self._response[diff.dt] = -self._points(diff, diff.step(np.zeros(diff.n_nodes), self._load(diff, ones)))
+        response = self._response[diff.dt]
+        carries = np.repeat(self.carries(mask), self.elec.corners)
+        warm = self.last or {}
+        if "i" in warm:  # predictor: the last step's current, diffused
+            i_ref = warm["i"] * (current_A / warm["current_A"] if warm["current_A"] else 0.0)
+            x = self._points(diff, diff.step(c, self._load(diff, i_ref) + extra))
+        else:
+            x, i_ref = self._points(diff, c), np.zeros(self._nodes.size)
+        change = np.inf
+        hist = []  # (x, theta it gave, current that gave it)
+        for k in range(1, self.maxiter + 1):
+            s = np.maximum(-self._slope(x) * response, 0.0)  # dU/dtheta < 0, response > 0
+            sol = balance_current(self.elec, self.kin, x, carries, current_A, phi0=warm.get("phi"),
+                                  phi_s0=warm.get("phi_s"), surface=(s, i_ref))
+            warm = sol
+            c_new = diff.step(c, self._load(diff, sol["i"]) + extra)
+            x_new = self._points(diff, c_new)
+            change = float(np.abs(x_new - x).max(initial=0.0))
+            log.debug("kinetic iteration %d: surface theta changes by %.2e, phi_s %.5f V, %d Newton",
+                      k, change, sol["phi_s"], sol["newton_iterations"])
+            if change < self.rtol:
+                self.last = self._record(sol, x_new, carries, current_A, k)
+                return c_new
+            hist = (hist + [(x, x_new, sol["i"])])[-(self.depth + 1):]
+            x, i_ref = _anderson(hist)
+        raise ConvergenceError(f"the Butler-Volmer step did not converge in {self.maxiter} diffusion-kinetics "
+                               f"iterations (surface theta still changing by {change:.1e}); reduce the time step "
+                               "([cycling] steps or dt_s)", iterations=self.maxiter, residual=change)
+
+    def _record(self, sol: dict, theta: np.ndarray, carries: np.ndarray, current_A: float, k: int) -> dict:
+        """The step's record: point values and their face means (``*_face``, equal corner weights)."""
+        face = lambda v: v.reshape(-1, self.elec.corners).mean(axis=1)  # noqa: E731
+        on = carries.astype(float)
+        with np.errstate(invalid="ignore"):
+            eta_face = face(on * sol["eta"]) / face(on)
+        return {**sol, "current_A": float(current_A), "theta": theta, "kinetic_iterations": k,
+                "i_face": face(sol["i"]), "eta_face": np.where(face(on) > 0, eta_face, np.nan),
+                "theta_face": face(theta), "carries": face(on) > 0, "connected": self.elec.face_connected}
+
+
+def _anderson(hist: list) -> tuple[np.ndarray, np.ndarray]:
+    """The next surface theta and its current: Anderson mixing (type II) of the last iterates.
+
+    ``hist`` holds ``(x_j, T(x_j), i_j)``: the theta that went in, the theta the
+    diffusion step gave, and the current that gave it. The new theta is the
+    combination of the ``T(x_j)`` that minimises the linearised residual; the
+    current is the same combination of the ``i_j``, so the two stay consistent.
+    """
+    x, tx, i = hist[-1]
+    if len(hist) == 1:
+        return tx, i
+    g = np.array([b - a for a, b, _ in hist]).T  # (nf, m + 1) residuals
+    dg = np.diff(g, axis=1)
+    gamma = np.linalg.lstsq(dg, g[:, -1], rcond=None)[0]
+    dtx = np.diff(np.array([b for _, b, _ in hist]).T, axis=1)
+    di = np.diff(np.array([c for _, _, c in hist]).T, axis=1)
+    return tx - dtx @ gamma, i - di @ gamma
