@@ -386,13 +386,18 @@ class ElectrochemistryConfig:
     electrolyte ([materials]; presets NMC811 and Li6PS5Cl have them, inline tables may set
     them). ``newton_rtol``: the current balance's tolerance (fraction of the applied current);
     ``step_rtol``: a step's diffusion-kinetics iteration stops when no face's surface theta
-    changes by more; ``step_maxiter``: its iterations before the run stops with advice.
+    changes by more; ``step_maxiter``: its iterations before the time step is cut (3 halvings,
+    then the run stops with advice). ``voltage_max_V`` / ``voltage_min_V``: a charge / discharge
+    half-cycle ends at the step that passes it (the window ``soc_start -> soc_end`` is then not
+    passed in full, as in a cell that reaches its cut-off).
     """
 
     kinetics: str = "uniform"
     newton_rtol: float = 1e-10
     step_rtol: float = 1e-6
     step_maxiter: int = 60
+    voltage_max_V: float = 4.4
+    voltage_min_V: float = 2.5
 
     def __post_init__(self):
         _check_choice("electrochemistry.kinetics", self.kinetics, ("uniform", "butler-volmer"))
@@ -400,6 +405,9 @@ class ElectrochemistryConfig:
             if not 0 < getattr(self, k) < 1:
                 raise ConfigError(f"electrochemistry.{k} = {getattr(self, k)!r} must lie in (0, 1)")
         _check_positive("electrochemistry.step_maxiter", self.step_maxiter)
+        if not 0 < self.voltage_min_V < self.voltage_max_V:
+            raise ConfigError(f"electrochemistry.voltage_min_V = {self.voltage_min_V} and voltage_max_V = "
+                              f"{self.voltage_max_V} must satisfy 0 < min < max")
 
     def check(self, active: Material, electrolyte: Material, cycling: CyclingConfig) -> None:
         """Refuse a Butler-Volmer run that lacks data or starts where the kinetics vanish."""

@@ -95,7 +95,7 @@ def kinetic_flux(mesh, faces: dict, cfg: Config):
                        temperature_K=cfg.cycling.temperature_K)
     elec = ElectrolyteProblem(mesh, faces, kappa_S_m=electrolyte.kappa_S_m)
     return KineticFlux(elec, Kinetics(law, open_circuit(active.ocp, active.name), newton_rtol=ec.newton_rtol),
-                       rtol=ec.step_rtol, maxiter=ec.step_maxiter)
+                       rtol=ec.step_rtol, maxiter=ec.step_maxiter, voltage_limits=(ec.voltage_min_V, ec.voltage_max_V))
 
 
 def load_states(prob, faces: dict, cfg: Config, diffusion_info: dict, kinetics=None):
@@ -120,3 +120,42 @@ def load_states(prob, faces: dict, cfg: Config, diffusion_info: dict, kinetics=N
                                   stats=diffusion_info, kinetics=kinetics,
                                   flux_mask=None if bonded else (lambda _st: prob.face_damage() < 1.0))
     return states, protocol.steps * cyc.cycles
+
+
+def step_parts(mesh, geometry: dict, faces: dict, cohesive=None, kinetics=None) -> list:
+    """What optional physics add to every written step: callables ``part(state) -> (columns, entries, cells)``.
+
+    ``columns`` go into the step's particle table, ``entries`` into its summary, ``cells``
+    into fields.xdmf. A cohesive problem adds delamination, a Butler-Volmer flux rule the
+    electrochemistry (:mod:`pipeline.stats`).
+    """
+    from pipeline.stats import interface_damage_summary, interface_damage_table, kinetics_summary, kinetics_table
+
+    parts = []
+    if cohesive is not None:
+        def delamination(_st):
+            fd = cohesive.face_damage()
+            return (interface_damage_table(geometry, cohesive, fd), interface_damage_summary(cohesive, fd, mesh),
+                    {"interface_damage": cohesive.cell_damage()})
+
+        parts.append(delamination)
+    if kinetics is not None:
+        def electrochemistry(st):
+            return (kinetics_table(geometry, faces, st.electro), kinetics_summary(st.electro),
+                    {"phi_e_V": electrolyte_cell_potential(mesh, kinetics.elec, st.electro["phi"])})
+
+        parts.append(electrochemistry)
+    return parts
+
+
+def electrolyte_cell_potential(mesh, elec, phi: np.ndarray) -> np.ndarray:
+    """Cell mean of the electrolyte potential (V) on electrolyte cells, NaN on the others and on
+    electrolyte without a path to the separator."""
+    cells = mesh.linear().cells if hasattr(mesh, "linear") else mesh.cells
+    node = np.full(mesh.n_nodes, np.nan)
+    node[elec.separator_nodes] = 0.0
+    node[elec.free_nodes] = phi
+    out = np.full(mesh.n_cells, np.nan)
+    se = mesh.cell_phase == 1
+    out[se] = node[cells[se]].mean(axis=1)
+    return out

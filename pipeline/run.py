@@ -27,12 +27,8 @@ import numpy as np
 
 from pipeline import io
 from pipeline.config import Config, dump_config
-from pipeline.problem import build_problem, kinetic_flux, load_states
+from pipeline.problem import build_problem, kinetic_flux, load_states, step_parts
 from pipeline.stats import (
-    interface_damage_summary,
-    interface_damage_table,
-    kinetics_summary,
-    kinetics_table,
     particle_step_table,
     stack_tables,
     step_summary,
@@ -191,6 +187,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     diffusion_info = {}
     kinetics = kinetic_flux(mesh, faces, cfg)
     states, n_steps = load_states(prob, faces, cfg, diffusion_info, kinetics)
+    parts = step_parts(mesh, geom, faces, prob if cohesive else None, kinetics)
     is_active = mesh.cell_phase == 2
     tables, summaries = [], []
     t_solve, warned, n_hist = 0.0, False, 0
@@ -211,26 +208,19 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                              sigma=sig, faces=faces, face_tn=tn, cell_volume=weights, region=region)
             outside = float(np.mean((st.theta_cell[is_active] < 0) | (st.theta_cell[is_active] > 1)))
             if outside and not warned:
-                log.warning("step %d: %.1f %% of the active volume has theta outside [0, 1]: %s; lower c_rate or "
-                            "narrow the SOC window", st.step, 100 * outside,
-                            "the uniform galvanostatic flux over-fills particles with a large interface per volume"
-                            if kinetics is None else "the particles cannot take the current within one time step "
-                            "(more [cycling] steps)")
+                log.warning("step %d: %.1f %% of the active volume has theta outside [0, 1]: %s", st.step,
+                            100 * outside, THETA_ADVICE[kinetics is None])
                 warned = True
             s.update(time_s=st.time_s, half_cycle=st.cycle, solver_iterations=st.iterations,
                      coupling_iterations=st.coupling_iterations, theta_outside_0_1_fraction=outside,
                      **prob.step_record(n_hist))
             n_hist = len(prob.history)
             cell_extra = {}
-            if cohesive:
-                fd = prob.face_damage()
-                tables[-1].update(interface_damage_table(geom, prob, fd))
-                s.update(interface_damage_summary(prob, fd, mesh))
-                cell_extra["interface_damage"] = prob.cell_damage()
-            if st.electro is not None:
-                tables[-1].update(kinetics_table(geom, faces, st.electro))
-                s.update(kinetics_summary(st.electro))
-                cell_extra["phi_e_V"] = electrolyte_cell_potential(mesh, kinetics.elec, st.electro["phi"])
+            for part in parts:  # what the optional physics add: columns, summary entries, cell fields
+                cols, entries, cells = part(st)
+                tables[-1].update(cols)
+                s.update(entries)
+                cell_extra.update(cells)
             summaries.append(s)
             if cfg.mesh.kind != "voxel-hex":  # lets viewers put tet fields back on the voxel grid
                 cell_extra["voxel"] = mesh.cell_voxel
@@ -249,9 +239,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
                  "nodes": mesh.n_nodes, "dof": prob.n_dof, "removed_floating_voxels": mesh.removed_voxels,
                  **({"quality": quality} if quality else {})},
         "solver": prob.solver.stats.as_dict(),
-        **({"electrolyte_solver": {**kinetics.elec.stats.as_dict(), "nodes": kinetics.elec.n_free,
-                                   "faces_without_ionic_path": int((~kinetics.elec.face_connected).sum())}}
-           if kinetics is not None else {}),
+        **({"electrolyte_solver": kinetics.elec.summary()} if kinetics is not None else {}),
         **({"diffusion_solver": {**diffusion_info["diffusion"].as_dict(),
                                  "nodes": diffusion_info["diffusion_nodes"]}} if diffusion_info else {}),
         "interface": {**prob.summary(), **({"onset_warning": onset_warning} if cohesive else {})},
@@ -263,17 +251,10 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     return summary
 
 
-def electrolyte_cell_potential(mesh, elec, phi: np.ndarray) -> np.ndarray:
-    """Cell mean of the electrolyte potential (V) on electrolyte cells, NaN on the others and on
-    electrolyte without a path to the separator."""
-    cells = mesh.linear().cells if hasattr(mesh, "linear") else mesh.cells
-    node = np.full(mesh.n_nodes, np.nan)
-    node[elec.separator_nodes] = 0.0
-    node[elec.free_nodes] = phi
-    out = np.full(mesh.n_cells, np.nan)
-    se = mesh.cell_phase == 1
-    out[se] = node[cells[se]].mean(axis=1)
-    return out
+#: the warning when theta leaves [0, 1], by flux rule (uniform: True)
+THETA_ADVICE = {True: "the uniform galvanostatic flux over-fills particles with a large interface per volume; "
+                      "lower c_rate or narrow the SOC window",
+                False: "the particles cannot take the current within one time step; give more [cycling] steps"}
 
 
 def coarsen_mask(mask: np.ndarray, block: int) -> np.ndarray:

@@ -244,3 +244,23 @@ def assemble_elasticity(element: Element, points: np.ndarray, cells: np.ndarray,
         cols = np.tile(dof, (1, 3 * n)).ravel()
         out = out + sp.csr_matrix((ke.reshape(-1), (rows, cols)), shape=(N, N))
     return out
+
+
+def scalar_laplacian(mesh, cell_index: np.ndarray, cells: np.ndarray, n: int, coefficient: float) -> sp.csr_matrix:
+    """``K[a, b] = coefficient * int grad N_a . grad N_b dV`` over the given cells, (n, n) CSR.
+
+    Parameters
+    ----------
+    mesh : VoxelMesh or TetMesh (linear)
+    cell_index : (nc,) cells of the mesh to integrate over
+    cells : (nc, k) their nodes in the numbering of the result
+    n : int
+    coefficient : float (S/m for conduction, m^2/s for diffusion)
+    """
+    dn, w = mesh.gradient_tables(cell_index)  # (1 or nc, q, k, 3), (1 or nc, q)
+    lap = np.einsum("eq,eqai,eqbi->eab", w, dn, dn) * coefficient
+    k = cells.shape[1]
+    rows = np.repeat(cells, k, axis=1).ravel()
+    cols = np.tile(cells, (1, k)).ravel()
+    vals = np.broadcast_to(lap, (cells.shape[0], k, k)).ravel()
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n))

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
+from solvers.fem.assembly import scalar_laplacian
 from solvers.linalg import LinearSolver, resolve_backend
 from solvers.mesh.voxel import ACTIVE, VoxelMesh
 
@@ -113,10 +114,7 @@ class DiffusionProblem:
             self.solver = JacobiCG(op, rtol=rtol, name=f"matrix-free-jacobi-{device}")
         else:
             n = self.n_nodes
-            rows = np.repeat(self.cells, n_per, axis=1).ravel()
-            cols = np.tile(self.cells, (1, n_per)).ravel()
-            vals = np.broadcast_to(lap, (na, n_per, n_per)).ravel()
-            self.K = sp.csr_matrix((vals * self.D, (rows, cols)), shape=(n, n))
+            self.K = scalar_laplacian(mesh, self.cell_index, self.cells, n, self.D)
             self.A = (self.K + sp.diags(self.mass / self.dt)).tocsr()
             self.solver = LinearSolver(self.A, method=solver, near_nullspace=np.ones((n, 1)), rtol=rtol)
         self.face_nodes = self._face_nodes(faces)

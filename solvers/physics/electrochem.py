@@ -39,6 +39,8 @@ class KineticFlux:
         Anderson mixing depth (0 = plain substitution).
     max_cuts : int
         A step that does not converge is halved, at most this many times.
+    voltage_limits : (low, high), V
+        A half-cycle ends at the step where a charge passes ``high`` or a discharge ``low``.
 
     Attributes
     ----------
@@ -47,10 +49,11 @@ class KineticFlux:
     """
 
     def __init__(self, electrolyte, kinetics: Kinetics, *, rtol: float = 1e-6, maxiter: int = 60, depth: int = 5,
-                 max_cuts: int = 3):
+                 max_cuts: int = 3, voltage_limits: tuple[float, float] = (0.0, np.inf)):
         self.elec = electrolyte
         self.kin = kinetics
         self.rtol, self.maxiter, self.depth, self.max_cuts = float(rtol), int(maxiter), int(depth), int(max_cuts)
+        self.voltage_limits = tuple(float(v) for v in voltage_limits)
         self.last = None
         self._nodes = None
         self._response, self._halves = {}, {}
@@ -58,6 +61,11 @@ class KineticFlux:
     def _slope(self, theta: np.ndarray, d: float = 1e-6) -> np.ndarray:
         """dU/dtheta (V), central difference."""
         return (self.kin.ocp(theta + d) - self.kin.ocp(theta - d)) / (2 * d)
+
+    def cut_off(self, current_A: float) -> bool:
+        """Whether the last step passed the voltage limit of its direction (charge: high, discharge: low)."""
+        v = self.last["phi_s"]
+        return v >= self.voltage_limits[1] if current_A > 0 else v <= self.voltage_limits[0]
 
     def _points(self, diff, c: np.ndarray) -> np.ndarray:
         """Surface theta at every interface point (the diffusion node of each face corner)."""

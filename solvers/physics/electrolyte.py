@@ -24,31 +24,12 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.sparse.csgraph import connected_components
 
+from solvers.fem.assembly import scalar_laplacian
 from solvers.linalg import DIRECT_LIMIT, SolveStats, checked_solve, counted_cg
 from solvers.mesh.voxel import ELECTROLYTE, VoxelMesh
 from tomomech.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def scalar_laplacian(mesh, cell_index: np.ndarray, cells: np.ndarray, n: int, coefficient: float) -> sp.csr_matrix:
-    """``K[a, b] = coefficient * int grad N_a . grad N_b dV`` over the given cells, (n, n) CSR.
-
-    Parameters
-    ----------
-    mesh : VoxelMesh or TetMesh (linear)
-    cell_index : (nc,) cells of the mesh to integrate over
-    cells : (nc, k) their nodes in the numbering of the result
-    n : int
-    coefficient : float (S/m for conduction, m^2/s for diffusion)
-    """
-    dn, w = mesh.gradient_tables(cell_index)  # (1 or nc, q, k, 3), (1 or nc, q)
-    lap = np.einsum("eq,eqai,eqbi->eab", w, dn, dn) * coefficient
-    k = cells.shape[1]
-    rows = np.repeat(cells, k, axis=1).ravel()
-    cols = np.tile(cells, (1, k)).ravel()
-    vals = np.broadcast_to(lap, (cells.shape[0], k, k)).ravel()
-    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
 
 
 class ElectrolyteProblem:
@@ -129,6 +110,11 @@ class ElectrolyteProblem:
         self._first_its = None
         log.info("electrolyte: %d free nodes, %d nodes without a path to the separator, %d of %d faces connected",
                  self.n_free, self.isolated_electrolyte_nodes, int(self.face_connected.sum()), nf)
+
+    def summary(self) -> dict:
+        """What summary.json reports: the solver statistics, nodes and faces without an ionic path."""
+        return {**self.stats.as_dict(), "nodes": self.n_free,
+                "faces_without_ionic_path": int((~self.face_connected).sum())}
 
     def point_potential(self, phi: np.ndarray) -> np.ndarray:
         """Electrolyte potential at every interface point, (nf * k,) V (separator nodes are at 0)."""

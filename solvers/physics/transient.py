@@ -219,13 +219,20 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
             out = step % output_every == 0 or k_half == protocol.steps
             if not (out or (feedback and step % feedback_every == 0)):  # stress-assisted: every = 1
                 c = diffuse(0.0)
-                continue
+                if kinetics is None or not kinetics.cut_off(current):
+                    continue
+                diffuse = lambda extra, c=c: c  # noqa: E731  (at the cut-off: write this step)
             c, u, sigma, its, k = _coupled_step(diff, mech, active, diffuse, u, theta0, sa_coeff, protocol)
             cell_theta[diff.cell_index] = diff.cell_mean(c) / c_max
             state = State(step, step * protocol.dt, half, cell_theta.copy(), c / c_max, u, sigma, its, k,
                           None if kinetics is None else dict(kinetics.last))
-            if out:
+            stop = kinetics is not None and kinetics.cut_off(current)
+            if out or stop:
                 yield state
+            if stop:
+                log.info("half-cycle %d reached its voltage cut-off (%.4f V) at step %d", half,
+                         kinetics.last["phi_s"], k_half)
+                break
 
 
 def _coupled_step(diff, mech, active, diffuse, u, theta0, sa_coeff, protocol):
