@@ -231,3 +231,24 @@ def test_a_current_the_surfaces_cannot_take_stops_with_advice():
 
     with pytest.raises(ConvergenceError, match="after 3 cuts of the time step.*c_rate"):
         kinetic_run(composite(), Galvanostatic(c_rate=20.0, soc_start=0.06, soc_end=0.0, steps=4))
+
+
+def test_debonded_faces_carry_no_current_and_the_rest_carry_all():
+    """Faces outside the flux mask (debonded, cohesive runs) carry no current; the bonded faces of the
+    same particle and of the others take all of it (the current is rerouted, not scaled)."""
+    mesh = composite()
+    faces = faces_of(mesh)
+    proto = Galvanostatic(c_rate=2.0, soc_start=0.8, soc_end=0.4, steps=5)
+    nmc = Material("nmc-bv", 140.0, 0.3, D_m2_s=1e-14, c_max_mol_m3=50000.0, omega_m3_mol=1e-6,
+                   ocp="Chen2020-NMC811", k0_m_s=3.5e-11)
+    diff = DiffusionProblem(mesh, D=nmc.D_m2_s, dt=proto.dt, faces=faces, solver="direct")
+    elec = ElectrolyteProblem(mesh, faces, kappa_S_m=0.2)
+    kin = KineticFlux(elec, Kinetics(ButlerVolmer(nmc.k0_m_s, nmc.c_max_mol_m3), OCP), rtol=1e-9)
+    first = faces["particle"] == faces["particle"].min()
+    mask = ~(first & (np.arange(first.size) % 2 == 0))  # half of the first particle's faces debonded
+    c = np.full(diff.n_nodes, 0.8 * nmc.c_max_mol_m3)
+    current = 1e-9
+    kin.step(diff, c, 0.0, mask, current)
+    i = kin.last["i"].reshape(-1, elec.corners)
+    assert np.all(i[~mask] == 0) and np.all(i[mask & elec.face_connected] > 0)
+    assert np.sum(kin.last["i"] * elec.point_area) == pytest.approx(current, rel=1e-9)
