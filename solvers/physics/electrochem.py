@@ -127,19 +127,21 @@ class KineticFlux:
             x, i_ref = self._points(diff, c), np.zeros(self._nodes.size)
         change = np.inf
         hist = []  # (x, theta it gave, current that gave it)
+        full = False  # one Newton update per iteration while the surface theta still moves, then a full solve
         for k in range(1, self.maxiter + 1):
             s = np.maximum(-self._slope(x) * response, 0.0)  # dU/dtheta < 0, response > 0
             sol = balance_current(self.elec, self.kin, x, carries, current_A, phi0=warm.get("phi"),
-                                  phi_s0=warm.get("phi_s"), surface=(s, i_ref))
+                                  phi_s0=warm.get("phi_s"), surface=(s, i_ref), max_updates=None if full else 1)
             warm = sol
             c_new = diff.step(c, self._load(diff, sol["i"]) + extra)
             x_new = self._points(diff, c_new)
             change = float(np.abs(x_new - x).max(initial=0.0))
             log.debug("kinetic iteration %d: surface theta changes by %.2e, phi_s %.5f V, %d Newton",
                       k, change, sol["phi_s"], sol["newton_iterations"])
-            if change < self.rtol:
+            if change < self.rtol and sol["converged"]:
                 self.last = self._record(sol, x_new, carries, current_A, k)
                 return c_new
+            full = change < self.rtol
             hist = (hist + [(x, x_new, sol["i"])])[-(self.depth + 1):]
             x, i_ref = _anderson(hist)
         raise ConvergenceError(f"the Butler-Volmer step did not converge in {self.maxiter} diffusion-kinetics "

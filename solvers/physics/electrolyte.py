@@ -132,19 +132,20 @@ class ElectrolyteProblem:
         """``K + B diag(g) B^T``: conduction plus the points' linearised kinetic conductance ``g`` (S)."""
         return (self.K + self.B @ sp.diags(g) @ self.B.T).tocsr()
 
-    def solve(self, b: np.ndarray, g: np.ndarray) -> np.ndarray:
+    def solve(self, b: np.ndarray, g: np.ndarray, rtol: float | None = None) -> np.ndarray:
         """Solve ``(K + B diag(g) B^T) x = b`` for one right-hand side (n_free,) or several (n_free, m).
 
         CG preconditioned by a factorisation (small problems) or an AMG cycle (large ones) of an
         earlier matrix; both are renewed when CG needs three times the iterations it first took.
         """
         A = self.matrix(g)
+        rtol = self.rtol if rtol is None else float(rtol)
         if self._M is None:
             self._setup(A)
         cols = []
         for col in np.atleast_2d(b.T):
-            cols.append(checked_solve(self.stats, lambda v: A @ v, col, self.rtol,
-                                      lambda c=col: counted_cg(A, c, M=self._M, rtol=self.rtol, maxiter=self.maxiter),
+            cols.append(checked_solve(self.stats, lambda v: A @ v, col, rtol,
+                                      lambda c=col: counted_cg(A, c, M=self._M, rtol=rtol, maxiter=self.maxiter),
                                       _HINT))
             its = self.stats.iterations[-1]
             if self._first_its is None:
