@@ -131,7 +131,8 @@ class KineticFlux:
         for k in range(1, self.maxiter + 1):
             s = np.maximum(-self._slope(x) * response, 0.0)  # dU/dtheta < 0, response > 0
             sol = balance_current(self.elec, self.kin, x, carries, current_A, phi0=warm.get("phi"),
-                                  phi_s0=warm.get("phi_s"), surface=(s, i_ref), max_updates=None if full else 1)
+                                  phi_s0=warm.get("phi_s"), surface=(s, i_ref), max_updates=None if full else 1,
+                                  x2_0=warm.get("x2"))
             warm = sol
             c_new = diff.step(c, self._load(diff, sol["i"]) + extra)
             x_new = self._points(diff, c_new)

@@ -107,7 +107,7 @@ class ElectrolyteProblem:
         self.corners = k
         self.stats = SolveStats("cg-lu" if self.n_free <= DIRECT_LIMIT else "cg-amg-smoothed")
         self._M = None
-        self._first_its = None
+        self._first_its, self._renew = None, False
         log.info("electrolyte: %d free nodes, %d nodes without a path to the separator, %d of %d faces connected",
                  self.n_free, self.isolated_electrolyte_nodes, int(self.face_connected.sum()), nf)
 
@@ -132,7 +132,8 @@ class ElectrolyteProblem:
         """``K + B diag(g) B^T``: conduction plus the points' linearised kinetic conductance ``g`` (S)."""
         return (self.K + self.B @ sp.diags(g) @ self.B.T).tocsr()
 
-    def solve(self, b: np.ndarray, g: np.ndarray, rtol: float | None = None) -> np.ndarray:
+    def solve(self, b: np.ndarray, g: np.ndarray, rtol: float | None = None,
+              x0: np.ndarray | None = None) -> np.ndarray:
         """Solve ``(K + B diag(g) B^T) x = b`` for one right-hand side (n_free,) or several (n_free, m).
 
         CG preconditioned by a factorisation (small problems) or an AMG cycle (large ones) of an
@@ -140,18 +141,22 @@ class ElectrolyteProblem:
         """
         A = self.matrix(g)
         rtol = self.rtol if rtol is None else float(rtol)
-        if self._M is None:
+        if self._M is None or self._renew:
             self._setup(A)
         cols = []
-        for col in np.atleast_2d(b.T):
+        rhs = b.reshape(b.shape[0], -1)
+        starts = [None] * rhs.shape[1] if x0 is None else list(x0.reshape(rhs.shape).T)
+        for col, start in zip(rhs.T, starts):
             cols.append(checked_solve(self.stats, lambda v: A @ v, col, rtol,
-                                      lambda c=col: counted_cg(A, c, M=self._M, rtol=rtol, maxiter=self.maxiter),
-                                      _HINT))
+                                      lambda c=col, s=start: counted_cg(A, c, M=self._M, x0=s, rtol=rtol,
+                                                                        maxiter=self.maxiter), _HINT))
+            if start is not None:  # a warm start says nothing about the preconditioner
+                continue
             its = self.stats.iterations[-1]
             if self._first_its is None:
                 self._first_its = max(its, 2)
             elif its > 3 * self._first_its:
-                self._M = None  # the face conductances moved far from the preconditioner's: renew it
+                self._renew = True  # the face conductances moved far from the preconditioner's
         return np.stack(cols, axis=1) if b.ndim == 2 else cols[0]
 
     def _setup(self, A) -> None:
@@ -164,7 +169,7 @@ class ElectrolyteProblem:
 
             ml = pyamg.smoothed_aggregation_solver(A, max_coarse=300, coarse_solver="splu")
             self._M = ml.aspreconditioner(cycle="V")
-        self._first_its = None
+        self._first_its, self._renew = None, False
         self.stats.setup_s += time.perf_counter() - t0
         self.stats.setups = getattr(self.stats, "setups", 0) + 1
 

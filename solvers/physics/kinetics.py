@@ -140,7 +140,8 @@ class Kinetics:
 
 def balance_current(elec, kin: Kinetics, theta: np.ndarray, carries: np.ndarray, current_A: float, *,
                     phi0: np.ndarray | None = None, phi_s0: float | None = None,
-                    surface: tuple[np.ndarray, np.ndarray] | None = None, max_updates: int | None = None) -> dict:
+                    surface: tuple[np.ndarray, np.ndarray] | None = None, max_updates: int | None = None,
+                    x2_0: np.ndarray | None = None) -> dict:
     """The electrolyte potential and the solid potential that carry ``current_A`` through the faces.
 
     Newton on the charge balance of every free electrolyte node and on the
@@ -169,6 +170,8 @@ def balance_current(elec, kin: Kinetics, theta: np.ndarray, carries: np.ndarray,
     max_updates : int, optional
         Stop after this many Newton updates even if not converged (``converged`` says so):
         inside the diffusion-kinetics fixed point, where the surface theta moves anyway.
+    x2_0 : (n_free,), optional
+        The last call's ``x2`` (returned): the start of CG for the Schur complement's solve.
 
     Returns
     -------
@@ -195,6 +198,7 @@ def balance_current(elec, kin: Kinetics, theta: np.ndarray, carries: np.ndarray,
         phi_s = float(phi_s0)
     max_step = 4.0 / law.f  # about 0.1 V: Newton on exponentials, damped far from the solution
     max_updates = kin.newton_maxiter if max_updates is None else int(max_updates)
+    x2 = x2_0  # (K + B G B^T)^-1 B g: moves little between iterations, so the last one starts CG
     s_face, i_ref = (np.zeros_like(u), np.zeros_like(u)) if surface is None else surface
     eta = np.zeros_like(u)
     for it in range(1, kin.newton_maxiter + 1):
@@ -206,9 +210,10 @@ def balance_current(elec, kin: Kinetics, theta: np.ndarray, carries: np.ndarray,
         res = max(abs(rs), float(np.abs(r).max(initial=0.0))) / scale
         if res < kin.newton_rtol or it > max_updates:
             return {"phi": phi, "phi_s": phi_s, "i": np.where(w > 0, i, 0.0), "eta": eta,
-                    "newton_iterations": it - 1, "converged": res < kin.newton_rtol}
+                    "newton_iterations": it - 1, "converged": res < kin.newton_rtol, "x2": x2}
         c = elec.points_to_nodes(g)
-        x1, x2 = elec.solve(np.stack([-r, c], axis=1), g, rtol=CORRECTION_RTOL).T
+        x1, x2 = elec.solve(np.stack([-r, c], axis=1), g, rtol=CORRECTION_RTOL,
+                            x0=None if x2 is None else np.stack([np.zeros_like(r), x2], axis=1)).T
         dps = (-rs + c @ x1) / (float(g.sum()) - c @ x2)
         dphi = x1 + x2 * dps
         big = max(abs(dps), float(np.abs(dphi).max(initial=0.0)))
