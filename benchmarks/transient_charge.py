@@ -44,15 +44,21 @@ SAMPLE = ROOT / "samples/matbox_nmc/nmc-1-cal_generatedCBD_bridge.tif"
 AVERAGING_VOXELS = 1.5
 
 
-def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled", feedback_every=1,
-         newton_rtol=1e-6, contact_factor=1.0):
+def matbox_crop(n: int):
+    """The centred n^3 crop of the MATBOX sample as phases and particles (the demo's segmentation),
+    and the segmentation time in s."""
     raw = read_volume(SAMPLE).data
     z0, y0, x0 = ((np.array(raw.shape) - n) // 2).tolist()
     phases = np.array([1, 2, 0], np.uint8)[raw[z0:z0 + n, y0:y0 + n, x0:x0 + n]]
     t0 = time.perf_counter()
     phases = remove_small_particles(phases, 30)
     particles = label_particles(phases, spacing=(0.4,) * 3, split_depth=1.5)
-    t_seg = time.perf_counter() - t0
+    return phases, particles, time.perf_counter() - t0
+
+
+def main(n=96, steps=40, output_every=10, interface="bonded", backend="assembled", feedback_every=1,
+         newton_rtol=1e-6, contact_factor=1.0):
+    phases, particles, t_seg = matbox_crop(n)
     mesh = voxel_hex_mesh(phases, particles, [0.4e-6] * 3)
     nmc, se = get_material("NMC811"), get_material("Li6PS5Cl")
     faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
