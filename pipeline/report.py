@@ -81,10 +81,10 @@ def make_plots(out: Path, table: dict[str, np.ndarray], summary: dict) -> list[t
 
     if summary.get("interface", {}).get("model") == "cohesive":
         plots += delamination_plots(plt, out, table, summary)
-    if summary.get("mode") == "galvanostatic":
-        plots += transient_plots(plt, out, table, summary)
     if "cell_voltage_V" in summary["steps"][0]:
         plots += kinetics_plots(plt, out, table, summary)
+    if summary.get("mode") == "galvanostatic":
+        plots += transient_plots(plt, out, table, summary)
     elif len(summary["steps"]) > 1:
         fig, ax = plt.subplots(figsize=(5, 3.8))
         soc = [s["soc"] for s in summary["steps"]]

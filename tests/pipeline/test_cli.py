@@ -178,6 +178,7 @@ def test_galvanostatic_run_outputs(config_file, label_stack):
     assert 0.9 < reached < 0.99
     np.testing.assert_allclose(soc, 0.4 + 0.2 * reached * np.array([0.5, 1.0, 0.5, 0.0]), rtol=1e-9, atol=0)
     assert (out / "soc_vs_time.png").exists() and (out / "stress_vs_time.png").exists()
+    assert not (out / "stress_vs_soc.png").exists()  # the swell runs' plot (time is the axis here)
     with meshio.xdmf.TimeSeriesReader(out / "fields.xdmf") as r:
         r.read_points_cells()
         times = [r.read_data(k)[0] for k in range(r.num_steps)]
