@@ -155,10 +155,15 @@ class DiffusionProblem:
         return out
 
     def face_load(self, flux: np.ndarray) -> np.ndarray:
-        """Nodal molar inflow (mol/s) of a per-face molar flux density (mol/m^2/s, inward positive)."""
-        k = self.face_nodes.shape[1]
-        w = np.repeat(np.asarray(flux, float) * self.face_area / k, k)
-        return np.bincount(self.face_nodes.ravel(), weights=w, minlength=self.n_nodes)
+        """Nodal molar inflow (mol/s) of a molar flux density (mol/m^2/s, inward positive).
+
+        ``flux`` is per face (nf,), each corner taking a k-th of the face's area, or per face
+        corner (nf * k,), in the order of ``face_nodes.ravel()``.
+        """
+        nf, k = self.face_nodes.shape
+        w = np.asarray(flux, float).reshape(nf, -1) * (self.face_area / k)[:, None]
+        return np.bincount(self.face_nodes.ravel(), weights=np.broadcast_to(w, (nf, k)).ravel(),
+                           minlength=self.n_nodes)
 
     def stress_assisted_load(self, c: np.ndarray, sigma_h_nodes: np.ndarray, coeff: float) -> np.ndarray:
         """Nodal rate ``int coeff * c grad(sigma_h) . grad N_a dV`` (mol/s) of the stress-assisted flux.

@@ -67,13 +67,14 @@ class KineticFlux:
         v = self.last["phi_s"]
         return v >= self.voltage_limits[1] if current_A > 0 else v <= self.voltage_limits[0]
 
-    def _points(self, diff, c: np.ndarray) -> np.ndarray:
+    def _points(self, c: np.ndarray) -> np.ndarray:
         """Surface theta at every interface point (the diffusion node of each face corner)."""
         return c[self._nodes] / self.kin.law.c_max_mol_m3
 
-    def _load(self, diff, i: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _load(diff, i: np.ndarray) -> np.ndarray:
         """Nodal Li inflow (mol/s) of a current density (A/m^2, positive = out) at every point."""
-        return np.bincount(self._nodes, weights=-i * self.elec.point_area / FARADAY, minlength=diff.n_nodes)
+        return diff.face_load(-i / FARADAY)
 
     def carries(self, mask: np.ndarray) -> np.ndarray:
         """Faces that carry current: bonded (``mask``) and with an ionic path to the separator."""
@@ -116,15 +117,15 @@ class KineticFlux:
             # drop of each point's theta per A/m^2 of charge current at every point, over one step (> 0):
             # one diffusion solve from zero, the smoothest current pattern, whose response is the largest
             ones = np.ones(self._nodes.size)
-            self._response[diff.dt] = -self._points(diff, diff.step(np.zeros(diff.n_nodes), self._load(diff, ones)))
+            self._response[diff.dt] = -self._points(diff.step(np.zeros(diff.n_nodes), self._load(diff, ones)))
         response = self._response[diff.dt]
         carries = np.repeat(self.carries(mask), self.elec.corners)
         warm = self.last or {}
         if "i" in warm:  # predictor: the last step's current, diffused
             i_ref = warm["i"] * (current_A / warm["current_A"] if warm["current_A"] else 0.0)
-            x = self._points(diff, diff.step(c, self._load(diff, i_ref) + extra))
+            x = self._points(diff.step(c, self._load(diff, i_ref) + extra))
         else:
-            x, i_ref = self._points(diff, c), np.zeros(self._nodes.size)
+            x, i_ref = self._points(c), np.zeros(self._nodes.size)
         change = np.inf
         hist = []  # (x, theta it gave, current that gave it)
         full = False  # one Newton update per iteration while the surface theta still moves, then a full solve
@@ -135,7 +136,7 @@ class KineticFlux:
                                   x2_0=warm.get("x2"))
             warm = sol
             c_new = diff.step(c, self._load(diff, sol["i"]) + extra)
-            x_new = self._points(diff, c_new)
+            x_new = self._points(c_new)
             change = float(np.abs(x_new - x).max(initial=0.0))
             log.debug("kinetic iteration %d: surface theta changes by %.2e, phi_s %.5f V, %d Newton",
                       k, change, sol["phi_s"], sol["newton_iterations"])
@@ -152,12 +153,12 @@ class KineticFlux:
     def _record(self, sol: dict, theta: np.ndarray, carries: np.ndarray, current_A: float, k: int) -> dict:
         """The step's record: point values and their face means (``*_face``, equal corner weights)."""
         face = lambda v: v.reshape(-1, self.elec.corners).mean(axis=1)  # noqa: E731
-        on = carries.astype(float)
-        with np.errstate(invalid="ignore"):
-            eta_face = face(on * sol["eta"]) / face(on)
+        on = face(carries.astype(float))  # fraction of each face's corners that carry
+        with np.errstate(invalid="ignore", divide="ignore"):
+            eta_face = np.where(on > 0, face(carries * sol["eta"]) / on, np.nan)
         return {**sol, "current_A": float(current_A), "theta": theta, "kinetic_iterations": k,
-                "i_face": face(sol["i"]), "eta_face": np.where(face(on) > 0, eta_face, np.nan),
-                "theta_face": face(theta), "carries": face(on) > 0, "connected": self.elec.face_connected}
+                "i_face": face(sol["i"]), "eta_face": eta_face, "theta_face": face(theta), "carries": on > 0,
+                "connected": self.elec.face_connected}
 
 
 def _anderson(hist: list) -> tuple[np.ndarray, np.ndarray]:

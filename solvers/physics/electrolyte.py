@@ -55,7 +55,6 @@ class ElectrolyteProblem:
         Mesh nodes of the electrolyte on the separator face (potential 0).
     face_connected : (nf,) bool
         Faces whose electrolyte nodes reach the separator.
-    face_area : (nf,) m^2
     point_area, point_connected : (nf * k,)
         The interface points (face corners, ``k`` per face, point ``f * k + a`` is corner ``a``
         of face ``f``): a ``k``-th of the face's area each, and whether its node reaches the separator.
@@ -84,9 +83,7 @@ class ElectrolyteProblem:
         self.free_nodes = nodes[free]
         self.separator_nodes = nodes[top]
         self.n_free = int(free.sum())
-        self.isolated_electrolyte_nodes = int((~reach).sum())
         self.K = K[free][:, free].tocsr()
-        # faces -> electrolyte nodes: each face's current goes to its nodes in equal parts
         fn = _face_nodes(mesh, faces)  # (nf, k) mesh nodes
         pos = np.searchsorted(nodes, fn)
         ok = (pos < nodes.size) & (nodes[np.minimum(pos, nodes.size - 1)] == fn)
@@ -100,16 +97,15 @@ class ElectrolyteProblem:
         col = np.full(nodes.size, -1, np.int64)
         col[free] = np.arange(self.n_free)
         c = col[pos].ravel()
-        keep = c >= 0
+        keep = c >= 0  # B: point -> its free node (one entry per column; none on the separator or cut off)
         self.B = sp.csr_matrix((np.ones(int(keep.sum())), (c[keep], np.flatnonzero(keep))), shape=(self.n_free, nf * k))
-        self.face_area = np.asarray(faces["area"], float)
-        self.point_area = np.repeat(self.face_area / k, k)
+        self.point_area = np.repeat(np.asarray(faces["area"], float) / k, k)
         self.corners = k
         self.stats = SolveStats("cg-lu" if self.n_free <= DIRECT_LIMIT else "cg-amg-smoothed")
         self._M = None
         self._first_its, self._renew = None, False
         log.info("electrolyte: %d free nodes, %d nodes without a path to the separator, %d of %d faces connected",
-                 self.n_free, self.isolated_electrolyte_nodes, int(self.face_connected.sum()), nf)
+                 self.n_free, int((~reach).sum()), int(self.face_connected.sum()), nf)
 
     def summary(self) -> dict:
         """What summary.json reports: the solver statistics, nodes and faces without an ionic path."""
@@ -129,8 +125,11 @@ class ElectrolyteProblem:
         return self.K @ phi
 
     def matrix(self, g: np.ndarray) -> sp.csr_matrix:
-        """``K + B diag(g) B^T``: conduction plus the points' linearised kinetic conductance ``g`` (S)."""
-        return (self.K + self.B @ sp.diags(g) @ self.B.T).tocsr()
+        """``K + B diag(g) B^T``: conduction plus the points' linearised kinetic conductance ``g`` (S).
+
+        Each point sits on one node, so ``B diag(g) B^T`` is the diagonal of the nodes' summed ``g``.
+        """
+        return (self.K + sp.diags(self.B @ g)).tocsr()
 
     def solve(self, b: np.ndarray, g: np.ndarray, rtol: float | None = None,
               x0: np.ndarray | None = None) -> np.ndarray:
@@ -171,7 +170,6 @@ class ElectrolyteProblem:
             self._M = ml.aspreconditioner(cycle="V")
         self._first_its, self._renew = None, False
         self.stats.setup_s += time.perf_counter() - t0
-        self.stats.setups = getattr(self.stats, "setups", 0) + 1
 
 
 _HINT = "the electrolyte conduction problem is ill-posed: check kappa_S_m and the electrolyte's connectivity"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from solvers.physics.diffusion import FARADAY
 from tomomech.errors import ConfigError
 
 
@@ -159,7 +160,7 @@ PRESETS: dict[str, Material] = {
             # OCP and kinetics: Chen et al., J. Electrochem. Soc. 167 (2020) 080534, as PyBaMM's
             # "Chen2020" set: i0 = m_ref sqrt(c_e c_s (c_max - c_s)), m_ref = 3.42e-6 (A/m^2)(m^3/mol)^1.5,
             # at c_e = 1000 mol/m^3 of the liquid cell it was fitted in: k0 = m_ref sqrt(1000) / F
-            ocp="Chen2020-NMC811", k0_m_s=3.42e-6 * 1000**0.5 / 96485.33212,
+            ocp="Chen2020-NMC811", k0_m_s=3.42e-6 * 1000**0.5 / FARADAY,
             source=f"{_PH}; E: secondary-particle nanoindentation (199 GPa for dense pellets); "
                    "volume change: de Biasi 2017, Koerver 2018 (shape approximate); OCP and k0: Chen 2020 "
                    "(liquid-electrolyte fit, carried over to the SE interface)",
