@@ -205,15 +205,9 @@ def test_time_step_convergence_of_peak_stress(config_file):
 
 
 
-@pytest.mark.parametrize("kind, backend", [("voxel-hex", "assembled"), ("conforming-tet", "assembled"),
-                                           ("voxel-hex", "matrix-free")])
-def test_cohesive_galvanostatic_run_reports_delamination(tmp_path, kind, backend):
-    """End to end with [interface] model = "cohesive" on a 12^3 sample, charge and discharge, with the
-    node-pair model (assembled) and the cohesive band (matrix-free): damage never heals (per particle
-    and in total), the per-particle and per-step delamination outputs are consistent, fields.xdmf
-    carries the damage and the report plots it (about 1 min per case)."""
-    if kind == "conforming-tet":
-        pytest.importorskip("pygalmesh")
+def cohesive_charge_config(tmp_path, *, kind="voxel-hex", backend="assembled", active="'NMC'", cycles=2, extra=""):
+    """A 12^3 composite and the config of a 1C cohesive charge (0.6 -> 0.3, 3 steps a half-cycle, every step
+    written) on it, with the assembled (node pairs) or matrix-free (band) options the tests use."""
     phases, _ = make_composite((12, 12, 12), active_fraction=0.45, void_fraction=0.08, radius=3, seed=11)
     write_volume(tmp_path / "stack.tif", phases, (0.5, 0.5, 0.5))
     options = ("newton_rtol = 1e-5\ncontact_factor = 0.5" if backend == "assembled" else
@@ -223,7 +217,7 @@ def test_cohesive_galvanostatic_run_reports_delamination(tmp_path, kind, backend
 [mesh]
 kind = "{kind}"
 [materials]
-active = 'NMC'
+active = {active}
 [interface]
 model = 'cohesive'
 strength_MPa = 20.0
@@ -235,13 +229,27 @@ soc_start = 0.6
 soc_end = 0.3
 c_rate = 1.0
 steps = 3
-cycles = 2
+cycles = {cycles}
 output_every = 1
+{extra}
 [solver]
 backend = "{backend}"
 [output]
 dir = "out"
 """))
+    return cfg
+
+
+@pytest.mark.parametrize("kind, backend", [("voxel-hex", "assembled"), ("conforming-tet", "assembled"),
+                                           ("voxel-hex", "matrix-free")])
+def test_cohesive_galvanostatic_run_reports_delamination(tmp_path, kind, backend):
+    """End to end with [interface] model = "cohesive" on a 12^3 sample, charge and discharge, with the
+    node-pair model (assembled) and the cohesive band (matrix-free): damage never heals (per particle
+    and in total), the per-particle and per-step delamination outputs are consistent, fields.xdmf
+    carries the damage and the report plots it (about 1 min per case)."""
+    if kind == "conforming-tet":
+        pytest.importorskip("pygalmesh")
+    cfg = cohesive_charge_config(tmp_path, kind=kind, backend=backend)
     assert main(["-q", "run", str(cfg)]) == 0
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
@@ -391,32 +399,8 @@ def test_cohesive_butler_volmer_run(tmp_path):
     """Delamination and Butler-Volmer kinetics together (assembled node pairs, 12^3, an inline active
     material given the Chen 2020 OCP): the run writes both sets of outputs, and the current shares add up
     to 1 at every step (that debonded faces carry none is test_kinetics' masking test)."""
-    phases, _ = make_composite((12, 12, 12), active_fraction=0.45, void_fraction=0.08, radius=3, seed=11)
-    write_volume(tmp_path / "stack.tif", phases, (0.5, 0.5, 0.5))
-    cfg = tmp_path / "run.toml"
-    cfg.write_text(label_run_config("""
-[materials]
-active = { base = 'NMC', ocp = 'Chen2020-NMC811', k0_m_s = 1e-10 }
-[interface]
-model = 'cohesive'
-strength_MPa = 20.0
-fracture_energy_J_m2 = 0.5
-newton_rtol = 1e-5
-contact_factor = 0.5
-[cycling]
-mode = 'galvanostatic'
-soc_start = 0.6
-soc_end = 0.3
-c_rate = 1.0
-steps = 3
-output_every = 1
-[electrochemistry]
-kinetics = 'butler-volmer'
-[solver]
-backend = "assembled"
-[output]
-dir = "out"
-"""))
+    cfg = cohesive_charge_config(tmp_path, active="{ base = 'NMC', ocp = 'Chen2020-NMC811', k0_m_s = 1e-10 }",
+                                 cycles=1, extra="[electrochemistry]\nkinetics = 'butler-volmer'")
     assert main(["-q", "run", str(cfg)]) == 0
     out = tmp_path / "out"
     steps = json.loads((out / "summary.json").read_text())["steps"]
