@@ -103,7 +103,9 @@ class KineticFlux:
                     f"{err} at dt = {diff.dt:.3g} s, after {cuts} cuts of the time step: the particles' surfaces "
                     "cannot take the current (the cell is at its limit); lower [cycling] c_rate, narrow the SOC "
                     "window, or give more [cycling] steps", iterations=err.iterations, residual=err.residual) from err
-            half = self._halves.get(diff.dt) or self._halves.setdefault(diff.dt, diff.with_dt(diff.dt / 2))
+            if diff.dt not in self._halves:  # built once per step size, reused by every later cut
+                self._halves[diff.dt] = diff.with_dt(diff.dt / 2)
+            half = self._halves[diff.dt]
             log.info("Butler-Volmer step at dt = %.3g s cut in two (%s)", diff.dt, err)
             c_half = self.step(half, c, extra, mask, current_A, cuts + 1)
             return self.step(half, c_half, extra, mask, current_A, cuts + 1)
