@@ -6,14 +6,14 @@ APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-i
 	libcgal-dev libeigen3-dev
 # pygalmesh (GPL-3, optional extra `mesh`) has no wheel: built once (about 6 min) into this cache
 WHEELS ?= $(HOME)/.cache/tomomech-wheels
-# core: what `make run` needs (no napari, no pygalmesh); full: tests, napari, docs and pygalmesh
+# core: what `make run` needs (porespy for the descriptors; no napari, no pygalmesh); full: tests, napari, docs and pygalmesh
 CORE_STAMP := .deps-core
 DEPS_STAMP := .deps-installed
 
 .PHONY: run test deps lint bench docs
 
 $(CORE_STAMP): pyproject.toml Makefile
-	$(PYTHON) -m pip install -q --disable-pip-version-check -e .
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[porespy]"
 	@touch $@
 
 $(DEPS_STAMP): pyproject.toml Makefile

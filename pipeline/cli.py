@@ -1,4 +1,4 @@
-"""Command line: ``tomomech init|run|segment|mesh|solve|report|view|study|materials``."""
+"""Command line: ``tomomech init|run|segment|describe|mesh|solve|report|view|study|materials``."""
 
 from __future__ import annotations
 
@@ -83,6 +83,10 @@ def cmd_run(args, stages) -> int:
     cb, bar = _progress_bar(args.quiet > 0)
     with bar:
         out = run(cfg, stages=stages, progress=cb, force=args.force)
+    if stages == ("segment", "describe"):
+        from pipeline.microstructure_report import write_page
+
+        out = write_page(out)
     log.info("results in %s", out)
     print(out)
     return 0
@@ -146,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="count", default=0, help="less logging, no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
     helps = {"run": "all stages", "segment": "stack -> phases.tif, particles.tif",
+             "describe": "phases -> microstructure.json, microstructure.html (descriptors, tortuosity)",
              "mesh": "phases -> mesh.xdmf", "solve": "mesh -> fields, particles.csv, summary.json",
              "report": "tables -> report.html"}
     for name, h in helps.items():
@@ -180,7 +185,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
-    stages = {"run": ("segment", "mesh", "solve", "report"), "segment": ("segment",),
+    stages = {"run": ("segment", "describe", "mesh", "solve", "report"), "segment": ("segment",),
+              "describe": ("segment", "describe"),
               "mesh": ("segment", "mesh"), "solve": ("segment", "solve"), "report": ("report",)}
     try:
         if args.command == "materials":

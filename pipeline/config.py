@@ -88,6 +88,10 @@ class SegmentationConfig:
     "nlmeans"`` before thresholding, with ``denoise_strength`` (voxels). ``min_particle_voxels``:
     smaller active islands go to their neighbouring phase. ``split_touching``: split touching
     particles by a distance-transform watershed whose h-maxima depth is ``split_depth_voxels``.
+    ``split_method``: ``"watershed"`` (that h-maxima watershed) or ``"snow"`` (porespy's SNOW
+    partitioning: a watershed seeded by the maxima of the blurred distance transform, with saddle
+    and nearby peaks trimmed; porespy's defaults r_max = 4 voxels, sigma = 0.4; needs the optional
+    ``porespy`` extra). ``split_depth_voxels`` applies to the watershed only.
     """
 
     method: str = "multiotsu"
@@ -98,9 +102,11 @@ class SegmentationConfig:
     min_particle_voxels: int = 20
     split_touching: bool = True
     split_depth_voxels: float = 1.0
+    split_method: str = "watershed"
 
     def __post_init__(self):
         _check_choice("segmentation.method", self.method, ("labels", "multiotsu", "thresholds"))
+        _check_choice("segmentation.split_method", self.split_method, ("watershed", "snow"))
         _check_choice("segmentation.denoise", self.denoise, ("none", "median", "gaussian", "nlmeans"))
         if self.method == "thresholds" and not self.thresholds:
             raise ConfigError("segmentation.method = 'thresholds' needs segmentation.thresholds = [t1, t2]")
@@ -480,6 +486,37 @@ class StatisticsConfig:
 
 
 @dataclass(frozen=True)
+class DescribeConfig:
+    """[describe]: microstructure descriptors (``microstructure.json``, report section, study columns).
+
+    ``enabled``: run the describe stage inside ``tomomech run`` (``tomomech describe`` runs it
+    alone). ``tortuosity_axes``: the axes along which the electrolyte's conductivity ratio and
+    tortuosity factor are solved (``"z"`` is through the electrode, separator at the top);
+    ``tortuosity_rtol`` is the relative residual of those solves. ``bins``: bins of the size
+    and chord-length distributions. ``porespy``: use porespy (the optional ``[porespy]``
+    extra) for local thickness, chord lengths and the two-point correlation; without it (or
+    with ``false``) those are left out and ``microstructure.json`` says so.
+    """
+
+    enabled: bool = True
+    tortuosity_axes: list = field(default_factory=lambda: ["z", "y", "x"])
+    tortuosity_rtol: float = 1e-8
+    bins: int = 25
+    porespy: bool = True
+
+    def __post_init__(self):
+        axes = list(self.tortuosity_axes)
+        for a in axes:
+            _check_choice("describe.tortuosity_axes entry", a, ("z", "y", "x"))
+        if len(set(axes)) != len(axes):
+            raise ConfigError(f"describe.tortuosity_axes = {axes!r} names an axis twice")
+        if not 0 < self.tortuosity_rtol < 1e-2:
+            raise ConfigError(f"describe.tortuosity_rtol = {self.tortuosity_rtol!r} must lie in (0, 0.01)")
+        if self.bins < 2:
+            raise ConfigError(f"describe.bins = {self.bins!r} must be at least 2")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """[output]: ``dir``, the results folder (relative to the config file; ``-o`` overrides it)."""
 
@@ -540,6 +577,7 @@ class Config:
     electrochemistry: ElectrochemistryConfig = field(default_factory=ElectrochemistryConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
+    describe: DescribeConfig = field(default_factory=DescribeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
 

@@ -309,6 +309,7 @@ def write_report(out: str | Path) -> Path:
     show = ["particle_id", "eq_diameter_um", "touches_boundary", "isolated", "local_void_fraction",
             PARTICLE_STRESS, "von_mises_max_MPa", "hydrostatic_mean_MPa", "interface_normal_traction_mean_MPa"]
     plt = _fig()
+    from pipeline.microstructure_report import section as microstructure_section
     from pipeline.slices import fields_montage, microstructure_montage
 
     montages = {"slices_microstructure.png": microstructure_montage(plt, out, table),
@@ -342,6 +343,7 @@ stresses depend on the box conditions.</p>{_onset_html(summary)}
 <h2>Slices</h2>{''.join(f'<p>{html.escape(c)}</p><img src="{f}" alt="{html.escape(c)}">' for f, c in slices)}
 <h2>Steps</h2>{_table_html(steps_cols, range(len(summary['steps'])))}
 {''.join(f'<h3>{html.escape(c)}</h3><img src="{f}">' for f, c in plots)}
+{microstructure_section(plt, out)}
 <h2>Ten most stressed particles (last step, by p95 von Mises)</h2>
 <p>von_mises_max_MPa is the largest cell value: a voxel-corner value, not a particle stress.</p>
 {_table_html({k: table[k] for k in show}, top)}

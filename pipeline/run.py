@@ -3,6 +3,7 @@
 Stages (each reads and writes the results folder, see shared/DESIGN.md)::
 
     segment : stack -> phases.tif, particles.tif
+    describe: phases, particles -> microstructure.json (descriptors, electrolyte tortuosity)
     mesh    : phases, particles -> mesh.xdmf (mesh.vtu on request)
     solve   : mesh -> fields.xdmf/.h5, particles.csv, summary.json
     report  : particles.csv, summary.json -> report.html + PNGs
@@ -43,6 +44,7 @@ Progress = Callable[[str, int, int], None]
 
 STAGE_FILES = {
     "segment": ("phases.tif", "particles.tif"),
+    "describe": ("microstructure.json",),
     "mesh": ("mesh.xdmf", "mesh.h5"),
     "solve": ("fields.xdmf", "fields.h5", "particles.csv", "summary.json"),
 }
@@ -112,7 +114,7 @@ def segment_stage(image: np.ndarray, sc, spacing_um) -> tuple[np.ndarray, np.nda
         phases[:, ~inside] = 0
     phases = remove_small_particles(phases, sc.min_particle_voxels)
     particles = label_particles(phases, spacing=spacing_um, split_touching=sc.split_touching,
-                                split_depth=sc.split_depth_voxels)
+                                split_depth=sc.split_depth_voxels, method=sc.split_method)
     return phases, particles
 
 
@@ -356,7 +358,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run(cfg: Config, *, stages=("segment", "mesh", "solve", "report"), progress: Progress = _noop,
+def run(cfg: Config, *, stages=("segment", "describe", "mesh", "solve", "report"), progress: Progress = _noop,
         force: bool = False) -> Path:
     """Run the pipeline (or some stages of it) into ``cfg.output.dir``.
 
@@ -415,6 +417,20 @@ def _run(cfg: Config, out: Path, stages, progress: Progress, force: bool) -> Pat
         cached["edits"] = True
         log.info("using hand-edited labels from %s", out / EDITS)
 
+    if "describe" in stages and (cfg.describe.enabled or "solve" not in stages):  # `tomomech describe` asks for it
+        describe_key = content_key(seg_key, asdict(cfg.describe), __version__)
+        if not force and ws.fresh("describe", describe_key):
+            cached["describe"] = True
+        else:
+            from pipeline.describe import describe_stage
+
+            t0 = time.perf_counter()
+            progress("describe", 0, 1)
+            io.write_json(out / "microstructure.json", describe_stage(phases, particles, spacing, cfg.describe))
+            ws.mark("describe", describe_key)
+            cached["describe"] = False
+            timings["describe_s"] = time.perf_counter() - t0
+            progress("describe", 1, 1)
     solve_key = content_key(seg_key, *(asdict(getattr(cfg, s)) for s in
                                 ("mesh", "materials", "mechanics", "cycling", "solver", "statistics")))
     summary = None

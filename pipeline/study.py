@@ -4,6 +4,7 @@ A study file names a base run config and the axes to vary::
 
     base = "../samples/matbox_nmc/demo.toml"
     combine = "product"            # or "zip"
+    plot_against = ["void_fraction", "electrolyte_tortuosity_z"]   # study.csv columns (default: void)
     [sweep]                        # dotted config keys -> values
     "materials.electrolyte.E_GPa" = [10.0, 22.0]
     [crops]                        # tiles of the base input
@@ -18,8 +19,9 @@ A study file names a base run config and the axes to vary::
 Every case runs the normal pipeline into ``cases/<id>`` where ``id`` is a hash
 of its resolved config and input, so a finished case is never recomputed and
 an interrupted study resumes. A failing case is recorded and does not stop
-the others. Results: study.csv (one row per case), particles_all.csv, plots,
-report.html.
+the others. Results: study.csv (one row per case: swept keys, outcomes and the
+microstructure descriptors of microstructure.json), particles_all.csv, plots of
+the outcomes against each ``plot_against`` column with their regressions, report.html.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Study:
     base_dir: Path
     cases: tuple[Case, ...]
     swept_keys: tuple[str, ...] = field(default_factory=tuple)
+    plot_against: tuple[str, ...] = ("void_fraction",)
 
 
 def _set(d: dict, dotted: str, value) -> None:
@@ -88,7 +91,7 @@ def load_study(path: str | Path) -> Study:
     """Read a study TOML file and expand its cases (validated before anything runs)."""
     path = Path(path)
     data = read_toml(path, "study file")
-    allowed = {"base", "combine", "sweep", "crops", "synthetic"}
+    allowed = {"base", "combine", "sweep", "crops", "synthetic", "plot_against"}
     unknown = set(data) - allowed
     if unknown:
         raise ConfigError(f"unknown study keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -161,7 +164,11 @@ def load_study(path: str | Path) -> Study:
         label = "-".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in swept.items())
         cases.append(Case(name=f"{key}", config=cfg, swept=swept, synthetic=synthetic, key=key))
         log.debug("case %s: %s", key, label)
-    return Study(base, base_dir, tuple(cases), tuple(names))
+    against = data.get("plot_against", ["void_fraction"])
+    if not (isinstance(against, list) and against and all(isinstance(a, str) for a in against)):
+        raise ConfigError(f"study plot_against = {against!r}: give a list of study.csv column names, e.g. "
+                          "['void_fraction', 'electrolyte_tortuosity_z', 'ap_se_area_per_volume_per_um']")
+    return Study(base, base_dir, tuple(cases), tuple(names), tuple(against))
 
 
 def _short(v) -> str:
@@ -334,6 +341,9 @@ def run_outcomes(folder: Path) -> tuple[dict, dict]:
         "interface_normal_traction_mean_MPa": last["interface_normal_traction_mean_MPa"],
         "debonded_fraction": last.get("debonded_fraction", np.nan),
     }
+    if (folder / "microstructure.json").exists():
+        for k, v in io.read_json(folder / "microstructure.json")["scalars"].items():
+            outcomes.setdefault(k, v)
     parts = {k: v[rows] for k, v in table.items()}
     parts["case_void_fraction"] = np.full(int(rows.sum()), last["void_fraction"])
     return outcomes, parts
@@ -403,34 +413,39 @@ def aggregate(study: Study, out: Path) -> dict:
         keys = [k for k in parts[0] if all(k in p for p in parts)]
         io.write_csv(out / "particles_all.csv", {k: np.concatenate([p[k] for p in parts]) for k in keys})
     reg = {}
+    for x in study.plot_against:
+        if x not in cols:
+            log.warning("study: plot_against column %r is not in study.csv (columns: %s)", x, ", ".join(cols))
+            continue
+        xs = cols[x].astype(float)
+        reg.update({k if x == "void_fraction" else f"{k}_vs_{x}": regression(xs, cols[k].astype(float))
+                    for k in OUTCOMES if k in cols})
     if "void_fraction" in cols:
-        vf = cols["void_fraction"].astype(float)
-        reg = {k: regression(vf, cols[k].astype(float)) for k in OUTCOMES if k in cols}
         if parts:
             pv = np.concatenate([p["local_void_fraction"] for p in parts])
             ps = np.concatenate([p["von_mises_mean_MPa"] for p in parts])
             reg["particle_local_void_vs_von_mises_mean"] = regression(pv, ps)
     io.write_json(out / "regression.json", reg)
-    _study_report(out, cols, parts, reg)
+    _study_report(out, cols, parts, reg, [x for x in study.plot_against if x in cols])
     return {"study_csv": str(out / "study.csv"), "regression": reg}
 
 
-def _study_report(out: Path, cols, parts, reg) -> None:
+def _study_report(out: Path, cols, parts, reg, against) -> None:
     import html
 
     from pipeline.report import _fig, _save, _table_html
 
     plt = _fig()
     imgs = []
-    if "void_fraction" in cols:
-        vf = cols["void_fraction"].astype(float)
+    for x in against:
+        xs = cols[x].astype(float)
         fig, axes = plt.subplots(1, len(OUTCOMES), figsize=(4.2 * len(OUTCOMES), 3.6))
         for ax, (k, label) in zip(axes, OUTCOMES.items()):
-            _fit_band(ax, vf, cols[k].astype(float))
-            ax.set_xlabel("void fraction")
+            _fit_band(ax, xs, cols[k].astype(float))
+            ax.set_xlabel(x.replace("_", " "))
             ax.set_ylabel(label)
         fig.tight_layout()
-        imgs.append(_save(plt, fig, out / "void_vs_stress.png"))
+        imgs.append(_save(plt, fig, out / ("void_vs_stress.png" if x == "void_fraction" else f"{x}_vs_stress.png")))
     if parts:
         fig, ax = plt.subplots(figsize=(5, 3.8))
         pv = np.concatenate([p["local_void_fraction"] for p in parts])
@@ -446,8 +461,8 @@ def _study_report(out: Path, cols, parts, reg) -> None:
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tomomech study</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:2px 6px}}img{{max-width:100%}}</style></head><body>
-<h1>Study: void fraction against stress</h1>
-<h2>Linear regressions on void fraction (95 % confidence interval of the slope)</h2>
+<h1>Study: microstructure against stress</h1>
+<h2>Linear regressions on {html.escape(", ".join(against))} (95 % confidence interval of the slope)</h2>
 <table><tr><th>outcome</th><th>n</th><th>slope</th><th>95 % CI</th><th>r2</th><th>p</th></tr>{reg_rows}</table>
 {''.join(f'<img src="{i}">' for i in imgs)}
 <h2>Cases</h2>{_table_html(cols, range(len(cols['case'])))}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from segmentation.descriptors import ionic_paths
 from segmentation.phases import Phase
 
 
@@ -70,6 +71,8 @@ def particle_geometry(
         anything else), ``se_contact_area_um2``, ``void_contact_area_um2``,
         ``particle_contact_area_um2``, ``contact_fraction`` (SE area over
         surface area), ``touches_boundary``, ``isolated`` (no SE contact),
+        ``ionic_path`` (a face on electrolyte that reaches the separator face,
+        z = top: :func:`segmentation.descriptors.ionic_paths`),
         ``local_void_fraction``.
     """
     ph = np.asarray(phases).ravel()
@@ -139,5 +142,6 @@ def particle_geometry(
         "contact_fraction": cfrac[sl],
         "touches_boundary": touches[sl],
         "isolated": se[sl] == 0,
+        "ionic_path": ionic_paths(phases, lab3)[1],
         "local_void_fraction": lvf[sl],
     }

@@ -40,3 +40,7 @@ class ConvergenceError(TomomechError, RuntimeError):
         super().__init__(message)
         self.iterations = iterations
         self.residual = residual
+
+
+class MissingExtraError(TomomechError, ImportError):
+    """An optional dependency (a pip extra) is needed for this and is not installed."""

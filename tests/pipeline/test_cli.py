@@ -58,10 +58,11 @@ def test_solver_option_change_does_not_resegment(config_file):
     config_file.write_text(text)
     assert main(["-q", "run", str(config_file)]) == 0
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["cached"] == {"segment": True, "solve": False}
+    assert prov["cached"] == {"segment": True, "describe": True, "solve": False}
     assert (out / "phases.tif").stat().st_mtime_ns == mtime
     assert main(["-q", "run", str(config_file)]) == 0  # nothing changed: nothing recomputed
-    assert json.loads((out / "provenance.json").read_text())["cached"] == {"segment": True, "solve": True}
+    cached = json.loads((out / "provenance.json").read_text())["cached"]
+    assert cached == {"segment": True, "describe": True, "solve": True}
 
 
 def test_run_stack_with_voxel_size_and_stage_commands(tmp_path, label_stack, capsys):

@@ -44,6 +44,8 @@ def make(**sections):
     ({"cycling": {"soc_end": 1.5}}, r"cycling.soc_end = 1.5 must lie in \[0, 1\]"),
     ({"cycling": {"soc_end": 0.1}}, "outside the volume-change table of NMC811"),
     ({"segmentation": {"method": "thresholds"}}, "needs segmentation.thresholds"),
+    ({"segmentation": {"split_method": "bogus"}},
+     r"segmentation.split_method = 'bogus' is not allowed: use one of 'watershed', 'snow'"),
     ({"segmentation": {"phase_map": {"0": "pore", "1": "active"}}}, "phase_map.0 = 'pore'"),
     ({"materials": {"active": "NMC9000"}}, "not a preset"),
     ({"materials": {"active": {"E_GPa": 100}}}, "inline material needs nu"),

@@ -32,7 +32,7 @@ def write_study(folder, body: str, base: str = BASE, name: str = "study.toml"):
 
 @pytest.fixture
 def study_file(tmp_path):
-    return write_study(tmp_path, """
+    return write_study(tmp_path, """plot_against = ["void_fraction", "electrolyte_tortuosity_z"]
 [synthetic]
 shape = [14, 14, 14]
 active_fraction = 0.4
@@ -58,9 +58,15 @@ def test_four_case_study_aggregates_resumes_and_reproduces(study_file, tmp_path)
             s["steps"][-1]["phases"]["active"]["von_mises_mean_MPa"], rel=1e-5)
         parts = io.read_csv(out / "cases" / case / "particles.csv")
         assert table["particle_count"][i] == parts["particle_id"].size
+        ms = json.loads((out / "cases" / case / "microstructure.json").read_text())["scalars"]
+        for k in ("electrolyte_tortuosity_z", "ap_se_area_per_volume_per_um", "electrolyte_connected_fraction"):
+            assert table[k][i] == pytest.approx(ms[k], rel=1e-5)  # every descriptor is a column (6 digits)
     pa = io.read_csv(out / "particles_all.csv")
     assert pa["case"].size == int(table["particle_count"].sum())
     assert (out / "report.html").exists() and (out / "void_vs_stress.png").exists()
+    assert (out / "electrolyte_tortuosity_z_vs_stress.png").exists()
+    reg = json.loads((out / "regression.json").read_text())
+    assert reg["active_von_mises_mean_MPa_vs_electrolyte_tortuosity_z"]["n"] == 4
     first = (out / "study.csv").read_text()
     # resume: nothing is recomputed, and the aggregate is identical
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("cases/*/summary.json")}

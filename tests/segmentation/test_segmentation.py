@@ -44,6 +44,53 @@ def test_touching_spheres_split_by_watershed():
     assert abs(sizes[0] - sizes[1]) < 0.05 * sizes.sum()
 
 
+def _two_touching_spheres():
+    """Radii 10 and 8 voxels, centres 17 voxels apart: they overlap by one voxel."""
+    return balls((32, 32, 44), [(16, 16, 12), (16, 16, 29)], [10, 8])
+
+
+def test_snow_splits_touching_spheres_each_within_5_percent_of_its_volume():
+    pytest.importorskip("porespy")
+    ph = _two_touching_spheres()
+    lab = label_particles(ph, spacing=(0.4, 0.4, 0.4), split_touching=True, method="snow")
+    assert lab.max() == 2
+    sizes = np.bincount(lab.ravel())[1:]
+    # label 1 is the first in raster order: the big sphere reaches the lowest z
+    for size, r in zip(sizes, (10, 8)):
+        assert abs(size - 4 / 3 * np.pi * r**3) < 0.05 * (4 / 3 * np.pi * r**3)
+
+
+def test_snow_labels_only_the_active_phase_numbered_consecutively():
+    pytest.importorskip("porespy")
+    ph = balls((40, 40, 40), [(10, 10, 10), (30, 10, 25), (20, 30, 20), (20, 30, 31)], [5, 6, 6, 7])
+    ph[ph == Phase.ELECTROLYTE] = np.where(np.indices(ph.shape)[0] < 20, Phase.VOID, Phase.ELECTROLYTE)[
+        ph == Phase.ELECTROLYTE]
+    lab = label_particles(ph, split_touching=True, method="snow")
+    active = ph == Phase.ACTIVE
+    assert (lab[~active] == 0).all() and (lab[active] > 0).all()
+    n = lab.max()
+    assert n >= 4 and set(np.unique(lab)) == set(range(n + 1))
+    # numbered in raster order of the first voxel
+    _, first = np.unique(lab.ravel(), return_index=True)
+    assert (np.diff(first[1:]) > 0).all()
+
+
+def test_snow_leaves_numpy_error_state_and_root_logging_alone():
+    import logging
+
+    pytest.importorskip("porespy")
+    err, root = np.geterr(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    label_particles(_two_touching_spheres(), split_touching=True, method="snow")
+    assert np.geterr() == err
+    assert root.handlers == handlers and root.level == level
+
+
+def test_unknown_split_method_is_refused():
+    with pytest.raises(InputError, match="'watershed' or 'snow'"):
+        label_particles(_two_touching_spheres(), method="bogus")
+
+
 def test_multiotsu_recovers_phase_fractions():
     phases, _ = make_composite((40, 40, 40), active_fraction=0.45, void_fraction=0.15, seed=2)
     rng = np.random.default_rng(0)
