@@ -500,7 +500,7 @@ class DescribeConfig:
 
     enabled: bool = True
     tortuosity_axes: list = field(default_factory=lambda: ["z", "y", "x"])
-    tortuosity_rtol: float = 1e-8
+    tortuosity_rtol: float = 1e-6
     bins: int = 25
     porespy: bool = True
 

@@ -117,7 +117,7 @@ def conductance_matrix(index: np.ndarray, kappa: np.ndarray, spacing) -> sp.csr_
     return (off - sp.diags(np.asarray(off.sum(axis=1)).ravel())).tocsr()
 
 
-def transport(mask: np.ndarray, axis: str | int = "z", spacing=(1.0, 1.0, 1.0), *, rtol: float = 1e-8,
+def transport(mask: np.ndarray, axis: str | int = "z", spacing=(1.0, 1.0, 1.0), *, rtol: float = 1e-6,
               maxiter: int = 200) -> Transport:
     """Conductivity ratio and tortuosity factor of the phase ``mask`` along one axis.
 
