@@ -77,8 +77,10 @@ def percolating(mask: np.ndarray, axis: int) -> np.ndarray:
     """The voxels of ``mask`` 6-connected to both end faces along ``axis``. (Z, Y, X) bool."""
     lab, _ = ndi.label(mask)
     lo, hi = _end_slices(axis)
-    both = np.intersect1d(lab[lo], lab[hi])
-    return np.isin(lab, both[both > 0])
+    keep = np.zeros(int(lab.max()) + 1, bool)
+    keep[np.intersect1d(lab[lo], lab[hi])] = True
+    keep[0] = False
+    return keep[lab]
 
 
 def conductance_matrix(index: np.ndarray, kappa: np.ndarray, spacing) -> sp.csr_matrix:
@@ -100,21 +102,25 @@ def conductance_matrix(index: np.ndarray, kappa: np.ndarray, spacing) -> sp.csr_
     """
     h = np.asarray(spacing, float)
     area = np.array([h[1] * h[2], h[0] * h[2], h[0] * h[1]])
-    n = int(index.max()) + 1
+    flat, kap = index.ravel(), kappa.ravel()
+    voxel = np.flatnonzero(flat >= 0)  # the unknowns' voxels, in unknown order (raster)
+    n = voxel.size
+    coord = np.unravel_index(voxel, index.shape)
+    stride = np.array([index.shape[1] * index.shape[2], index.shape[2], 1])
     rows, cols, vals = [], [], []
     for ax in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[ax], b[ax] = slice(0, -1), slice(1, None)
-        ia, ib = index[tuple(a)].ravel(), index[tuple(b)].ravel()
-        ok = (ia >= 0) & (ib >= 0)
-        ka, kb = kappa[tuple(a)].ravel()[ok], kappa[tuple(b)].ravel()[ok]
-        g = -2.0 * ka * kb / (ka + kb) * area[ax] / h[ax]
-        rows += [ia[ok], ib[ok]]
-        cols += [ib[ok], ia[ok]]
-        vals += [g, g]
-    off = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    return (off - sp.diags(np.asarray(off.sum(axis=1)).ravel())).tocsr()
+        src = np.flatnonzero(coord[ax] < index.shape[ax] - 1)  # unknowns with a voxel beyond them
+        nbr = voxel[src] + stride[ax]
+        dst = flat[nbr]
+        ok = dst >= 0
+        src, dst, nbr = src[ok], dst[ok], nbr[ok]
+        ka, kb = kap[voxel[src]], kap[nbr]
+        rows.append(src)
+        cols.append(dst)
+        vals.append(2.0 * ka * kb / (ka + kb) * (area[ax] / h[ax]))
+    upper = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    off = upper + upper.T
+    return (sp.diags(np.asarray(off.sum(axis=1)).ravel()) - off).tocsr()
 
 
 def transport(mask: np.ndarray, axis: str | int = "z", spacing=(1.0, 1.0, 1.0), *, rtol: float = 1e-6,
