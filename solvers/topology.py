@@ -268,52 +268,40 @@ def chebyshev(A, degree=2, ratio=30.0):
     return smooth
 
 
-class SplitHierarchy:
-    """Assembled split coarse levels 1..L below a matrix-free fine grid, and their K-cycle.
+class KCycle:
+    """The K-cycle (Notay and Vassilevski 2008) over assembled levels: Chebyshev smoothing on every
+    level but the last, an exact factor on the last, and ``inner`` flexible-CG iterations of the
+    coarse correction on every level but the last two.
 
     Parameters
     ----------
-    P1 : (n_nodes, n1) csr
-        Fine grid node -> level-1 copy weights (rows of every node of the (Z+1, Y+1, X+1) grid).
-    A1 : (3 n1, 3 n1) csr
-        Level-1 operator ``P1^T A P1`` (dofs ``3 copy + c``).
-    more : list of (n_k, n_k+1) csr
-        Copy-to-copy prolongations of the levels below level 1.
+    ops : list of (n_k, n_k) csr, SPD
+        The levels, finest first.
+    Ps : list of (n_k, n_k+1) csr
+        Prolongation from level k + 1 to level k.
     inner : int
-        Flexible-CG iterations of the coarse correction on every level but the last two (all debonded
-        MATBOX 48^3 band: 54, 45, 33, 29 outer CG iterations for 1, 2, 3, 4; 3 is the fastest).
+    shift : float
+        Relative diagonal shift of the last level's factor (its copies may float).
     """
 
-    def __init__(self, P1, A1, more, *, inner=3, shift=1e-10):
-        self.P1 = P1.tocsr()
-        self.R1 = self.P1.T.tocsr()
-        self.Ps = [sp.kron(P, sp.identity(3), format="csr") for P in more]
-        self.PTs = [P.T.tocsr() for P in self.Ps]
-        ops = [_fix_empty(A1)]
-        for P in self.Ps:
-            ops.append(_fix_empty((P.T @ ops[-1] @ P).tocsr()))
+    def __init__(self, ops, Ps, *, inner=3, shift=1e-10):
         self.ops = ops
+        self.Ps = Ps
+        self.PTs = [P.T.tocsr() for P in Ps]
         self.smooth = [chebyshev(op) for op in ops[:-1]]
         last = ops[-1].tocsc()
         self._lu = spla.splu(last + sp.identity(last.shape[0], format="csc") * shift * last.diagonal().mean())
         self.inner = int(inner)
 
-    @property
-    def sizes(self):
-        """Dof of every coarse level."""
-        return [op.shape[0] for op in self.ops]
-
-    def restrict(self, r):
-        """(n_nodes, 3) fine residual -> (3 n1,) level-1 right-hand side."""
-        return (self.R1 @ r).ravel()
-
-    def prolong(self, x):
-        """(3 n1,) level-1 correction -> (n_nodes, 3) fine correction."""
-        return self.P1 @ x.reshape(-1, 3)
-
     def solve(self, b):
-        """Approximate ``A1^-1 b``: the K-cycle from level 1 (exact on a one-level hierarchy)."""
+        """Approximate ``ops[0]^-1 b`` by ``inner`` flexible-CG steps of cycles (exact on one level)."""
         return self._coarse(0, np.asarray(b, np.float64))
+
+    def cycle(self, r):
+        """One cycle from the finest level: a preconditioner for the outer flexible CG."""
+        if len(self.ops) == 1:
+            return self._lu.solve(np.asarray(r, np.float64))
+        return self._cycle(0, np.asarray(r, np.float64))
 
     def _coarse(self, k, r):
         if k == len(self.ops) - 1:
@@ -345,6 +333,49 @@ class SplitHierarchy:
         x = self.smooth[k](None, r)
         x = x + self.Ps[k] @ self._coarse(k + 1, self.PTs[k] @ (r - self.ops[k] @ x))
         return self.smooth[k](x, r)
+
+
+class SplitHierarchy:
+    """Assembled split coarse levels 1..L below a matrix-free fine grid, and their K-cycle.
+
+    Parameters
+    ----------
+    P1 : (n_nodes, n1) csr
+        Fine grid node -> level-1 copy weights (rows of every node of the (Z+1, Y+1, X+1) grid).
+    A1 : (3 n1, 3 n1) csr
+        Level-1 operator ``P1^T A P1`` (dofs ``3 copy + c``).
+    more : list of (n_k, n_k+1) csr
+        Copy-to-copy prolongations of the levels below level 1.
+    inner : int
+        Flexible-CG iterations of the coarse correction on every level but the last two (all debonded
+        MATBOX 48^3 band: 54, 45, 33, 29 outer CG iterations for 1, 2, 3, 4; 3 is the fastest).
+    """
+
+    def __init__(self, P1, A1, more, *, inner=3, shift=1e-10):
+        self.P1 = P1.tocsr()
+        self.R1 = self.P1.T.tocsr()
+        Ps = [sp.kron(P, sp.identity(3), format="csr") for P in more]
+        ops = [_fix_empty(A1)]
+        for P in Ps:
+            ops.append(_fix_empty((P.T @ ops[-1] @ P).tocsr()))
+        self.kcycle = KCycle(ops, Ps, inner=inner, shift=shift)
+
+    @property
+    def sizes(self):
+        """Dof of every coarse level."""
+        return [op.shape[0] for op in self.kcycle.ops]
+
+    def restrict(self, r):
+        """(n_nodes, 3) fine residual -> (3 n1,) level-1 right-hand side."""
+        return (self.R1 @ r).ravel()
+
+    def prolong(self, x):
+        """(3 n1,) level-1 correction -> (n_nodes, 3) fine correction."""
+        return self.P1 @ x.reshape(-1, 3)
+
+    def solve(self, b):
+        """Approximate ``A1^-1 b``: the K-cycle from level 1 (exact on a one-level hierarchy)."""
+        return self.kcycle.solve(b)
 
 
 def _fix_empty(A):
