@@ -24,8 +24,9 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.sparse.csgraph import connected_components
 
+from solvers.aggregation import BlockAggregation
 from solvers.fem.assembly import scalar_laplacian
-from solvers.linalg import DIRECT_LIMIT, SolveStats, checked_solve, counted_cg
+from solvers.linalg import DIRECT_LIMIT, SolveStats, checked_solve, counted_cg, flexible_cg
 from solvers.mesh.voxel import ELECTROLYTE, VoxelMesh
 from tomomech.errors import ConfigError
 
@@ -101,7 +102,12 @@ class ElectrolyteProblem:
         self.B = sp.csr_matrix((np.ones(int(keep.sum())), (c[keep], np.flatnonzero(keep))), shape=(self.n_free, nf * k))
         self.point_area = np.repeat(np.asarray(faces["area"], float) / k, k)
         self.corners = k
-        self.stats = SolveStats("cg-lu" if self.n_free <= DIRECT_LIMIT else "cg-amg-smoothed")
+        # voxel meshes: grid positions of the free nodes, for the block-aggregation multigrid
+        self.node_grid = (np.stack([ix[self.free_nodes] for ix in mesh.node_index], axis=1)
+                          if isinstance(mesh, VoxelMesh) else None)
+        method = ("cg-lu" if self.n_free <= DIRECT_LIMIT else
+                  "fcg-block-aggregation" if self.node_grid is not None else "cg-amg-smoothed")
+        self.stats = SolveStats(method)
         self._M = None
         self._first_its, self._renew = None, False
         log.info("electrolyte: %d free nodes, %d nodes without a path to the separator, %d of %d faces connected",
@@ -147,8 +153,7 @@ class ElectrolyteProblem:
         starts = [None] * rhs.shape[1] if x0 is None else list(x0.reshape(rhs.shape).T)
         for col, start in zip(rhs.T, starts):
             cols.append(checked_solve(self.stats, lambda v: A @ v, col, rtol,
-                                      lambda c=col, s=start: counted_cg(A, c, M=self._M, x0=s, rtol=rtol,
-                                                                        maxiter=self.maxiter), _HINT))
+                                      lambda c=col, s=start: self._krylov(A, c, s, rtol), _HINT))
             if start is not None:  # a warm start says nothing about the preconditioner
                 continue
             its = self.stats.iterations[-1]
@@ -158,11 +163,18 @@ class ElectrolyteProblem:
                 self._renew = True  # the face conductances moved far from the preconditioner's
         return np.stack(cols, axis=1) if b.ndim == 2 else cols[0]
 
+    def _krylov(self, A, b, x0, rtol):
+        if isinstance(self._M, BlockAggregation):  # a K-cycle is not a fixed linear map: flexible CG
+            return flexible_cg(lambda v: A @ v, b, self._M.cycle, x0=x0, rtol=rtol, maxiter=self.maxiter)
+        return counted_cg(A, b, M=self._M, x0=x0, rtol=rtol, maxiter=self.maxiter)
+
     def _setup(self, A) -> None:
         t0 = time.perf_counter()
         if self.n_free <= DIRECT_LIMIT:
             lu = spla.splu(A.tocsc())
             self._M = spla.LinearOperator(A.shape, matvec=lu.solve, dtype=float)
+        elif self.node_grid is not None:
+            self._M = BlockAggregation(A, self.node_grid)
         else:
             import pyamg
 

@@ -53,3 +53,29 @@ def test_k_cycle_solves_a_random_porous_laplacian():
     assert its < 40
     ref = sp.linalg.spsolve(A.tocsc(), b)
     assert np.linalg.norm(x - ref) / np.linalg.norm(ref) == pytest.approx(0, abs=1e-8)
+
+
+def test_electrolyte_potential_on_the_aggregation_path_equals_a_direct_solve():
+    """Above the direct limit, the electrolyte's potential (voxel mesh) is solved by flexible CG with the
+    block-aggregation K-cycle: the true residual reaches rtol = 1e-10, and the solution equals a sparse
+    direct solve of the same matrix to 1e-6 (the residual times this weakly grounded matrix's condition)."""
+    from segmentation import make_composite
+    from solvers import fields
+    from solvers.linalg import DIRECT_LIMIT
+    from solvers.mesh import voxel_hex_mesh
+    from solvers.physics.electrolyte import ElectrolyteProblem
+
+    ph, pa = make_composite((32, 32, 32), active_fraction=0.45, void_fraction=0.1, radius=5, seed=3)
+    mesh = voxel_hex_mesh(ph, pa, [0.4e-6] * 3)
+    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+    elec = ElectrolyteProblem(mesh, faces, kappa_S_m=0.2, rtol=1e-10)
+    assert elec.n_free > DIRECT_LIMIT and elec.stats.as_dict()["method"] == "fcg-block-aggregation"
+    rng = np.random.default_rng(0)
+    g = rng.random(elec.point_area.size) * 1e-3 * elec.point_area / elec.point_area.mean()
+    b = elec.B @ rng.standard_normal(elec.point_area.size)
+    x = elec.solve(b, g)
+    ref = sp.linalg.spsolve(elec.matrix(g).tocsc(), b)
+    A = elec.matrix(g)
+    assert np.linalg.norm(b - A @ x) / np.linalg.norm(b) <= 1e-10
+    assert np.linalg.norm(x - ref) / np.linalg.norm(ref) < 1e-6
+    assert elec.stats.iterations[-1] < 30
