@@ -118,7 +118,8 @@ def draws(cfg: Config, image: np.ndarray) -> list[dict]:
                                      (uc.denoise_factor, uc.split_depth_factor, uc.min_particle_factor))
         if sc.denoise != "none":
             d["segmentation.denoise_strength"] = sc.denoise_strength * f_denoise
-        d["segmentation.split_depth_voxels"] = sc.split_depth_voxels * f_split
+        if sc.split_method == "watershed":  # SNOW has no depth to perturb
+            d["segmentation.split_depth_voxels"] = sc.split_depth_voxels * f_split
         d["segmentation.min_particle_voxels"] = max(1, int(round(sc.min_particle_voxels * f_min)))
         out.append(d)
     return out

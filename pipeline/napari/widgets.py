@@ -17,13 +17,14 @@ def _spacing(layer) -> tuple[float, float, float]:
 
 
 def segmentation_options(method="multiotsu", denoise="none", denoise_strength=1.0, t1=0.0, t2=1.0,
-                         min_particle_voxels=20, split_touching=True, split_depth_voxels=1.0) -> SegmentationConfig:
+                         min_particle_voxels=20, split_touching=True, split_depth_voxels=1.0,
+                         split_method="watershed") -> SegmentationConfig:
     """The widget's choices as the config section the CLI runs."""
     return SegmentationConfig(
         method=method, denoise=denoise, denoise_strength=float(denoise_strength),
         thresholds=[float(t1), float(t2)] if method == "thresholds" else None,
         min_particle_voxels=int(min_particle_voxels), split_touching=bool(split_touching),
-        split_depth_voxels=float(split_depth_voxels))
+        split_depth_voxels=float(split_depth_voxels), split_method=split_method)
 
 
 def write_segmentation_config(path, sc: SegmentationConfig, input_path: str | None = None,
@@ -60,20 +61,23 @@ class SegmentationWidget(widgets.Container):
         self.t2 = widgets.FloatSpinBox(label="threshold 2", value=1.0, min=-1e12, max=1e12)
         self.min_vox = widgets.SpinBox(label="min particle voxels", value=20, min=0, max=10**9)
         self.split = widgets.CheckBox(label="split touching", value=True)
+        self.split_method = widgets.ComboBox(label="split method", choices=["watershed", "snow"], value="watershed")
         self.depth = widgets.FloatSpinBox(label="split depth (vox)", value=1.0, min=0.1, max=20)
         self.live = widgets.CheckBox(label="live preview", value=False)
         self.run_button = widgets.PushButton(text="Preview")
         self.config_path = widgets.FileEdit(label="config", mode="w", filter="*.toml")
         self.save_button = widgets.PushButton(text="Write config")
         self.extend([self.image, self.method, self.denoise, self.strength, self.t1, self.t2, self.min_vox,
-                     self.split, self.depth, self.live, self.run_button, self.config_path, self.save_button])
+                     self.split, self.split_method, self.depth, self.live, self.run_button, self.config_path,
+                     self.save_button])
         self.run_button.changed.connect(self.preview)
         self.save_button.changed.connect(self.save_config)
         self._histogram()
         self.image.changed.connect(self._draw_histogram)
         for w in (self.method, self.t1, self.t2):
             w.changed.connect(self._draw_histogram)
-        for w in (self.method, self.denoise, self.strength, self.t1, self.t2, self.min_vox, self.split, self.depth):
+        for w in (self.method, self.denoise, self.strength, self.t1, self.t2, self.min_vox, self.split,
+                  self.split_method, self.depth):
             w.changed.connect(self._maybe_preview)
 
     def _histogram(self):
@@ -114,7 +118,8 @@ class SegmentationWidget(widgets.Container):
 
     def options(self) -> SegmentationConfig:
         return segmentation_options(self.method.value, self.denoise.value, self.strength.value, self.t1.value,
-                                    self.t2.value, self.min_vox.value, self.split.value, self.depth.value)
+                                    self.t2.value, self.min_vox.value, self.split.value, self.depth.value,
+                                    self.split_method.value)
 
     def _maybe_preview(self, *_):
         if self.live.value:

@@ -58,6 +58,9 @@ def test_the_same_seed_gives_the_same_draws(tmp_path):
         assert d["segmentation.method"] == "thresholds" and d["segmentation.thresholds"] == sorted(
             d["segmentation.thresholds"])
         assert 0.5 <= d["segmentation.split_depth_voxels"] <= 1.5
+    snow = draws(config_from_dict({"input": {"path": str(tmp_path / "grey.tif")}, "segmentation": {
+        "split_method": "snow"}, "uncertainty": {"samples": 2, "seed": 3}}), grey)
+    assert all("segmentation.split_depth_voxels" not in d for d in snow)  # SNOW has no depth to perturb
 
 
 @pytest.mark.slow
