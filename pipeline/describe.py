@@ -25,6 +25,7 @@ from dataclasses import asdict
 import numpy as np
 
 from segmentation import descriptors as D
+from segmentation.geometry import ionic_paths
 from segmentation.phases import Phase
 from solvers.physics.tortuosity import transport
 
@@ -71,7 +72,7 @@ def describe_stage(phases: np.ndarray, particles: np.ndarray, spacing_um, dc) ->
     with _timed(times, "interface_areas"):
         scalars.update(D.interface_areas(phases, sp))
     with _timed(times, "ionic_paths"):
-        connected, path = D.ionic_paths(phases, particles)
+        connected, path = ionic_paths(phases, particles)
         n = int(path.size)
         vol = np.bincount(np.asarray(particles).ravel(), minlength=n + 1)[1:] * float(np.prod(sp))
         diam = np.cbrt(6.0 * vol / np.pi)

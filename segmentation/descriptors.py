@@ -1,8 +1,9 @@
 """Microstructure descriptors of a segmented composite: pure functions over label arrays.
 
 What the project computes itself (no extra needed): phase fractions and their
-representative-volume curve, specific interface areas, electrolyte percolation to
-the separator face and the ionic path of every particle. What porespy does well
+representative-volume curve and specific interface areas (electrolyte percolation to
+the separator face and each particle's ionic path are
+:func:`segmentation.geometry.ionic_paths`, a particles.csv column too). What porespy does well
 (the optional ``[porespy]`` extra, imported through :mod:`segmentation.porespy_compat`):
 local thickness, chord lengths and the two-point correlation.
 
@@ -17,6 +18,7 @@ import logging
 import numpy as np
 from scipy import ndimage as ndi
 
+from segmentation.geometry import face_slices
 from segmentation.phases import Phase
 from tomomech.errors import InputError
 
@@ -126,11 +128,8 @@ def interface_areas(phases: np.ndarray, spacing) -> dict[str, float]:
                    ap_se_area_fraction=float("nan"))
     faces_area = np.array([sp[1] * sp[2], sp[0] * sp[2], sp[0] * sp[1]])
     se = void = 0.0
-    for ax in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[ax], b[ax] = slice(0, -1), slice(1, None)
-        pa, pb = phases[tuple(a)], phases[tuple(b)]
+    for lo, hi, ax in face_slices():
+        pa, pb = phases[lo], phases[hi]
         act = (pa == Phase.ACTIVE) ^ (pb == Phase.ACTIVE)
         otherv = np.where(pa == Phase.ACTIVE, pb, pa)
         se += np.count_nonzero(act & (otherv == Phase.ELECTROLYTE)) * faces_area[ax]
@@ -138,39 +137,6 @@ def interface_areas(phases: np.ndarray, spacing) -> dict[str, float]:
     out["ap_se_area_per_volume_per_um_faces"] = se / volume
     out["ap_void_area_per_volume_per_um_faces"] = void / volume
     return out
-
-
-def ionic_paths(phases: np.ndarray, particles: np.ndarray) -> tuple[float, np.ndarray]:
-    """Electrolyte percolation to the separator face and the ionic path of every particle.
-
-    Parameters
-    ----------
-    phases : (Z, Y, X) uint8 phase codes
-    particles : (Z, Y, X) int labels 1..N, 0 outside particles
-
-    Returns
-    -------
-    connected_fraction : float
-        Fraction of the electrolyte volume 6-connected to the separator face (z = top).
-    ionic_path : (N,) bool
-        Particle ``i + 1`` shares a voxel face with electrolyte connected to the separator.
-    """
-    se = np.asarray(phases) == Phase.ELECTROLYTE
-    lab = np.asarray(particles).astype(np.int64)
-    n = int(lab.max()) if lab.size else 0
-    if not se.any():
-        return 0.0, np.zeros(n, bool)
-    comp, _ = ndi.label(se)
-    top = np.unique(comp[-1])
-    reach = np.isin(comp, top[top > 0])
-    path = np.zeros(n + 1, bool)
-    for ax in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[ax], b[ax] = slice(0, -1), slice(1, None)
-        for own, other in ((lab[tuple(a)], reach[tuple(b)]), (lab[tuple(b)], reach[tuple(a)])):
-            path[np.unique(own[other & (own > 0)])] = True
-    return float(reach.sum()) / float(se.sum()), path[1:]
 
 
 # ----------------------------------------------------------------------------- porespy descriptors

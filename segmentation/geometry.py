@@ -5,8 +5,25 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from segmentation.descriptors import ionic_paths
 from segmentation.phases import Phase
+
+
+def face_slices() -> list[tuple[tuple[slice, ...], tuple[slice, ...], int]]:
+    """Index tuples of the voxels on the two sides of every interior face, per axis.
+
+    Returns
+    -------
+    list of (lo, hi, axis)
+        ``image[lo]`` and ``image[hi]`` are views of the same shape whose elements share a
+        face normal to ``axis``, ``hi`` on the positive side.
+    """
+    out = []
+    for ax in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        out.append((tuple(lo), tuple(hi), ax))
+    return out
 
 
 def face_pairs(shape) -> list[tuple[np.ndarray, np.ndarray, int]]:
@@ -23,14 +40,39 @@ def face_pairs(shape) -> list[tuple[np.ndarray, np.ndarray, int]]:
         share a face normal to ``axis``, ``b`` on the positive side.
     """
     idx = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
-    out = []
-    for ax in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[ax] = slice(0, -1)
-        hi[ax] = slice(1, None)
-        out.append((idx[tuple(lo)].ravel(), idx[tuple(hi)].ravel(), ax))
-    return out
+    return [(idx[lo].ravel(), idx[hi].ravel(), ax) for lo, hi, ax in face_slices()]
+
+
+def ionic_paths(phases: np.ndarray, particles: np.ndarray) -> tuple[float, np.ndarray]:
+    """Electrolyte percolation to the separator face and the ionic path of every particle.
+
+    Parameters
+    ----------
+    phases : (Z, Y, X) uint8 phase codes
+    particles : (Z, Y, X) int labels 1..N, 0 outside particles
+
+    Returns
+    -------
+    connected_fraction : float
+        Fraction of the electrolyte volume 6-connected to the separator face (z = top).
+    ionic_path : (N,) bool
+        Particle ``i + 1`` shares a voxel face with electrolyte connected to the separator.
+    """
+    se = np.asarray(phases) == Phase.ELECTROLYTE
+    lab = np.asarray(particles).astype(np.int64)
+    n = int(lab.max()) if lab.size else 0
+    if not se.any():
+        return 0.0, np.zeros(n, bool)
+    comp, _ = ndi.label(se)
+    top = np.zeros(int(comp.max()) + 1, bool)
+    top[comp[-1]] = True
+    top[0] = False
+    reach = top[comp]
+    path = np.zeros(n + 1, bool)
+    for lo, hi, _ in face_slices():
+        for own, other in ((lab[lo], reach[hi]), (lab[hi], reach[lo])):
+            path[np.unique(own[other & (own > 0)])] = True
+    return float(reach.sum()) / float(se.sum()), path[1:]
 
 
 def face_areas(spacing) -> np.ndarray:
@@ -72,7 +114,7 @@ def particle_geometry(
         ``particle_contact_area_um2``, ``contact_fraction`` (SE area over
         surface area), ``touches_boundary``, ``isolated`` (no SE contact),
         ``ionic_path`` (a face on electrolyte that reaches the separator face,
-        z = top: :func:`segmentation.descriptors.ionic_paths`),
+        z = top: :func:`ionic_paths`),
         ``local_void_fraction``.
     """
     ph = np.asarray(phases).ravel()

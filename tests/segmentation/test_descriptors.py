@@ -8,6 +8,7 @@ import pytest
 from pipeline.config import DescribeConfig
 from pipeline.describe import PORESPY_DESCRIPTORS, describe_stage
 from segmentation import descriptors as D
+from segmentation.geometry import ionic_paths
 from segmentation.phases import Phase
 from tomomech.errors import InputError, MissingExtraError
 
@@ -63,7 +64,7 @@ def test_ionic_paths():
     ph[1:4, 6:9, 6:9] = Phase.ELECTROLYTE  # an electrolyte pocket that does not reach the top
     ph[2:3, 7:8, 7:8] = Phase.ACTIVE  # particle 2 inside it
     lab[2:3, 7:8, 7:8] = 2
-    frac, path = D.ionic_paths(ph, lab)
+    frac, path = ionic_paths(ph, lab)
     se = ph == Phase.ELECTROLYTE
     assert frac == pytest.approx(12 * 9 / se.sum())  # the column; the pocket (26 voxels) is cut off
     assert path.tolist() == [True, False]
