@@ -26,7 +26,7 @@ from scipy.sparse.csgraph import connected_components
 
 from solvers.aggregation import BlockAggregation
 from solvers.fem.assembly import scalar_laplacian
-from solvers.linalg import DIRECT_LIMIT, SolveStats, checked_solve, counted_cg, flexible_cg
+from solvers.linalg import DIRECT_LIMIT, SolveStats, checked_solve, flexible_cg
 from solvers.mesh.voxel import ELECTROLYTE, VoxelMesh
 from tomomech.errors import ConfigError
 
@@ -141,8 +141,9 @@ class ElectrolyteProblem:
               x0: np.ndarray | None = None) -> np.ndarray:
         """Solve ``(K + B diag(g) B^T) x = b`` for one right-hand side (n_free,) or several (n_free, m).
 
-        CG preconditioned by a factorisation (small problems) or an AMG cycle (large ones) of an
-        earlier matrix; both are renewed when CG needs three times the iterations it first took.
+        Flexible CG preconditioned by a factorisation (small problems), the block-aggregation
+        K-cycle (voxel meshes) or a smoothed-aggregation cycle (tets) of an earlier matrix, renewed
+        when CG needs three times the iterations it first took.
         """
         A = self.matrix(g)
         rtol = self.rtol if rtol is None else float(rtol)
@@ -153,7 +154,8 @@ class ElectrolyteProblem:
         starts = [None] * rhs.shape[1] if x0 is None else list(x0.reshape(rhs.shape).T)
         for col, start in zip(rhs.T, starts):
             cols.append(checked_solve(self.stats, lambda v: A @ v, col, rtol,
-                                      lambda c=col, s=start: self._krylov(A, c, s, rtol), _HINT))
+                                      lambda c=col, s=start: flexible_cg(lambda v: A @ v, c, self._M, x0=s, rtol=rtol,
+                                                                         maxiter=self.maxiter), _HINT))
             if start is not None:  # a warm start says nothing about the preconditioner
                 continue
             its = self.stats.iterations[-1]
@@ -163,23 +165,17 @@ class ElectrolyteProblem:
                 self._renew = True  # the face conductances moved far from the preconditioner's
         return np.stack(cols, axis=1) if b.ndim == 2 else cols[0]
 
-    def _krylov(self, A, b, x0, rtol):
-        if isinstance(self._M, BlockAggregation):  # a K-cycle is not a fixed linear map: flexible CG
-            return flexible_cg(lambda v: A @ v, b, self._M.cycle, x0=x0, rtol=rtol, maxiter=self.maxiter)
-        return counted_cg(A, b, M=self._M, x0=x0, rtol=rtol, maxiter=self.maxiter)
-
     def _setup(self, A) -> None:
         t0 = time.perf_counter()
         if self.n_free <= DIRECT_LIMIT:
-            lu = spla.splu(A.tocsc())
-            self._M = spla.LinearOperator(A.shape, matvec=lu.solve, dtype=float)
-        elif self.node_grid is not None:
-            self._M = BlockAggregation(A, self.node_grid)
+            self._M = spla.splu(A.tocsc()).solve
+        elif self.node_grid is not None:  # a K-cycle is not a fixed linear map: hence flexible CG for all
+            self._M = BlockAggregation(A, self.node_grid).cycle
         else:
             import pyamg
 
             ml = pyamg.smoothed_aggregation_solver(A, max_coarse=300, coarse_solver="splu")
-            self._M = ml.aspreconditioner(cycle="V")
+            self._M = ml.aspreconditioner(cycle="V").matvec
         self._first_its, self._renew = None, False
         self.stats.setup_s += time.perf_counter() - t0
 
