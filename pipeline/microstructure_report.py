@@ -20,10 +20,18 @@ def _cumulative(ax, dist: dict, label: str, colour, style="-") -> None:
                 linestyle=style)
 
 
-def plots(plt, out: Path, ms: dict) -> list[tuple[str, str]]:
-    """PNG files (name, caption) of the representative volume, the size and chord distributions and S2."""
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, path: Path, caption: str) -> tuple[str, str]:
+    """Label the axes, add the legend, save the figure: its (file name, caption)."""
     from pipeline.report import _save
 
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path), caption
+
+
+def plots(plt, out: Path, ms: dict) -> list[tuple[str, str]]:
+    """PNG files (name, caption) of the representative volume, the size and chord distributions and S2."""
     made = []
     rev = ms["representative_volume"]
     h = float(min(ms["voxel_size_um"]))
@@ -36,12 +44,9 @@ def plots(plt, out: Path, ms: dict) -> list[tuple[str, str]]:
         ax.plot(edge, rev[f"{name}_min"], ":", color=colour)
         ax.plot(edge, rev[f"{name}_max"], ":", color=colour)
         ax.axhline(ms["scalars"][f"{name}_fraction"], color=colour, lw=0.6)
-    ax.set_xlabel("cube edge (µm)")
-    ax.set_ylabel("phase fraction")
-    ax.legend(fontsize=8)
-    made.append((_save(plt, fig, out / "microstructure_rev.png"),
-                 "Representative volume: phase fraction of every whole cube of the box against its edge (mean, "
-                 "band of one standard deviation, dotted min and max; thin lines: the whole box)."))
+    made.append(_finish(plt, fig, ax, "cube edge (µm)", "phase fraction", out / "microstructure_rev.png",
+                        "Representative volume: phase fraction of every whole cube of the box against its edge "
+                        "(mean, band of one standard deviation, dotted min and max; thin lines: the whole box)."))
 
     dist = ms["distributions"]
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -49,12 +54,10 @@ def plots(plt, out: Path, ms: dict) -> list[tuple[str, str]]:
     for name, colour in PHASE_COLOURS.items():
         if f"{name}_local_thickness" in dist:
             _cumulative(ax, dist[f"{name}_local_thickness"], f"{name}, local thickness", colour)
-    ax.set_xlabel("diameter d (µm)")
-    ax.set_ylabel("volume fraction finer than d")
-    ax.legend(fontsize=8)
-    made.append((_save(plt, fig, out / "microstructure_sizes.png"),
-                 "Cumulative size distributions (volume-weighted): particle equivalent diameters, and the local "
-                 "thickness (diameter of the largest inscribed sphere) of each phase."))
+    made.append(_finish(plt, fig, ax, "diameter d (µm)", "volume fraction finer than d",
+                        out / "microstructure_sizes.png",
+                        "Cumulative size distributions (volume-weighted): particle equivalent diameters, and the "
+                        "local thickness (diameter of the largest inscribed sphere) of each phase."))
 
     if any(k.endswith("_chords_z") for k in dist):
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -62,24 +65,19 @@ def plots(plt, out: Path, ms: dict) -> list[tuple[str, str]]:
             for axis, style in (("z", "-"), ("x", "--")):
                 if f"{name}_chords_{axis}" in dist:
                     _cumulative(ax, dist[f"{name}_chords_{axis}"], f"{name} along {axis}", colour, style)
-        ax.set_xlabel("chord length l (µm)")
-        ax.set_ylabel("length fraction in chords shorter than l")
-        ax.legend(fontsize=8)
-        made.append((_save(plt, fig, out / "microstructure_chords.png"),
-                     "Cumulative chord length distributions along z (through the electrode) and x, length-weighted; "
-                     "chords cut by the box are left out."))
+        made.append(_finish(plt, fig, ax, "chord length l (µm)", "length fraction in chords shorter than l",
+                            out / "microstructure_chords.png",
+                            "Cumulative chord length distributions along z (through the electrode) and x, "
+                            "length-weighted; chords cut by the box are left out."))
     tpc = ms.get("two_point_correlation")
     if tpc:
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
         ax.plot(tpc["distance_um"], tpc["probability"], color="C3")
         phi = tpc["volume_fraction"]
         ax.axhline(phi**2, color="0.5", ls="--", lw=0.8, label="φ² (uncorrelated)")
-        ax.set_xlabel("r (µm)")
-        ax.set_ylabel("S2(r), active phase")
-        ax.legend(fontsize=8)
-        made.append((_save(plt, fig, out / "microstructure_s2.png"),
-                     f"Two-point correlation of the active phase over the central {tpc['region_voxels']} voxels: "
-                     "S2(0) is its volume fraction, S2 falls to φ² beyond the particle size."))
+        made.append(_finish(plt, fig, ax, "r (µm)", "S2(r), active phase", out / "microstructure_s2.png",
+                            f"Two-point correlation of the active phase over the central {tpc['region_voxels']} "
+                            "voxels: S2(0) is its volume fraction, S2 falls to φ² beyond the particle size."))
     return made
 
 

@@ -413,10 +413,10 @@ def aggregate(study: Study, out: Path) -> dict:
         keys = [k for k in parts[0] if all(k in p for p in parts)]
         io.write_csv(out / "particles_all.csv", {k: np.concatenate([p[k] for p in parts]) for k in keys})
     reg = {}
-    for x in study.plot_against:
-        if x not in cols:
-            log.warning("study: plot_against column %r is not in study.csv (columns: %s)", x, ", ".join(cols))
-            continue
+    for x in set(study.plot_against) - set(cols):
+        log.warning("study: plot_against column %r is not in study.csv (columns: %s)", x, ", ".join(cols))
+    against = [x for x in study.plot_against if x in cols]
+    for x in against:
         xs = cols[x].astype(float)
         reg.update({k if x == "void_fraction" else f"{k}_vs_{x}": regression(xs, cols[k].astype(float))
                     for k in OUTCOMES if k in cols})
@@ -426,7 +426,7 @@ def aggregate(study: Study, out: Path) -> dict:
             ps = np.concatenate([p["von_mises_mean_MPa"] for p in parts])
             reg["particle_local_void_vs_von_mises_mean"] = regression(pv, ps)
     io.write_json(out / "regression.json", reg)
-    _study_report(out, cols, parts, reg, [x for x in study.plot_against if x in cols])
+    _study_report(out, cols, parts, reg, against)
     return {"study_csv": str(out / "study.csv"), "regression": reg}
 
 

@@ -54,8 +54,7 @@ def porespy() -> Iterator:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     err = np.geterr()
-    loggers = {name: (lg.handlers[:], lg.level, lg.propagate)
-               for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    known = set(logging.Logger.manager.loggerDict)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -71,6 +70,6 @@ def porespy() -> Iterator:
         root.setLevel(level)
         # porespy's own loggers may have been given handlers: keep only what was there before
         for name, lg in logging.Logger.manager.loggerDict.items():
-            if isinstance(lg, logging.Logger) and name.split(".")[0] == "porespy" and name not in loggers:
+            if isinstance(lg, logging.Logger) and name.split(".")[0] == "porespy" and name not in known:
                 lg.handlers[:] = []
                 lg.propagate = True

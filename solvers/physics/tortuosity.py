@@ -190,7 +190,7 @@ def transport(mask: np.ndarray, axis: str | int = "z", spacing=(1.0, 1.0, 1.0), 
     rel = float(np.linalg.norm(b - A @ x) / np.linalg.norm(b))
     if not rel <= 10 * rtol:
         raise ConvergenceError(f"transport along {AXES[ax]}: CG reached a relative residual of {rel:.2e} in "
-                               f"{maxiter} iterations (rtol {rtol:g}); raise describe.maxiter", its, rel)
+                               f"{maxiter} iterations (rtol {rtol:g}); raise [describe] tortuosity_rtol", its, rel)
     i_in = float(np.sum(g_in * (1.0 - x[inlet])))
     i_out = float(np.sum(g_out * x[outlet]))
     length = mask.shape[ax] * h[ax]
