@@ -16,27 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transient_charge import matbox_phases  # noqa: E402
 
 from pipeline.config import DescribeConfig  # noqa: E402
 from pipeline.describe import describe_stage  # noqa: E402
 from segmentation import label_particles  # noqa: E402
 from solvers.physics.tortuosity import transport  # noqa: E402
 
-MATBOX = Path(__file__).resolve().parents[1] / "samples" / "matbox_nmc" / "nmc-1-cal_generatedCBD_bridge.tif"
 log = logging.getLogger("describe-bench")
-
-
-def crop(n: int) -> np.ndarray:
-    """Centred n^3 crop as phase codes (void 0, electrolyte 1, active 2)."""
-    import tifffile
-
-    a = tifffile.imread(MATBOX)
-    c = [s // 2 - n // 2 for s in a.shape]
-    raw = a[c[0]:c[0] + n, c[1]:c[1] + n, c[2]:c[2] + n]
-    return np.array([1, 2, 0], np.uint8)[raw]
 
 
 def peak_gb() -> float:
@@ -52,7 +41,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     sp = (0.4, 0.4, 0.4)
     for n in args.sizes:
-        phases = crop(n)
+        phases = matbox_phases(n)
         if args.transport_only:
             t0 = time.perf_counter()
             t = transport(phases == 1, "z", sp, rtol=args.rtol)

@@ -29,8 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SAMPLE = ROOT / "samples/matbox_nmc/nmc-1-cal_generatedCBD_bridge.tif"
-PHASE_MAP = {0: "electrolyte", 1: "active", 2: "void"}
+sys.path.insert(0, str(ROOT / "benchmarks"))
 METHODS = ("watershed", "snow")
 
 log = logging.getLogger("particle_split")
@@ -38,14 +37,11 @@ log = logging.getLogger("particle_split")
 
 def one(size: int, method: str, voxel_um: float, split_depth: float, min_voxels: int) -> dict:
     """Label one crop with one method; the row of the table as a dict."""
-    from pipeline.io import read_volume
-    from segmentation import label_particles, map_phases, remove_small_particles
+    from transient_charge import matbox_phases
 
-    raw = read_volume(SAMPLE).data
-    if size:
-        z0, y0, x0 = ((np.array(raw.shape) - size) // 2).tolist()
-        raw = raw[z0:z0 + size, y0:y0 + size, x0:x0 + size]
-    phases = remove_small_particles(map_phases(raw, PHASE_MAP), min_voxels)
+    from segmentation import label_particles, remove_small_particles
+
+    phases = remove_small_particles(matbox_phases(size), min_voxels)
     if method == "snow":
         from segmentation.porespy_compat import porespy
 
@@ -58,7 +54,7 @@ def one(size: int, method: str, voxel_um: float, split_depth: float, min_voxels:
     wall = time.perf_counter() - t
     counts = np.bincount(lab.ravel())[1:]
     d = (6 * counts * voxel_um**3 / np.pi) ** (1 / 3)
-    return {"method": method, "shape": list(raw.shape), "particles": int(lab.max()),
+    return {"method": method, "shape": list(phases.shape), "particles": int(lab.max()),
             "d_median": float(np.median(d)), "d_p10": float(np.percentile(d, 10)),
             "d_p90": float(np.percentile(d, 90)), "below_1um": float(np.mean(d < 1.0)), "wall_s": wall,
             "rss_before_MiB": rss_before / 1024,

@@ -44,12 +44,20 @@ SAMPLE = ROOT / "samples/matbox_nmc/nmc-1-cal_generatedCBD_bridge.tif"
 AVERAGING_VOXELS = 1.5
 
 
+def matbox_phases(n: int) -> np.ndarray:
+    """Phase codes of the centred n^3 crop of the MATBOX sample (0: the whole volume), mapped as the
+    demo maps them: pore -> electrolyte, NMC -> active, binder -> void."""
+    raw = read_volume(SAMPLE).data
+    if n:
+        z0, y0, x0 = ((np.array(raw.shape) - n) // 2).tolist()
+        raw = raw[z0:z0 + n, y0:y0 + n, x0:x0 + n]
+    return np.array([1, 2, 0], np.uint8)[raw]
+
+
 def matbox_crop(n: int):
     """The centred n^3 crop of the MATBOX sample as phases and particles (the demo's segmentation),
     and the segmentation time in s."""
-    raw = read_volume(SAMPLE).data
-    z0, y0, x0 = ((np.array(raw.shape) - n) // 2).tolist()
-    phases = np.array([1, 2, 0], np.uint8)[raw[z0:z0 + n, y0:y0 + n, x0:x0 + n]]
+    phases = matbox_phases(n)
     t0 = time.perf_counter()
     phases = remove_small_particles(phases, 30)
     particles = label_particles(phases, spacing=(0.4,) * 3, split_depth=1.5)
