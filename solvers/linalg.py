@@ -181,6 +181,14 @@ class LinearSolver:
         self.stats.setup_s += dt
         log.info("linear solver %s set up in %.2f s (%d unknowns)", self.method, dt, A.shape[0])
 
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        """The matrix this solver was set up for, times ``v``."""
+        return self.A @ v
+
+    def apply_preconditioner(self, r: np.ndarray) -> np.ndarray:
+        """The preconditioner applied to a residual: the LU solve or one AMG V-cycle."""
+        return self._lu.solve(r) if self.method == "direct" else self._M @ r
+
     def refresh_fine(self, A) -> None:
         """AMG only: make ``A`` the finest level's matrix (and its smoother's), keeping the coarse levels.
 
@@ -223,6 +231,31 @@ class LinearSolver:
         return checked_solve(self.stats, lambda v: self.A @ v, b, self.rtol,
                              lambda: counted_cg(self.A, b, M=self._M, x0=x0, rtol=self.rtol, maxiter=self.maxiter),
                              MECHANISM_HINT)
+
+
+def anderson(hist: list) -> tuple:
+    """The next iterate of a fixed point ``x = T(x)``: Anderson mixing (type II, Walker and Ni 2011).
+
+    Parameters
+    ----------
+    hist : list of tuples ``(x_j, T(x_j), *extra_j)``
+        The last iterates, oldest first; arrays of one shape each. ``extra_j`` are
+        quantities that go with ``T(x_j)`` (e.g. the current that produced it).
+
+    Returns
+    -------
+    tuple ``(x_next, *extra_next)``: the combination of the ``T(x_j)`` that minimises the
+    linearised residual ``T(x) - x`` in the least-squares sense, and the same combination
+    of every extra (plain substitution with one entry).
+    """
+    last = hist[-1]
+    if len(hist) == 1:
+        return tuple(last[1:])
+    flat = lambda j: np.array([np.ravel(h[j]) for h in hist]).T  # noqa: E731  (size, m + 1)
+    g = flat(1) - flat(0)
+    gamma = np.linalg.lstsq(np.diff(g, axis=1), g[:, -1], rcond=None)[0]
+    return tuple(np.asarray(last[j]) - (np.diff(flat(j), axis=1) @ gamma).reshape(np.shape(last[j]))
+                 for j in range(1, len(last)))
 
 
 MECHANISM_HINT = ("the mesh may contain a mechanism (free rigid motion) or the materials are extreme: "

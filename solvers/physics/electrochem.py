@@ -17,6 +17,7 @@ import logging
 
 import numpy as np
 
+from solvers.linalg import anderson
 from solvers.physics.diffusion import FARADAY
 from solvers.physics.kinetics import Kinetics, balance_current
 from tomomech.errors import ConvergenceError
@@ -147,7 +148,7 @@ class KineticFlux:
                 return c_new
             full = change < self.rtol
             hist = (hist + [(x, x_new, sol["i"])])[-(self.depth + 1):]
-            x, i_ref = _anderson(hist)
+            x, i_ref = anderson(hist)  # the current follows the same combination
         raise ConvergenceError(f"the Butler-Volmer step did not converge in {self.maxiter} diffusion-kinetics "
                                f"iterations (surface theta still changing by {change:.1e}); reduce the time step "
                                "([cycling] steps or dt_s)", iterations=self.maxiter, residual=change)
@@ -161,22 +162,3 @@ class KineticFlux:
         return {**sol, "current_A": float(current_A), "theta": theta, "kinetic_iterations": k,
                 "i_face": face(sol["i"]), "eta_face": eta_face, "theta_face": face(theta), "carries": on > 0,
                 "connected": self.elec.face_connected}
-
-
-def _anderson(hist: list) -> tuple[np.ndarray, np.ndarray]:
-    """The next surface theta and its current: Anderson mixing (type II) of the last iterates.
-
-    ``hist`` holds ``(x_j, T(x_j), i_j)``: the theta that went in, the theta the
-    diffusion step gave, and the current that gave it. The new theta is the
-    combination of the ``T(x_j)`` that minimises the linearised residual; the
-    current is the same combination of the ``i_j``, so the two stay consistent.
-    """
-    x, tx, i = hist[-1]
-    if len(hist) == 1:
-        return tx, i
-    g = np.array([b - a for a, b, _ in hist]).T  # (nf, m + 1) residuals
-    dg = np.diff(g, axis=1)
-    gamma = np.linalg.lstsq(dg, g[:, -1], rcond=None)[0]
-    dtx = np.diff(np.array([b for _, b, _ in hist]).T, axis=1)
-    di = np.diff(np.array([c for _, _, c in hist]).T, axis=1)
-    return tx - dtx @ gamma, i - di @ gamma
