@@ -1239,6 +1239,10 @@ class MatrixFreeSolver:
         """Operator on mesh dofs (3 nn,), for comparison with the assembled matrix."""
         return self._from_grid(self.apply(self._to_grid(v)))
 
+    def apply_preconditioner(self, r):
+        """The multigrid cycle on mesh dofs (3 nn,) (a K-cycle with split levels: not a fixed linear map)."""
+        return self._from_grid(self.precondition(self._to_grid(r)))
+
     def solve(self, b, x0=None):
         """CG to ``rtol`` (true residual checked); raises ConvergenceError otherwise.
 

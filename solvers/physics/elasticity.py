@@ -185,6 +185,10 @@ class ElasticProblem:
     #: symmetric sweeps; forward-backward solved a 347 k dof step in 8.4 s against 9.7 s once (not adopted
     #: here until those tables are rerun)
     SMOOTHER = "symmetric"
+    #: the answer depends on the load path (damage, plastic strain): transient drivers solve every step
+    path_dependent = False
+    #: time of the next load step, s (transient drivers set it; rate-dependent problems use it)
+    time_step_s = np.inf
 
     def __init__(self, mesh: VoxelMesh, materials: Mapping[int, Material], *, top: str = "free",
                  boundary: Mapping[str, str] | None = None, stack_pressure_Pa: float = 0.0,
@@ -288,6 +292,33 @@ class ElasticProblem:
         f[self.fixed] = 0.0
         return f.ravel()
 
+    def stress_load(self, cells: np.ndarray, stress: np.ndarray) -> np.ndarray:
+        """Nodal forces ``int B^T sigma dV`` of a stress that is constant on each of some cells.
+
+        The load of an eigenstrain tensor ``eps_p`` is that of its stress ``C : eps_p``
+        (a plastic strain, :class:`solvers.physics.inelastic.PlasticProblem`).
+
+        Parameters
+        ----------
+        cells : (m,) int, cell indices
+        stress : (m, 3, 3) Pa
+
+        Returns
+        -------
+        (3 nn,) nodal forces, N (zero on held dofs)
+        """
+        mesh = self.mesh
+        cells = np.asarray(cells)
+        if self._g.shape[0] == 1:  # voxels: one table, int grad N dV (a, 3)
+            fa = np.einsum("aj,mij->mai", self._g[0], stress)
+        else:
+            fa = np.einsum("maj,mij->mai", self._g[cells], stress)  # (m, a, 3)
+        conn = mesh.cells[cells]
+        f = np.stack([np.bincount(conn.ravel(), weights=fa[:, :, i].ravel(), minlength=mesh.n_nodes)
+                      for i in range(3)], axis=1)
+        f[self.fixed] = 0.0
+        return f.ravel()
+
     def _top_face_nodes(self) -> tuple[np.ndarray, np.ndarray]:
         """Nodes of the cell faces on the top of the box and their tributary areas (m^2)."""
         mesh = self.mesh
@@ -317,10 +348,15 @@ class ElasticProblem:
         u = self.solver.solve(self.load(eigenstrain), x0=None if x0 is None else np.ravel(x0))
         return u.reshape(-1, 3)
 
-    def cell_strain(self, u: np.ndarray) -> np.ndarray:
-        """Total strain at the cell centres (= cell means for voxels), (ne, 3, 3)."""
-        gu = np.einsum("eai,eaj->eij", np.asarray(u)[self.mesh.cells],
-                       np.broadcast_to(self._gc, (self.mesh.n_cells,) + self._gc.shape[1:]))
+    def cell_strain(self, u: np.ndarray, cells: np.ndarray | None = None) -> np.ndarray:
+        """Cell-mean total strain, (ne, 3, 3) or (m, 3, 3) for the cell indices ``cells``.
+
+        Voxels: the centroid strain, which is the cell mean; tets: the mean over the cell.
+        """
+        conn = self.mesh.cells if cells is None else self.mesh.cells[cells]
+        gc = self._gc if self._gc.shape[0] == 1 or cells is None else self._gc[cells]
+        gu = np.einsum("eai,eaj->eij", np.asarray(u).reshape(-1, 3)[conn],
+                       np.broadcast_to(gc, (conn.shape[0],) + gc.shape[1:]))
         return 0.5 * (gu + gu.transpose(0, 2, 1))
 
     def cell_stress(self, u: np.ndarray, eigenstrain: np.ndarray) -> np.ndarray:
@@ -334,6 +370,11 @@ class ElasticProblem:
         sig[:, idx, idx] += (lam * tr)[:, None]
         return sig
 
+
+    @property
+    def last_iterations(self) -> int:
+        """CG iterations of the last :meth:`solve` (a step's worth)."""
+        return self.solver.stats.iterations[-1]
 
     # --- what a results folder records (the cohesive problems have the same methods) --------------
     def summary(self) -> dict:

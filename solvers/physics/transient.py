@@ -74,7 +74,7 @@ def swell_states(mech: ElasticProblem, active: Material, *, soc_start: float, so
         eps = np.where(is_active, active.swelling_strain(theta, soc_start), 0.0)
         u = mech.solve(eps, x0=u)
         yield State(k, 0.0, 1, np.where(is_active, theta, soc_start), None, u,
-                    mech.cell_stress(u, eps), mech.solver.stats.iterations[-1])
+                    mech.cell_stress(u, eps), mech.last_iterations)
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,7 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
         sa_coeff = active.D_m2_s * active.omega_m3_mol / (GAS_CONSTANT * protocol.temperature_K)
     face_particle = np.asarray(faces["particle"])
     n_part = int(mesh.particles.max()) + 1
+    mech.time_step_s = protocol.dt  # rate-dependent mechanics (Perzyna plasticity)
     state = None
     step = 0
     for half in range(1, protocol.cycles + 1):
@@ -217,7 +218,8 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
             else:
                 diffuse = lambda extra, c=c, mask=mask, cur=current: kinetics.step(diff, c, extra, mask, cur)  # noqa: E731
             out = step % output_every == 0 or k_half == protocol.steps
-            if not (out or (feedback and step % feedback_every == 0)):  # stress-assisted: every = 1
+            # stress-assisted: every = 1; path-dependent mechanics (plasticity) at every step
+            if not (out or (feedback and step % feedback_every == 0) or mech.path_dependent):
                 c = diffuse(0.0)
                 if kinetics is None or not kinetics.cut_off(current):
                     continue
@@ -247,7 +249,7 @@ def _coupled_step(diff, mech, active, diffuse, u, theta0, sa_coeff, protocol):
         theta_cell[diff.cell_index] = diff.cell_mean(c_new) / c_max
         eps = np.where(is_active, active.swelling_strain(theta_cell, theta0), 0.0)
         u = mech.solve(eps, x0=u)
-        its += mech.solver.stats.iterations[-1]
+        its += mech.last_iterations
         sigma = mech.cell_stress(u, eps)
         if sa_coeff == 0.0:
             return c_new, u, sigma, its, k
