@@ -133,13 +133,18 @@ def cmd_view(args) -> int:
 
 
 def cmd_materials(args) -> int:
-    from solvers.physics.materials import PRESETS
+    from solvers.physics.materials import PLASTICITY_PRESETS, PRESETS
 
     print(f"{'name':10s} {'E_GPa':>8s} {'nu':>5s} {'D_m2_s':>9s} {'c_max':>8s}  volume change / source")
     for m in PRESETS.values():
         vc = ("table" if m.volume_change else f"Omega={m.omega_m3_mol:g}" if m.omega_m3_mol else "-")
         print(f"{m.name:10s} {m.E_GPa:8.3g} {m.nu:5.2f} {m.D_m2_s or float('nan'):9.2g} "
               f"{m.c_max_mol_m3 or float('nan'):8.0f}  {vc}; {m.source}")
+    print("\nplastic laws (a material table's plasticity = \"<name>\"):")
+    print(f"{'name':10s} {'yield_MPa':>9s} {'H_MPa':>7s} {'eta_s':>6s} {'m':>4s}  source")
+    for name, law in PLASTICITY_PRESETS.items():
+        print(f"{name:10s} {law.yield_MPa:9.3g} {law.hardening_MPa:7.3g} {law.viscosity_s:6.3g} "
+              f"{law.rate_exponent:4.2g}  {law.source}")
     return 0
 
 

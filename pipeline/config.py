@@ -443,7 +443,9 @@ class SolverConfig:
     the matrix-free multigrid's coarse spaces (split: coarse nodes split per connected piece of
     solid, an open cohesive band counts as a gap; CPU only; it halves the iterations on raw-CT
     segmentations and on an open band at 48^3, but at 96^3 its assembled coarse levels cost more
-    than they save: docs/performance.md)."""
+    than they save: docs/performance.md). ``plastic_rtol`` and ``plastic_maxiter``: a load step
+    with (visco)plastic phases (a material's ``plasticity``) iterates until its equilibrium
+    residual is below ``plastic_rtol`` of the swelling load, at most ``plastic_maxiter`` times."""
 
     method: str = "auto"
     rtol: float = 1e-8
@@ -453,9 +455,14 @@ class SolverConfig:
     device: str = "cpu"
     precision: str = "float64"
     coarse: str = "trilinear"
+    plastic_rtol: float = 1e-6
+    plastic_maxiter: int = 200
 
     def __post_init__(self):
         _check_choice("solver.method", self.method, ("auto", "direct", "amg"))
+        if not 0 < self.plastic_rtol < 1:
+            raise ConfigError(f"solver.plastic_rtol = {self.plastic_rtol!r} must lie in (0, 1)")
+        _check_positive("solver.plastic_maxiter", self.plastic_maxiter)
         _check_choice("solver.coarse", self.coarse, ("trilinear", "split"))
         if self.coarse == "split" and self.device == "gpu":
             raise ConfigError("solver.coarse = 'split' runs on the CPU (its coarse levels are scipy sparse "
@@ -474,7 +481,7 @@ class SolverConfig:
 
 @dataclass(frozen=True)
 class StatisticsConfig:
-    """[statistics]: ``shell_voxels`` (local void fraction shell) and
+    """[statistics]: ``shell_voxels`` (the particles' shells: local void fraction, plastic zone) and
     ``normal_smoothing_voxels`` (Gaussian width of the interface normals)."""
 
     shell_voxels: float = 3.0
@@ -586,6 +593,10 @@ class Config:
         self.electrochemistry.check(active, electrolyte, self.cycling)
         if self.interface.model == "cohesive" and self.solver.backend == "matrix-free":
             refuse_matrix_free_options(self.interface)
+        if self.interface.model == "cohesive" and (active.plasticity or electrolyte.plasticity):
+            raise ConfigError("a plastic material (materials.*.plasticity) with interface.model = 'cohesive' is not "
+                              "supported yet: run the plastic electrolyte with a bonded interface, or drop the "
+                              "plasticity table for a cohesive run")
         if self.interface.model == "cohesive" and self.mesh.order != 1:
             raise ConfigError("interface.model = 'cohesive' needs mesh.order = 1 (its interface elements have one "
                               "point per face corner)")

@@ -56,9 +56,15 @@ def build_problem(mesh, faces: dict, cfg: Config):
     opts = dict(top=cfg.mechanics.top, boundary=cfg.mechanics.faces,
                 stack_pressure_Pa=cfg.mechanics.stack_pressure_MPa * 1e6, rtol=sv.rtol,
                 maxiter=sv.maxiter, coarse=sv.coarse)
+    laws = {code: m.plasticity for code, m in materials.items() if m.plasticity is not None}
     if cfg.interface.model == "bonded":
-        return ElasticProblem(mesh, materials, solver=sv.method, aggregation=sv.aggregation, backend=backend,
-                              device=sv.device, precision=sv.precision, **opts)
+        elastic = ElasticProblem(mesh, materials, solver=sv.method, aggregation=sv.aggregation, backend=backend,
+                                 device=sv.device, precision=sv.precision, **opts)
+        if not laws:
+            return elastic
+        from solvers.physics.inelastic import PlasticProblem
+
+        return PlasticProblem(elastic, laws, rtol=sv.plastic_rtol, maxiter=sv.plastic_maxiter)
     ic = cfg.interface
     h = float(np.min(mesh.spacing))
     k0 = ic.penalty_stiffness * 1e15 or default_penalty(active.E, electrolyte.E, h)
@@ -122,16 +128,39 @@ def load_states(prob, faces: dict, cfg: Config, diffusion_info: dict, kinetics=N
     return states, protocol.steps * cyc.cycles
 
 
-def step_parts(mesh, geometry: dict, faces: dict, cohesive=None, kinetics=None) -> list:
+def step_parts(mesh, geometry: dict, faces: dict, cohesive=None, kinetics=None, plastic=None,
+               shell_voxels: float = 3.0) -> list:
     """What optional physics add to every written step: callables ``part(state) -> (columns, entries, cells)``.
 
     ``columns`` go into the step's particle table, ``entries`` into its summary, ``cells``
     into fields.xdmf. A cohesive problem adds delamination, a Butler-Volmer flux rule the
-    electrochemistry (:mod:`pipeline.stats`).
+    electrochemistry, a plastic problem the plastic zones (:mod:`pipeline.stats`;
+    ``shell_voxels``: the particles' electrolyte shells, ``[statistics] shell_voxels``).
     """
-    from pipeline.stats import interface_damage_summary, interface_damage_table, kinetics_summary, kinetics_table
+    from pipeline.stats import (
+        interface_damage_summary,
+        interface_damage_table,
+        kinetics_summary,
+        kinetics_table,
+        plastic_shells,
+        plasticity_summary,
+        plasticity_table,
+    )
 
     parts = []
+    if plastic is not None:
+        shell = plastic_shells(mesh, shell_voxels)
+        volume = np.abs(mesh.cell_volumes())
+        names = {1: "electrolyte", 2: "active"}
+
+        def plasticity(_st):
+            e = plastic.cell_equivalent_plastic_strain()
+            return (plasticity_table(geometry, shell, e, volume),
+                    plasticity_summary(mesh.cell_phase, e, volume,
+                                       {c: names[c] for c in np.unique(mesh.cell_phase[plastic.cells])}),
+                    {"equivalent_plastic_strain": e})
+
+        parts.append(plasticity)
     if cohesive is not None:
         def delamination(_st):
             fd = cohesive.face_damage()

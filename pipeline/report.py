@@ -83,6 +83,8 @@ def make_plots(out: Path, table: dict[str, np.ndarray], summary: dict) -> list[t
         plots += delamination_plots(plt, out, table, summary)
     if "cell_voltage_V" in summary["steps"][0]:
         plots += kinetics_plots(plt, out, table, summary)
+    if "plasticity" in summary.get("interface", {}):
+        plots += plasticity_plots(plt, out, table, summary)
     if summary.get("mode") == "galvanostatic":
         plots += transient_plots(plt, out, table, summary)
     elif len(summary["steps"]) > 1:
@@ -171,6 +173,32 @@ def kinetics_plots(plt, out: Path, table: dict[str, np.ndarray], summary: dict) 
               f"theta). {int(np.sum(table['ionically_isolated'][table['step'] == last]))} particles have no "
               "ionic path to the separator.")]
     return plots
+
+
+def plasticity_plots(plt, out: Path, table: dict[str, np.ndarray], summary: dict) -> list[tuple[str, str]]:
+    """Yielded share and equivalent plastic strain of every plastic phase against SOC; each particle's plastic
+    zone (yielded share of its electrolyte shell) against its size, coloured by its stress."""
+    steps = summary["steps"]
+    soc = [s["soc"] for s in steps]
+    names = sorted({k[: -len("_yielded_fraction")] for k in steps[-1] if k.endswith("_yielded_fraction")})
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    for n in names:
+        ax[0].plot(soc, [s[f"{n}_yielded_fraction"] for s in steps], "o-", label=f"{n}: yielded share")
+        ax[0].plot(soc, [s[f"{n}_plastic_strain_mean"] for s in steps], "s--", label=f"{n}: mean plastic strain")
+    ax[0].set_xlabel("state of charge theta")
+    ax[0].legend(fontsize=8)
+    last = int(table["step"].max())
+    rows = (table["step"] == last) & table["meshed"]
+    sc = ax[1].scatter(table["eq_diameter_um"][rows], table["plastic_zone_fraction"][rows], s=16,
+                       c=table[PARTICLE_STRESS][rows], cmap="magma")
+    fig.colorbar(sc, ax=ax[1], label="particle p95 von Mises (MPa)")
+    ax[1].set_xlabel("equivalent diameter (µm)")
+    ax[1].set_ylabel("plastic zone: yielded share of the shell")
+    return [(_save(plt, fig, out / "plasticity.png"),
+             "Left: share of each plastic phase's volume that has yielded, and its mean equivalent plastic "
+             f"strain, against SOC. Right: at step {last}, each particle's plastic zone (yielded share of its "
+             "electrolyte shell, [statistics] shell_voxels) against its size, coloured by its p95 von Mises "
+             "stress.")]
 
 
 def transient_plots(plt, out: Path, table: dict[str, np.ndarray], summary: dict) -> list[tuple[str, str]]:

@@ -216,3 +216,60 @@ def kinetics_summary(electro: dict) -> dict:
     return {"cell_voltage_V": float(electro["phi_s"]), "current_A": float(electro["current_A"]),
             "kinetic_iterations": int(electro["kinetic_iterations"]),
             "newton_iterations": int(electro["newton_iterations"])}
+
+
+def plastic_shells(mesh, shell_voxels: float) -> np.ndarray:
+    """(ne,) particle id of the electrolyte shell each cell lies in, 0 outside every shell.
+
+    A shell is the particle's Voronoi shell of :func:`segmentation.particle_geometry`: electrolyte
+    cells whose nearest particle voxel is within ``shell_voxels`` (voxels of the smallest spacing).
+    """
+    from scipy import ndimage as ndi
+
+    sp = np.asarray(mesh.spacing, float)
+    dist, idx = ndi.distance_transform_edt(mesh.particles == 0, sampling=sp / sp.min(), return_indices=True)
+    owner = mesh.particles[tuple(idx)].ravel()
+    near = (dist.ravel() > 0) & (dist.ravel() <= shell_voxels)
+    vox = mesh.cell_voxel
+    return np.where((mesh.cell_phase == 1) & near[vox], owner[vox], 0)
+
+
+def plasticity_table(geometry: dict[str, np.ndarray], shell: np.ndarray, equivalent: np.ndarray,
+                     cell_volume: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-particle plastic zone of one step.
+
+    Parameters
+    ----------
+    shell : (ne,) particle of every cell's electrolyte shell (:func:`plastic_shells`), 0: none
+    equivalent : (ne,) equivalent plastic strain of every cell
+    cell_volume : (ne,) m^3
+
+    Returns
+    -------
+    dict of (N,) columns: ``plastic_zone_fraction`` (yielded volume share of the particle's
+    electrolyte shell) and ``plastic_strain_max`` (largest equivalent plastic strain in it).
+    """
+    n = geometry["particle_id"].size + 1
+    tot = np.bincount(shell, weights=cell_volume, minlength=n)
+    yielded = np.bincount(shell, weights=cell_volume * (equivalent > 0), minlength=n)
+    peak = np.zeros(n)
+    np.maximum.at(peak, shell, equivalent)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(tot > 0, yielded / tot, np.nan)
+    return {"plastic_zone_fraction": frac[1:], "plastic_strain_max": peak[1:]}
+
+
+def plasticity_summary(cell_phase: np.ndarray, equivalent: np.ndarray, cell_volume: np.ndarray,
+                       phases: dict[int, str]) -> dict:
+    """Electrode plasticity of one step, per plastic phase: yielded volume share, mean and largest
+    equivalent plastic strain (``{name}_yielded_fraction``, ``{name}_plastic_strain_mean``, ``..._max``)."""
+    out = {}
+    for code, name in phases.items():
+        sel = cell_phase == code
+        if not sel.any():
+            continue
+        v, e = cell_volume[sel], equivalent[sel]
+        out[f"{name}_yielded_fraction"] = float(v[e > 0].sum() / v.sum())
+        out[f"{name}_plastic_strain_mean"] = float(np.average(e, weights=v))
+        out[f"{name}_plastic_strain_max"] = float(e.max())
+    return out

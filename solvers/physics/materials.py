@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solvers.physics.diffusion import FARADAY
+from solvers.physics.plasticity import J2Plasticity, parse_plasticity
 from tomomech.errors import ConfigError
 
 
@@ -46,6 +47,10 @@ class Material:
         Anodic and cathodic transfer coefficients.
     kappa_S_m : float or None
         Ionic conductivity, S/m (electrolytes).
+    plasticity : J2Plasticity or None
+        Von Mises (visco)plasticity of the phase (:mod:`solvers.physics.plasticity`); None: elastic.
+        In a config: a table ``{yield_MPa = ..., hardening_MPa = ..., viscosity_s = ...,
+        rate_exponent = ...}`` or the name of a law in :data:`PLASTICITY_PRESETS`.
     source : str
         Where the numbers come from.
     """
@@ -62,6 +67,7 @@ class Material:
     alpha_a: float = 0.5
     alpha_c: float = 0.5
     kappa_S_m: float | None = None
+    plasticity: J2Plasticity | None = None
     source: str = ""
 
     def __post_init__(self):
@@ -144,6 +150,30 @@ class Material:
 
 _PH = "shared/PHYSICS.md section 4"
 
+#: Named plastic laws (``plasticity = "<name>"`` in a material table). No yield stress of these electrolytes
+#: has been measured in a uniaxial test; the values are estimates from nanoindentation hardness or
+#: model choices, marked as such, to be swept in a study. LLZO has none: it is brittle (hardness 6-14 GPa,
+#: K_IC 0.4-1.5 MPa m^0.5, Ni et al., J. Mater. Sci. 47 (2012) 7978) and cracks long before it could yield.
+PLASTICITY_PRESETS: dict[str, J2Plasticity] = {
+    "Li6PS5Cl": J2Plasticity(
+        300.0, 0.0,
+        source="assumption: no measured yield stress of Li6PS5Cl was found; 300 MPa is the low end of "
+               "hardness / 3 to hardness / 2 for sulfide SEs of about 1.9 GPa hardness (McGrogan et al., Adv. "
+               "Energy Mater. 7 (2017) 1602011, Li2S-P2S5 glass) and the value of PHYSICS.md 3(e); perfectly "
+               "plastic. Sweep 50-1000 MPa"),
+    "LPS": J2Plasticity(
+        900.0, 0.0,
+        source="assumption: hardness / 2 of the 70Li2S-30P2S5 glass (about 1.9 GPa, McGrogan et al. 2017; "
+               "for E/H near 10 the hardness is 1.5-2 x the yield stress); rate dependence measured by "
+               "Herbert et al., J. Mater. Res. 39 (2024) 2856, not parametrised here"),
+    "PEO": J2Plasticity(
+        0.3, 0.0, viscosity_s=10.0, rate_exponent=1.0,
+        source="assumption: PEO-LiTFSI near 60-80 C, E 1-3 MPa (G' 0.4-1 MPa); yield 0.1-0.5 MPa and a "
+               "relaxation time of 1-100 s are model choices after Qin et al., Mech. Mater. (2023) 104773 "
+               "(elastic-viscoplastic model of PEO electrolytes); sweep them"),
+}
+
+
 #: Named presets. Sources are the literature behind the PHYSICS.md table.
 PRESETS: dict[str, Material] = {
     m.name: m
@@ -210,7 +240,7 @@ def get_material(spec, key: str = "materials") -> Material:
     if not isinstance(spec, dict):
         raise ConfigError(f"{key} must be a preset name or a table, got {type(spec).__name__}")
     allowed = {"name", "base", "E_GPa", "nu", "D_m2_s", "c_max_mol_m3", "volume_change",
-               "omega_m3_mol", "ocp", "k0_m_s", "alpha_a", "alpha_c", "kappa_S_m", "source"}
+               "omega_m3_mol", "ocp", "k0_m_s", "alpha_a", "alpha_c", "kappa_S_m", "plasticity", "source"}
     unknown = set(spec) - allowed
     if unknown:
         raise ConfigError(f"{key}: unknown material keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -234,4 +264,16 @@ def get_material(spec, key: str = "materials") -> Material:
                 fields[k] = tuple(tuple(float(x) for x in p) for p in fields[k])
             except (TypeError, ValueError):
                 raise ConfigError(f"{key}.{k} must be a table of [theta, value] pairs, got {fields[k]!r}") from None
+    fields["plasticity"] = plasticity_law(fields.get("plasticity"), key)
     return Material(**fields)
+
+
+def plasticity_law(spec, key: str = "materials") -> J2Plasticity | None:
+    """A plastic law from a preset name (:data:`PLASTICITY_PRESETS`), a table, or None (elastic)."""
+    if isinstance(spec, str):
+        for name, law in PLASTICITY_PRESETS.items():
+            if name.lower() == spec.lower():
+                return law
+        raise ConfigError(f"{key}.plasticity = {spec!r} is not a plastic law; known: {', '.join(PLASTICITY_PRESETS)} "
+                          "(LLZO stays elastic), or give a table {yield_MPa = ..., hardening_MPa = ...}")
+    return parse_plasticity(spec, key)
