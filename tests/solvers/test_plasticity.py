@@ -112,7 +112,7 @@ def _shear_recurrence(law, gammas, dt):
     sy0, H, eta, m = law.yield_Pa, law.hardening_Pa, law.viscosity_s, law.rate_exponent
     gp, p, out = 0.0, 0.0, []
     for g in gammas:
-        def h(dp):
+        def h(dp, g=g, gp=gp, p=p):
             tau = MU * (g - gp - np.sqrt(3) * dp)
             return dp - dt / eta * (max(np.sqrt(3) * tau - sy0 - H * (p + dp), 0.0) / sy0) ** m
         dp = 0.0 if h(0.0) >= 0 else brentq(h, 0.0, g, xtol=1e-300, rtol=1e-15)
