@@ -92,6 +92,13 @@ class SegmentationConfig:
     partitioning: a watershed seeded by the maxima of the blurred distance transform, with saddle
     and nearby peaks trimmed; porespy's defaults r_max = 4 voxels, sigma = 0.4; needs the optional
     ``porespy`` extra). ``split_depth_voxels`` applies to the watershed only.
+
+    Raw-CT corrections before denoising (grey values only, both off by default):
+    ``correct_drift`` maps every slice's 5th and 95th grey-value percentiles (inside the field of
+    view, smoothed along z by a quadratic fit over ``drift_window_slices``; 0: each slice on its own)
+    onto the stack's, removing a slow drift of
+    brightness along z; ``remove_rings`` subtracts ring artifacts around the slice centre (the
+    stack's radial profile less its running median over ``ring_width_voxels``).
     """
 
     method: str = "multiotsu"
@@ -103,8 +110,19 @@ class SegmentationConfig:
     split_touching: bool = True
     split_depth_voxels: float = 1.0
     split_method: str = "watershed"
+    correct_drift: bool = False
+    drift_window_slices: int = 21
+    remove_rings: bool = False
+    ring_width_voxels: int = 9
 
     def __post_init__(self):
+        _check_positive("segmentation.drift_window_slices", self.drift_window_slices, allow_zero=True)
+        if self.ring_width_voxels < 3:
+            raise ConfigError(f"segmentation.ring_width_voxels = {self.ring_width_voxels}: use at least 3 "
+                              "(wider than the rings, narrower than the radial trends to keep)")
+        if (self.correct_drift or self.remove_rings) and self.method == "labels":
+            raise ConfigError("segmentation.correct_drift and remove_rings act on grey values: method = 'labels' "
+                              "reads a label image; use 'multiotsu' or 'thresholds'")
         _check_choice("segmentation.method", self.method, ("labels", "multiotsu", "thresholds"))
         _check_choice("segmentation.split_method", self.split_method, ("watershed", "snow"))
         _check_choice("segmentation.denoise", self.denoise, ("none", "median", "gaussian", "nlmeans"))

@@ -121,10 +121,15 @@ def segment_stage(image: np.ndarray, sc, spacing_um) -> tuple[np.ndarray, np.nda
 def grey_thresholds(image: np.ndarray, sc) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The denoised grey values, the field of view ((Y, X) bool or None) and the thresholds that
     split them (``sc.thresholds``, or multi-Otsu over the field of view's values only)."""
-    from segmentation import denoise, field_of_view, multiotsu_thresholds
+    from segmentation import correct_z_drift, denoise, field_of_view, multiotsu_thresholds, remove_rings
 
     inside = field_of_view(image)
-    img = denoise(image, sc.denoise, sc.denoise_strength)
+    img = image
+    if sc.correct_drift:
+        img = correct_z_drift(img, inside, sc.drift_window_slices)
+    if sc.remove_rings:
+        img = remove_rings(img, width_voxels=sc.ring_width_voxels)
+    img = denoise(img, sc.denoise, sc.denoise_strength)
     if sc.method != "multiotsu":
         return img, inside, np.asarray(sc.thresholds, float)
     thr = multiotsu_thresholds(img if inside is None else img[:, inside], 3)

@@ -15,12 +15,14 @@ from segmentation.phases import (
     map_phases,
     multiotsu_thresholds,
 )
+from segmentation.preprocess import correct_z_drift, remove_rings
 from segmentation.synthetic import make_composite
 
 __all__ = [
     "Phase",
     "classify_multiotsu",
     "classify_thresholds",
+    "correct_z_drift",
     "denoise",
     "face_pairs",
     "field_of_view",
@@ -29,5 +31,6 @@ __all__ = [
     "map_phases",
     "multiotsu_thresholds",
     "particle_geometry",
+    "remove_rings",
     "remove_small_particles",
 ]
