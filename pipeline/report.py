@@ -83,7 +83,7 @@ def make_plots(out: Path, table: dict[str, np.ndarray], summary: dict) -> list[t
         plots += delamination_plots(plt, out, table, summary)
     if "cell_voltage_V" in summary["steps"][0]:
         plots += kinetics_plots(plt, out, table, summary)
-    if "plasticity" in summary.get("interface", {}):
+    if "plasticity" in summary:
         plots += plasticity_plots(plt, out, table, summary)
     if summary.get("mode") == "galvanostatic":
         plots += transient_plots(plt, out, table, summary)

@@ -237,6 +237,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
             ts = time.perf_counter()
     t["solve_s"] = t_solve
     io.write_csv(out / "particles.csv", stack_tables(tables))
+    interface = prob.summary()
+    plasticity = interface.pop("plasticity", None)  # the bulk's law, a section of its own
     summary = {
         "mode": cfg.cycling.mode,
         "particle_count": int(geom["particle_id"].size),
@@ -250,7 +252,8 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         **({"electrolyte_solver": kinetics.elec.summary()} if kinetics is not None else {}),
         **({"diffusion_solver": {**diffusion_info["diffusion"].as_dict(),
                                  "nodes": diffusion_info["diffusion_nodes"]}} if diffusion_info else {}),
-        "interface": {**prob.summary(), **({"onset_warning": onset_warning} if cohesive else {})},
+        "interface": {**interface, **({"onset_warning": onset_warning} if cohesive else {})},
+        **({"plasticity": plasticity} if plasticity else {}),
         "timings_s": {k: round(v, 3) for k, v in t.items()},
         **({"field_of_view": {"inside_fraction": float(inside.mean())}} if inside is not None else {}),
         "steps": summaries,

@@ -25,7 +25,7 @@ def test_plastic_swelling_run_outputs(config_file, capsys):
     out = config_file.parent / "out"
     summary = json.loads((out / "summary.json").read_text())
     steps = summary["steps"]
-    assert summary["interface"]["plasticity"]["laws"][0]["yield_MPa"] == 100.0
+    assert summary["plasticity"]["laws"][0]["yield_MPa"] == 100.0
     assert 0 < steps[0]["electrolyte_yielded_fraction"] < steps[-1]["electrolyte_yielded_fraction"] <= 1
     assert steps[-1]["electrolyte_plastic_strain_max"] > 0 and steps[-1]["plastic_iterations"] >= 2
     # perfect plasticity: the cell-mean stress of electrolyte cells lies on or inside the yield surface
