@@ -37,6 +37,9 @@ from tomomech.errors import ConfigError, ConvergenceError
 
 log = logging.getLogger(__name__)
 
+#: halvings of a Newton correction that does not lower the equilibrium residual
+LINE_SEARCH = 6
+
 
 class PlasticProblem:
     """Mechanics with J2 (visco)plastic phases: ``solve`` advances and commits the plastic state.
@@ -169,7 +172,7 @@ class PlasticProblem:
         u, k, cg, residual, (stress, ep_new, p_new) = step(f0, scale, swell, x0)
         if residual > self.rtol:
             raise ConvergenceError(
-                f"the plastic step did not converge in {self.maxiter} iterations (equilibrium residual "
+                f"the plastic step did not converge in {k} iterations (equilibrium residual "
                 f"{residual:.1e} of the load, target {self.rtol:.0e}): take smaller load steps ([cycling] steps), "
                 "or raise [solver] plastic_maxiter", iterations=self.maxiter, residual=residual)
         yielding = int(np.count_nonzero(p_new > self.equivalent))
@@ -202,23 +205,37 @@ class PlasticProblem:
 
     def _newton(self, f0, scale, swell, x0):
         """Newton on the displacement with the consistent tangent, each correction by CG preconditioned
-        by the elastic problem's multigrid or AMG (set up once), to ``forcing`` of the residual."""
+        by the elastic problem's multigrid or AMG (set up once), to ``forcing`` of the residual; a
+        correction that does not lower the residual is halved (backtracking, at most ``LINE_SEARCH`` times:
+        the tangent is symmetric, so the Newton direction descends on the residual's norm)."""
         solver = self.base.solver
         u = np.zeros_like(f0) if x0 is None else np.array(np.ravel(x0), float)
-        cg, residual, best = 0, np.inf, np.inf
-        for k in range(1, self.maxiter + 1):
-            stress, ep, p, soft, drop = self._map(u, swell, tangent=True)
-            R = f0 + self.plastic_load(ep) - solver.matvec(u)
-            residual = float(np.linalg.norm(R)) / scale
-            log.debug("plastic Newton %d: equilibrium residual %.2e, %d cells yielding", k, residual, soft.size)
-            if residual <= self.rtol or (k > 4 and residual > 0.5 * best):  # converged, or stalled
-                break
-            best = min(best, residual)
-            du, its = flexible_cg(self._tangent_matvec(soft, drop), R, solver.apply_preconditioner,
+
+        def evaluate(u):
+            state = self._map(u, swell, tangent=True)
+            R = f0 + self.plastic_load(state[1]) - solver.matvec(u)
+            return state, R, float(np.linalg.norm(R)) / scale
+
+        state, R, residual = evaluate(u)
+        cg, k = 0, 0
+        while residual > self.rtol and k < self.maxiter:
+            k += 1
+            du, its = flexible_cg(self._tangent_matvec(*state[3:]), R, solver.apply_preconditioner,
                                   rtol=max(self.forcing, 0.5 * self.rtol / residual), maxiter=solver.maxiter)
             cg += its
-            u = u + du
-        return u, k, cg, residual, (stress, ep, p)
+            alpha = 1.0
+            for _ in range(LINE_SEARCH + 1):
+                trial = evaluate(u + alpha * du)
+                if trial[2] < residual:
+                    break
+                alpha *= 0.5
+            else:  # no decrease along the direction: give up with the residual reached
+                break
+            u = u + alpha * du
+            state, R, residual = trial
+            log.debug("plastic Newton %d: residual %.2e (step %.3g), %d cells yielding", k, residual, alpha,
+                      state[3].size)
+        return u, max(k, 1), cg, residual, state[:3]
 
     @property
     def last_iterations(self) -> int:

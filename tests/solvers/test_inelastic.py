@@ -166,3 +166,37 @@ def test_a_step_that_cannot_converge_raises():
     with pytest.raises(ConvergenceError, match="plastic_maxiter"):
         swell(mesh, prob, 1)
     assert not prob.equivalent.any() and not prob.history
+
+
+def test_viscous_electrolyte_through_galvanostatic_cycles():
+    """A charge and a discharge (2 half-cycles) with a viscoplastic electrolyte: the plastic state persists
+    (the largest equivalent plastic strain never falls from step to step), every step is solved (path
+    dependence), and a faster charge leaves a larger overstress above the yield stress at the end of the
+    charge, which the rate-independent law never exceeds."""
+    from solvers import fields
+    from solvers.physics import get_material
+    from solvers.physics.transient import Galvanostatic, galvanostatic_states
+
+    ph, pa = matbox(14)
+    mesh = voxel_hex_mesh(ph, pa, [1e-6] * 3)
+    faces = fields.interface_faces(mesh.phases, mesh.particles, mesh.spacing)
+    nmc = get_material("NMC")
+    se = mesh.cell_phase == 1
+
+    def run(c_rate, law):
+        prob = PlasticProblem(ElasticProblem(mesh, {1: SE, 2: nmc}, top="free"), {1: law})
+        proto = Galvanostatic(c_rate=c_rate, soc_start=0.9, soc_end=0.3, cycles=2, steps=4)
+        peaks, over = [], None
+        for st in galvanostatic_states(prob, nmc, faces, proto, output_every=1):
+            peaks.append(prob.equivalent.max())
+            if st.step == 4:
+                over = fields.von_mises(st.sigma[se]).max() / law.yield_Pa - 1
+        assert len(prob.history) == 8  # every step solved
+        return np.array(peaks), over
+
+    viscous = J2Plasticity(20.0, 0.0, viscosity_s=300.0)
+    peaks, slow = run(1.0, viscous)
+    _, fast = run(20.0, viscous)
+    _, plain = run(20.0, J2Plasticity(20.0))
+    assert peaks[-1] > 0 and np.all(np.diff(peaks) >= 0)
+    assert fast > slow > 0 and plain <= 1e-6
