@@ -237,8 +237,6 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
             ts = time.perf_counter()
     t["solve_s"] = t_solve
     io.write_csv(out / "particles.csv", stack_tables(tables))
-    interface = prob.summary()
-    plasticity = interface.pop("plasticity", None)  # the bulk's law, a section of its own
     summary = {
         "mode": cfg.cycling.mode,
         "particle_count": int(geom["particle_id"].size),
@@ -248,18 +246,28 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
         "mesh": {"kind": cfg.mesh.kind, "element": mesh.element.name, "cells": mesh.n_cells,
                  "nodes": mesh.n_nodes, "dof": prob.n_dof, "removed_floating_voxels": mesh.removed_voxels,
                  **({"quality": quality} if quality else {})},
-        "solver": prob.solver.stats.as_dict(),
-        **({"electrolyte_solver": kinetics.elec.summary()} if kinetics is not None else {}),
-        **({"diffusion_solver": {**diffusion_info["diffusion"].as_dict(),
-                                 "nodes": diffusion_info["diffusion_nodes"]}} if diffusion_info else {}),
-        "interface": {**interface, **({"onset_warning": onset_warning} if cohesive else {})},
-        **({"plasticity": plasticity} if plasticity else {}),
+        **solver_records(prob, kinetics, diffusion_info, {"onset_warning": onset_warning} if cohesive else {}),
         "timings_s": {k: round(v, 3) for k, v in t.items()},
         **({"field_of_view": {"inside_fraction": float(inside.mean())}} if inside is not None else {}),
         "steps": summaries,
     }
     io.write_json(out / "summary.json", summary)
     return summary
+
+
+def solver_records(prob, kinetics, diffusion_info: dict, interface_extra: dict) -> dict:
+    """The summary.json sections the solvers fill: ``solver``, ``interface`` (with ``interface_extra``),
+    and where they ran ``plasticity``, ``electrolyte_solver`` and ``diffusion_solver``."""
+    interface = prob.summary()
+    plasticity = interface.pop("plasticity", None)  # the bulk's law, a section of its own
+    out = {"solver": prob.solver.stats.as_dict(), "interface": {**interface, **interface_extra}}
+    if plasticity:
+        out["plasticity"] = plasticity
+    if kinetics is not None:
+        out["electrolyte_solver"] = kinetics.elec.summary()
+    if diffusion_info:
+        out["diffusion_solver"] = {**diffusion_info["diffusion"].as_dict(), "nodes": diffusion_info["diffusion_nodes"]}
+    return out
 
 
 #: the warning when theta leaves [0, 1], by flux rule (uniform: True)
