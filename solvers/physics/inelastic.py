@@ -10,15 +10,14 @@ conjugate force is then the cell-mean stress, so the return map runs on the
 cell-mean strain (exact on linear tets, where the strain is constant, and the
 variationally consistent pairing on hexes and quadratic tets).
 
-Solution: the initial-stiffness (elastic predictor) iteration. The elastic
-operator and its preconditioner are set up once and never change; each
-iteration solves ``K u = f_swell + int B^T C eps_p`` with the plastic strain
-of the last return map as an eigenstrain, warm-started, and Anderson mixing
-(depth 5) accelerates the fixed point on ``eps_p``. The iteration stops when
-the equilibrium residual, which is the load of the change of ``eps_p``, is
-below ``rtol`` of the swelling load. This keeps the matrix-free multigrid and
-the AMG hierarchies untouched (no tangent to assemble or to coarsen);
-docs/plasticity.md compares it with Newton on the consistent tangent.
+Solution: Newton on the displacement with the consistent tangent, which is
+the elastic operator less ``int B^T (C - C_ep) B`` over the yielding cells.
+Each correction is solved by CG preconditioned by the elastic problem's
+multigrid or AMG, set up once and never changed (no tangent to assemble or to
+coarsen), and halved while it does not lower the equilibrium residual. The
+initial-stiffness iteration (the plastic strain as an eigenstrain of the
+elastic problem, Anderson-mixed) is kept as ``method="initial-stiffness"``;
+docs/plasticity.md compares the two.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import numpy as np
 
 from solvers.fem.mandel import IDENTITY, from_mandel, to_mandel
 from solvers.linalg import anderson, flexible_cg
-from solvers.physics.plasticity import J2Plasticity, MapResult, consistent_tangent, return_map
+from solvers.physics.plasticity import J2Plasticity, return_map, softening
 from tomomech.errors import ConfigError, ConvergenceError
 
 log = logging.getLogger(__name__)
@@ -56,9 +55,12 @@ class PlasticProblem:
     rtol : float
         Equilibrium residual of a step, relative to the norm of its swelling load.
     maxiter : int
-        Initial-stiffness iterations per step before ConvergenceError.
+        Newton (or initial-stiffness) iterations per step before ConvergenceError.
     depth : int
-        Anderson mixing depth (0: plain initial-stiffness iteration).
+        Anderson mixing depth of the initial-stiffness iteration (0: plain substitution).
+    method : {"newton", "initial-stiffness"}
+    forcing : float
+        Newton: CG tolerance of a correction, relative to the residual.
 
     Attributes
     ----------
@@ -86,13 +88,14 @@ class PlasticProblem:
         groups = [(law, c) for law, c in groups if c.size]
         self.laws = [law for law, _ in groups]
         self.cells = np.concatenate([c for _, c in groups]) if groups else np.zeros(0, np.int64)
-        self._group = np.repeat(np.arange(len(groups)), [c.size for _, c in groups])
+        # each law's positions in ``cells``: the return map runs once per plastic phase
+        ends = np.cumsum([0] + [c.size for _, c in groups])
+        self._phase_slices = [slice(a, b) for a, b in zip(ends[:-1], ends[1:])]
         lam, mu = base._lame[base.cell_material[self.cells]].T
         self._lam, self._mu = lam, mu
         m = self.cells.size
         self.plastic_strain = np.zeros((m, 6))
         self.equivalent = np.zeros(m)
-        self._stress = np.zeros((m, 6))
         self._increment = np.zeros((m, 6))
         self.time_step_s = np.inf
         self.rtol, self.maxiter, self.depth = float(rtol), int(maxiter), int(depth)
@@ -124,23 +127,17 @@ class PlasticProblem:
         strain = to_mandel(self.base.cell_strain(u, self.cells)) - swell[:, None] * IDENTITY - self.plastic_strain
         trial = self._elastic_stress(strain)
         stress, ep, p = np.empty_like(trial), np.empty_like(trial), np.empty(trial.shape[0])
-        soft, drop = [], []
-        for g, law in enumerate(self.laws):  # one vectorised map per plastic phase
-            sel = np.flatnonzero(self._group == g)
+        soft, drop = [np.zeros(0, np.int64)], [np.zeros((0, 6, 6))]
+        for law, sel in zip(self.laws, self._phase_slices):
             r = return_map(law, trial[sel], self.plastic_strain[sel], self.equivalent[sel], self._mu[sel],
                            self.time_step_s)
             stress[sel], ep[sel], p[sel] = r.stress, r.plastic_strain, r.equivalent
             if tangent:
-                y = r.yielding
-                lam, mu = self._lam[sel][y], self._mu[sel][y]
-                C = 2.0 * mu[:, None, None] * np.eye(6) + lam[:, None, None] * np.outer(IDENTITY, IDENTITY)
-                picked = MapResult(*(getattr(r, f)[y] for f in MapResult.__dataclass_fields__))
-                soft.append(sel[y])
-                drop.append(C - consistent_tangent(picked, lam + 2.0 * mu / 3.0, mu))
+                y = np.flatnonzero(r.yielding)
+                soft.append(sel.start + y)
+                drop.append(softening(r.take(y), self._mu[sel][y]))
         if not tangent:
             return stress, ep, p
-        if not soft:
-            return stress, ep, p, np.zeros(0, np.int64), np.zeros((0, 6, 6))
         return stress, ep, p, np.concatenate(soft), np.concatenate(drop)
 
     def _tangent_matvec(self, soft: np.ndarray, drop: np.ndarray):
@@ -169,15 +166,15 @@ class PlasticProblem:
         scale = max(float(np.linalg.norm(f0)), 1e-300)
         swell = eps[self.cells]
         step = self._newton if self.method == "newton" else self._initial_stiffness
-        u, k, cg, residual, (stress, ep_new, p_new) = step(f0, scale, swell, x0)
+        u, k, cg, residual, (_, ep_new, p_new) = step(f0, scale, swell, x0)
         if residual > self.rtol:
             raise ConvergenceError(
                 f"the plastic step did not converge in {k} iterations (equilibrium residual "
                 f"{residual:.1e} of the load, target {self.rtol:.0e}): take smaller load steps ([cycling] steps), "
-                "or raise [solver] plastic_maxiter", iterations=self.maxiter, residual=residual)
+                "or raise [solver] plastic_maxiter", iterations=k, residual=residual)
         yielding = int(np.count_nonzero(p_new > self.equivalent))
         self._increment = ep_new - self.plastic_strain
-        self.plastic_strain, self.equivalent, self._stress = ep_new, p_new, stress
+        self.plastic_strain, self.equivalent = ep_new, p_new
         self._cg_last = cg
         self.history.append({"iterations": k, "cg_iterations": cg, "residual": residual, "yielding_cells": yielding,
                              "seconds": time.perf_counter() - t0})

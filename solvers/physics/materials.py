@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solvers.physics.diffusion import FARADAY
-from solvers.physics.plasticity import J2Plasticity, parse_plasticity
+from solvers.physics.plasticity import J2Plasticity
 from tomomech.errors import ConfigError
 
 
@@ -270,10 +270,21 @@ def get_material(spec, key: str = "materials") -> Material:
 
 def plasticity_law(spec, key: str = "materials") -> J2Plasticity | None:
     """A plastic law from a preset name (:data:`PLASTICITY_PRESETS`), a table, or None (elastic)."""
+    if spec is None or isinstance(spec, J2Plasticity):
+        return spec
     if isinstance(spec, str):
         for name, law in PLASTICITY_PRESETS.items():
             if name.lower() == spec.lower():
                 return law
         raise ConfigError(f"{key}.plasticity = {spec!r} is not a plastic law; known: {', '.join(PLASTICITY_PRESETS)} "
                           "(LLZO stays elastic), or give a table {yield_MPa = ..., hardening_MPa = ...}")
-    return parse_plasticity(spec, key)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{key}.plasticity must be a law's name or a table {{yield_MPa = ..., hardening_MPa = ...}}, "
+                          f"got {spec!r}")
+    allowed = {"yield_MPa", "hardening_MPa", "viscosity_s", "rate_exponent", "source"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ConfigError(f"{key}.plasticity: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if "yield_MPa" not in spec:
+        raise ConfigError(f"{key}.plasticity needs yield_MPa")
+    return J2Plasticity(**{"source": "inline table in the config", **spec})

@@ -23,7 +23,7 @@ Tensors are Mandel 6-vectors (:mod:`solvers.fem.mandel`): ``a : b`` is the dot p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -85,34 +85,6 @@ class J2Plasticity:
         return self.viscosity_s > 0
 
 
-def parse_plasticity(spec, key: str) -> J2Plasticity | None:
-    """A :class:`J2Plasticity` from a config table (None stays None: an elastic phase)."""
-    if spec is None or isinstance(spec, J2Plasticity):
-        return spec
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{key}.plasticity must be a table {{yield_MPa = ..., hardening_MPa = ...}}, "
-                          f"got {spec!r}")
-    allowed = {"yield_MPa", "hardening_MPa", "viscosity_s", "rate_exponent", "source"}
-    unknown = set(spec) - allowed
-    if unknown:
-        raise ConfigError(f"{key}.plasticity: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if "yield_MPa" not in spec:
-        raise ConfigError(f"{key}.plasticity needs yield_MPa")
-    return J2Plasticity(**{"source": "inline table in the config", **spec})
-
-
-def von_mises(stress: np.ndarray) -> np.ndarray:
-    """Von Mises equivalent stress ``sqrt(3/2 s : s)`` of (..., 6) Mandel stresses."""
-    s = np.asarray(stress) @ DEVIATORIC
-    return np.sqrt(1.5 * np.einsum("...i,...i->...", s, s))
-
-
-def equivalent_strain(strain: np.ndarray) -> np.ndarray:
-    """``sqrt(2/3 e : e)`` of (..., 6) Mandel (deviatoric) strains: the equivalent plastic strain increment."""
-    e = np.asarray(strain)
-    return np.sqrt(2.0 / 3.0 * np.einsum("...i,...i->...", e, e))
-
-
 @dataclass(frozen=True)
 class MapResult:
     """One step of :func:`return_map` at ``n`` points.
@@ -139,6 +111,10 @@ class MapResult:
     @property
     def yielding(self) -> np.ndarray:
         return self.dp > 0
+
+    def take(self, which) -> MapResult:
+        """The result at the points ``which`` (indices or a mask)."""
+        return MapResult(*(getattr(self, f.name)[which] for f in fields(self)))
 
 
 def return_map(law: J2Plasticity, trial: np.ndarray, plastic_strain: np.ndarray, equivalent: np.ndarray,
@@ -199,21 +175,27 @@ def return_map(law: J2Plasticity, trial: np.ndarray, plastic_strain: np.ndarray,
                      np.asarray(equivalent, float) + dp, dp, direction, q, slope)
 
 
-def consistent_tangent(result: MapResult, K: float | np.ndarray, G: float | np.ndarray) -> np.ndarray:
-    """(n, 6, 6) algorithmic tangent ``d stress / d eps`` of :func:`return_map` at its solution.
+def softening(result: MapResult, G: float | np.ndarray) -> np.ndarray:
+    """(n, 6, 6) ``C - C_ep``: how much the plastic flow of a step takes off the elastic stiffness.
 
-    ``C_ep = 3 K P_vol + 2 G (1 - 3 G dp / q_tr) P_dev
-    - 6 G^2 (1 / (3 G + slope) - dp / q_tr) n (x) n`` with ``n`` the unit trial direction
-    (Simo and Hughes 1998, Box 3.2), ``slope`` including the viscous term.
+    ``2 G (3 G dp / q_tr) P_dev + 6 G^2 (1 / (3 G + slope) - dp / q_tr) n (x) n`` with ``n`` the unit
+    trial direction (Simo and Hughes 1998, Box 3.2; ``slope`` includes the viscous term); zero where
+    the point does not yield. The bulk part is elastic and drops out.
     """
-    n = result.q_trial.size
-    K = np.broadcast_to(np.asarray(K, float), (n,))
-    G = np.broadcast_to(np.asarray(G, float), (n,))
+    G = np.broadcast_to(np.asarray(G, float), result.dp.shape)
     dp, q = result.dp, result.q_trial
     with np.errstate(divide="ignore", invalid="ignore"):
-        theta = np.where(dp > 0, 1.0 - 3.0 * G * dp / q, 1.0)
+        dev = np.where(dp > 0, 3.0 * G * dp / q, 0.0)
         bar = np.where(dp > 0, 1.0 / (3.0 * G + result.slope) - dp / q, 0.0)
-    vol = np.outer(IDENTITY, IDENTITY) / 3.0
     nn = np.einsum("ni,nj->nij", result.direction, result.direction)
-    return (3.0 * K[:, None, None] * vol + (2.0 * G * theta)[:, None, None] * DEVIATORIC
-            - (6.0 * G**2 * bar)[:, None, None] * nn)
+    return (2.0 * G * dev)[:, None, None] * DEVIATORIC + (6.0 * G**2 * bar)[:, None, None] * nn
+
+
+def consistent_tangent(result: MapResult, K: float | np.ndarray, G: float | np.ndarray) -> np.ndarray:
+    """(n, 6, 6) algorithmic tangent ``d stress / d eps`` of :func:`return_map` at its solution:
+    the elastic ``3 K P_vol + 2 G P_dev`` less :func:`softening`."""
+    n = result.dp.size
+    K = np.broadcast_to(np.asarray(K, float), (n,))
+    G = np.broadcast_to(np.asarray(G, float), (n,))
+    elastic = 3.0 * K[:, None, None] * np.outer(IDENTITY, IDENTITY) / 3.0 + 2.0 * G[:, None, None] * DEVIATORIC
+    return elastic - softening(result, G)

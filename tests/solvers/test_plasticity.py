@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from solvers.fem.mandel import SQRT2, isotropic
-from solvers.physics.plasticity import J2Plasticity, consistent_tangent, return_map, von_mises
+from solvers.fem.mandel import SQRT2, from_mandel, isotropic
+from solvers.fields import von_mises as von_mises_tensor
+from solvers.physics.plasticity import J2Plasticity, consistent_tangent, return_map
 from tomomech.errors import ConfigError
 
 E, NU = 22e9, 0.3
@@ -146,6 +147,10 @@ def test_perzyna_constant_rate_and_relaxation_match_the_ode(m):
     ratios = np.array(errors[:-1]) / np.array(errors[1:])
     assert np.all((ratios > 1.7) & (ratios < 2.3)), ratios
     assert errors[-1] < 2e-4, errors
+
+
+def von_mises(mandel):
+    return von_mises_tensor(from_mandel(mandel))
 
 
 def test_rate_dependence_limits():
