@@ -219,19 +219,13 @@ def kinetics_summary(electro: dict) -> dict:
 
 
 def plastic_shells(mesh, shell_voxels: float) -> np.ndarray:
-    """(ne,) particle id of the electrolyte shell each cell lies in, 0 outside every shell.
+    """(ne,) particle id of the electrolyte shell each cell lies in, 0 outside every shell: the
+    electrolyte cells of the particles' Voronoi shells (:func:`segmentation.geometry.voronoi_shells`,
+    the shells of ``local_void_fraction``)."""
+    from segmentation.geometry import voronoi_shells
 
-    A shell is the particle's Voronoi shell of :func:`segmentation.particle_geometry`: electrolyte
-    cells whose nearest particle voxel is within ``shell_voxels`` (voxels of the smallest spacing).
-    """
-    from scipy import ndimage as ndi
-
-    sp = np.asarray(mesh.spacing, float)
-    dist, idx = ndi.distance_transform_edt(mesh.particles == 0, sampling=sp / sp.min(), return_indices=True)
-    owner = mesh.particles[tuple(idx)].ravel()
-    near = (dist.ravel() > 0) & (dist.ravel() <= shell_voxels)
-    vox = mesh.cell_voxel
-    return np.where((mesh.cell_phase == 1) & near[vox], owner[vox], 0)
+    owner = voronoi_shells(mesh.particles, mesh.spacing, shell_voxels).ravel()[mesh.cell_voxel]
+    return np.where(mesh.cell_phase == 1, owner, 0)
 
 
 def plasticity_table(geometry: dict[str, np.ndarray], shell: np.ndarray, equivalent: np.ndarray,

@@ -81,6 +81,19 @@ def face_areas(spacing) -> np.ndarray:
     return np.array([hy * hx, hz * hx, hz * hy])
 
 
+def voronoi_shells(particles: np.ndarray, spacing, shell_voxels: float) -> np.ndarray:
+    """(Z, Y, X) int: the particle whose Voronoi shell each voxel lies in, 0 outside every shell.
+
+    A particle's shell holds the non-particle voxels whose nearest particle voxel is its own and
+    within ``shell_voxels`` (in voxels of the smallest spacing), so neighbouring shells never
+    overlap.
+    """
+    lab = np.asarray(particles)
+    sp = np.asarray(spacing, float)
+    dist, idx = ndi.distance_transform_edt(lab == 0, sampling=sp / sp.min(), return_indices=True)
+    return np.where((dist > 0) & (dist <= shell_voxels), lab[tuple(idx)], 0)
+
+
 def particle_geometry(
     phases: np.ndarray,
     particles: np.ndarray,
@@ -157,11 +170,8 @@ def particle_geometry(
         border |= ndi.binary_dilation(~np.asarray(region, bool)) & np.asarray(region, bool)
     touches = np.bincount(lab3[border], minlength=m) > 0
 
-    # Voronoi shell of each particle: non-particle voxels whose nearest particle
-    # voxel is within shell_voxels
-    dist, idx = ndi.distance_transform_edt(lab3 == 0, sampling=sp / sp.min(), return_indices=True)
-    owner = lab3[tuple(idx)].ravel()
-    shell = (dist.ravel() > 0) & (dist.ravel() <= shell_voxels) & inside
+    owner = voronoi_shells(lab3, sp, shell_voxels).ravel()
+    shell = (owner > 0) & inside
     shell_n = np.bincount(owner[shell], minlength=m).astype(float)
     shell_void = np.bincount(owner[shell & (ph == Phase.VOID)], minlength=m)
     with np.errstate(invalid="ignore", divide="ignore"):
