@@ -244,6 +244,11 @@ class MaterialsConfig:
     def resolve(self) -> tuple[Material, Material]:
         return get_material(self.active, "materials.active"), get_material(self.electrolyte, "materials.electrolyte")
 
+    @property
+    def plastic(self) -> bool:
+        """True when a phase has a plasticity law."""
+        return any(m.plasticity is not None for m in self.resolve())
+
 
 @dataclass(frozen=True)
 class MechanicsConfig:
@@ -611,7 +616,7 @@ class Config:
         self.electrochemistry.check(active, electrolyte, self.cycling)
         if self.interface.model == "cohesive" and self.solver.backend == "matrix-free":
             refuse_matrix_free_options(self.interface)
-        if self.interface.model == "cohesive" and (active.plasticity or electrolyte.plasticity):
+        if self.interface.model == "cohesive" and self.materials.plastic:
             raise ConfigError("a plastic material (materials.*.plasticity) with interface.model = 'cohesive' is not "
                               "supported yet: run the plastic electrolyte with a bonded interface, or drop the "
                               "plasticity table for a cohesive run")

@@ -149,16 +149,16 @@ def step_parts(mesh, geometry: dict, faces: dict, cohesive=None, kinetics=None, 
 
     parts = []
     if plastic is not None:
+        from segmentation import Phase
+
         shell = plastic_shells(mesh, shell_voxels)
         volume = np.abs(mesh.cell_volumes())
-        names = {1: "electrolyte", 2: "active"}
+        phases = {int(c): Phase(c).name.lower() for c in np.unique(mesh.cell_phase[plastic.cells])}
 
         def plasticity(_st):
             e = plastic.cell_equivalent_plastic_strain()
             return (plasticity_table(geometry, shell, e, volume),
-                    plasticity_summary(mesh.cell_phase, e, volume,
-                                       {c: names[c] for c in np.unique(mesh.cell_phase[plastic.cells])}),
-                    {"equivalent_plastic_strain": e})
+                    plasticity_summary(mesh.cell_phase, e, volume, phases), {"equivalent_plastic_strain": e})
 
         parts.append(plasticity)
     if cohesive is not None:

@@ -195,7 +195,7 @@ def solve_stage(phases, particles, spacing_um, cfg: Config, out: Path, progress:
     kinetics = kinetic_flux(mesh, faces, cfg)
     states, n_steps = load_states(prob, faces, cfg, diffusion_info, kinetics)
     parts = step_parts(mesh, geom, faces, prob if cohesive else None, kinetics,
-                       prob if prob.path_dependent and not cohesive else None, cfg.statistics.shell_voxels)
+                       prob if cfg.materials.plastic else None, cfg.statistics.shell_voxels)
     is_active = mesh.cell_phase == 2
     tables, summaries = [], []
     t_solve, warned, n_hist = 0.0, False, 0
