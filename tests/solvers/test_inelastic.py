@@ -146,7 +146,6 @@ def test_newton_and_initial_stiffness_agree_and_load_steps_do_not_matter():
     part = mesh.cell_particle[ap]
     mean = lambda s: np.array([np.bincount(part, weights=s[ap][:, i, i])[1:] for i in range(3)])  # noqa: E731
     assert np.abs(mean(c) - mean(a)).max() <= 0.01 * np.abs(mean(a)).max()
-    assert PlasticProblem(base, law).path_dependent
 
 
 def test_matrix_free_equals_assembled():
@@ -187,11 +186,11 @@ def test_viscous_electrolyte_through_galvanostatic_cycles():
         prob = PlasticProblem(ElasticProblem(mesh, {1: SE, 2: nmc}, top="free"), {1: law})
         proto = Galvanostatic(c_rate=c_rate, soc_start=0.9, soc_end=0.3, cycles=2, steps=4)
         peaks, over = [], None
-        for st in galvanostatic_states(prob, nmc, faces, proto, output_every=1):
+        for st in galvanostatic_states(prob, nmc, faces, proto, output_every=2):
             peaks.append(prob.equivalent.max())
             if st.step == 4:
                 over = fields.von_mises(st.sigma[se]).max() / law.yield_Pa - 1
-        assert len(prob.history) == 8  # every step solved
+        assert len(prob.history) == 8  # every step solved, not only the 4 written ones
         return np.array(peaks), over
 
     viscous = J2Plasticity(20.0, 0.0, viscosity_s=300.0)
