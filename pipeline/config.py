@@ -623,6 +623,10 @@ class Config:
         if self.interface.model == "cohesive" and self.mesh.order != 1:
             raise ConfigError("interface.model = 'cohesive' needs mesh.order = 1 (its interface elements have one "
                               "point per face corner)")
+        if self.mesh.kind != "voxel-hex" and (self.solver.device != "cpu" or self.solver.precision != "float64"):
+            raise ConfigError(f"solver.device = {self.solver.device!r} and precision = {self.solver.precision!r} "
+                              f"need the matrix-free voxel solver, and mesh.kind = {self.mesh.kind!r} is assembled: "
+                              "use mesh.kind = 'voxel-hex', or device = 'cpu' and precision = 'float64'")
         if self.mesh.kind != "voxel-hex" and self.solver.backend == "matrix-free":
             raise ConfigError(f"solver.backend = 'matrix-free' works on voxel-hex meshes only (mesh.kind = "
                               f"{self.mesh.kind!r}): use backend = 'assembled' or 'auto'")

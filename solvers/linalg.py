@@ -273,48 +273,82 @@ def counted_cg(A, b, *, M, x0=None, rtol: float, maxiter: int) -> tuple[np.ndarr
     return x, count[0]
 
 
-def flexible_cg(matvec, b, pmatvec, *, x0=None, rtol: float, maxiter: int) -> tuple[np.ndarray, int]:
+def pcg(matvec, b, psolve, *, x0=None, rtol: float, maxiter: int, xp=np) -> tuple:
+    """Preconditioned CG where the vectors are: numpy, or device arrays (``xp`` = cupy).
+
+    The iterates of scipy's ``cg`` (same recurrences, same stop ``||r|| < rtol ||b||`` on the
+    recursive residual), written in the ``xp`` namespace so that a GPU solve keeps every vector
+    on the device: only scalars (dot products, the residual norm) reach the host. ``b`` may have
+    any shape (full-grid vectors); dot products run over all its entries.
+    Returns the solution and the iterations it took.
+    """
+    dot = xp.vdot
+    stop = rtol * float(xp.linalg.norm(b.reshape(-1)))
+    x = xp.zeros_like(b) if x0 is None else x0.astype(b.dtype, copy=True)
+    r = b - matvec(x) if x0 is not None else b.copy()
+    p, rho_prev = None, None
+    for k in range(maxiter):
+        if float(xp.linalg.norm(r.reshape(-1))) < stop:
+            return x, k
+        z = psolve(r)
+        rho = float(dot(r, z))
+        if p is None:
+            p = z.copy()
+        else:
+            p *= rho / rho_prev
+            p += z
+        q = matvec(p)
+        alpha = rho / float(dot(p, q))
+        x += alpha * p
+        r -= alpha * q
+        rho_prev = rho
+    return x, maxiter
+
+
+def flexible_cg(matvec, b, pmatvec, *, x0=None, rtol: float, maxiter: int, xp=np) -> tuple:
     """Flexible preconditioned CG (Polak-Ribiere beta; Notay, SIAM J Sci Comput 22, 2000).
 
     CG whose preconditioner may change from one iteration to the next (a K-cycle, an inner solve);
     with a fixed symmetric preconditioner it makes the same iterates as CG. Stops at
     ``||b - A x|| <= rtol ||b||`` (the recursive residual) or after ``maxiter`` iterations.
-    Returns the solution and the iterations it took.
+    Vectors as in :func:`pcg`. Returns the solution and the iterations it took.
     """
-    x = np.zeros_like(b) if x0 is None else np.array(x0, dtype=float)
+    dot, norm = xp.vdot, (lambda v: float(xp.linalg.norm(v.reshape(-1))))
+    x = xp.zeros_like(b) if x0 is None else x0.astype(b.dtype, copy=True)
     r = b - matvec(x) if x0 is not None else b.copy()
-    stop = rtol * float(np.linalg.norm(b))
-    if float(np.linalg.norm(r)) <= stop:
+    stop = rtol * norm(b)
+    if norm(r) <= stop:
         return x, 0
     z = pmatvec(r)
-    p, rz, r_old = z.copy(), float(r @ z), r.copy()
+    p, rz, r_old = z.copy(), float(dot(r, z)), r.copy()
     for k in range(1, maxiter + 1):
         q = matvec(p)
-        alpha = rz / float(p @ q)
+        alpha = rz / float(dot(p, q))
         x += alpha * p
         r -= alpha * q
-        if float(np.linalg.norm(r)) <= stop:
+        if norm(r) <= stop:
             return x, k
         z = pmatvec(r)
-        beta = float(z @ (r - r_old)) / rz
-        rz, r_old = float(r @ z), r.copy()
+        beta = float(dot(z, r - r_old)) / rz
+        rz, r_old = float(dot(r, z)), r.copy()
         p = z + beta * p
     return x, maxiter
 
 
-def checked_solve(stats: SolveStats, matvec, b: np.ndarray, rtol: float, solve, hint: str) -> np.ndarray:
+def checked_solve(stats: SolveStats, matvec, b, rtol: float, solve, hint: str, xp=np):
     """Run ``solve() -> (x, iterations)``, check the true residual, record it in ``stats``.
 
     Raises ConvergenceError (with ``hint`` on what to do) when ``||b - A x|| / ||b||``
     exceeds ``rtol`` beyond round-off: CG's own test uses the preconditioned recurrence.
+    ``xp``: the namespace of ``b`` and of what ``matvec`` returns (cupy: the check runs on the device).
     """
     t0 = time.perf_counter()
-    bnorm = float(np.linalg.norm(b))
+    bnorm = float(xp.linalg.norm(b.reshape(-1)))
     if bnorm == 0.0:
-        x, it, res = np.zeros_like(b), 0, 0.0
+        x, it, res = xp.zeros_like(b), 0, 0.0
     else:
         x, it = solve()
-        res = float(np.linalg.norm(b - matvec(x))) / bnorm
+        res = float(xp.linalg.norm((b - matvec(x)).reshape(-1))) / bnorm
         if not np.isfinite(res) or res > max(10 * rtol, 1e-12):
             raise ConvergenceError(f"{stats.method} solve reached relative residual {res:.2e} after {it} "
                                    f"iterations, above rtol={rtol:.1e}; {hint}", iterations=it, residual=res)

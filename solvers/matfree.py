@@ -57,7 +57,7 @@ from threadpoolctl import threadpool_limits
 
 from solvers.fem.assembly import apply_dirichlet, assemble_voxel_stiffness, elasticity_parts
 from solvers.fem.elements import HEX8
-from solvers.linalg import SolveStats, checked_solve, counted_cg, flexible_cg
+from solvers.linalg import SolveStats, checked_solve, flexible_cg, pcg
 from solvers.matfree_band import BandBlocks
 from solvers.mesh.voxel import ACTIVE, nodes_of
 from tomomech.errors import ConfigError, ConvergenceError
@@ -235,26 +235,67 @@ class LameOperator:
         return y
 
 
+#: entries of the per-chunk temporaries of :func:`apply_arrays` (voxels x values per voxel)
+CHUNK_ENTRIES = 2**25
+#: :func:`apply_arrays` loops over the element matrices when a level has at most this many (else it gathers them)
+FEW_MATRICES = 8
+
+
+class PhaseArrays:
+    """:class:`LameOperator` as array expressions (the GPU): ``M K M x + scale (I - M) x`` over the voxels
+    with one phase's ``lam K_lam + mu K_mu``, with unmasked per-phase matrices, so that
+    :func:`apply_arrays` runs its few-matrix form (a fine level has one matrix per phase and box-corner
+    pattern, 28-37 at 32^3; here one per phase).
+
+    Parameters as :class:`LameOperator`, and ``xp`` the array namespace the tables live in.
+    """
+
+    def __init__(self, phase, lame, spacing, fixed, scale, xp):
+        k_lam, k_mu = elasticity_parts(HEX8, spacing)
+        lame = np.asarray(lame, np.float64).reshape(-1, 2)
+        ke = lame[:, 0, None, None, None, None] * k_lam + lame[:, 1, None, None, None, None] * k_mu
+        self.xp, self.scale = xp, float(scale)
+        self.phase = xp.asarray(np.asarray(phase, np.int32))
+        self.free = xp.asarray(~np.asarray(fixed, bool))
+        self.fixed = ~self.free
+        self._ke = {np.dtype(dt): xp.asarray(ke.astype(dt)) for dt in (np.float32, np.float64)}
+
+    def __call__(self, x):
+        y = apply_arrays(x * self.free, self.phase, self._ke[np.dtype(x.dtype)], self.xp) * self.free
+        y += self.scale * (x * self.fixed)
+        return y
+
+
 def apply_arrays(x, mat, ke, xp=np):
     """The same operator as array expressions (CuPy on the GPU, numpy for tests).
 
-    ``y[node of corner a] += K[m][a, :, b, :] x[node of corner b]`` for the 64
-    corner pairs, each a shifted-slice contraction over the whole grid.
+    Slabs of voxel planes at a time, so that no temporary spans the grid: the 24 dofs of every
+    voxel of the slab are gathered once (8 shifted slices), multiplied by the voxel's element
+    matrix and added back to the 8 corners. With few distinct matrices (the fine level: one per
+    phase) the product is one ``(n, 24) @ (24, 24)`` per matrix, masked by the voxels that use it;
+    otherwise (coarse Galerkin levels) the slab's matrices are gathered, in thinner slabs.
     """
     Z, Y, X = mat.shape
+    nm = ke.shape[0]
+    kf = ke.reshape(nm, 24, 24)
+    few = nm <= FEW_MATRICES
+    per_voxel = 24 * 3 if few else 24 * 24
+    rows = max(1, min(Z, CHUNK_ENTRIES // (Y * X * per_voxel)))
     y = xp.zeros_like(x)
-    solid = mat >= 0
-    idx = xp.where(solid, mat, 0)
-    for a in range(8):
-        za, ya, xa = (int(v) for v in CORNERS[a])
-        acc = xp.zeros((Z, Y, X, 3), dtype=x.dtype)
-        for b in range(8):
-            zb, yb, xb = (int(v) for v in CORNERS[b])
-            xb_ = x[zb:zb + Z, yb:yb + Y, xb:xb + X]  # (Z, Y, X, 3)
-            blk = ke[:, a, :, b, :][idx]  # (Z, Y, X, 3, 3)
-            acc += xp.einsum("zyxij,zyxj->zyxi", blk, xb_)
-        acc *= solid[..., None]
-        y[za:za + Z, ya:ya + Y, xa:xa + X] += acc
+    for z0 in range(0, Z, rows):
+        z1 = min(Z, z0 + rows)
+        flat = mat[z0:z1].reshape(-1)
+        xe = xp.stack([x[z0 + dz:z1 + dz, dy:dy + Y, dx:dx + X] for dz, dy, dx in CORNERS.tolist()], axis=-2)
+        xe = xe.reshape(-1, 24)
+        if few:
+            ye = xp.zeros_like(xe)
+            for k in range(nm):
+                ye += (flat == k)[:, None] * (xe @ kf[k].T)
+        else:
+            ye = xp.einsum("nij,nj->ni", kf[xp.where(flat >= 0, flat, 0)], xe) * (flat >= 0)[:, None]
+        ye = ye.reshape(z1 - z0, Y, X, 8, 3)
+        for a, (dz, dy, dx) in enumerate(CORNERS.tolist()):
+            y[z0 + dz:z1 + dz, dy:dy + Y, dx:dx + X] += ye[..., a, :]
     return y
 
 
@@ -369,16 +410,15 @@ class JacobiCG:
         self.op = op
         self.rtol, self.maxiter = float(rtol), int(maxiter)
         self.stats = SolveStats(name)
-        self._dinv = 1.0 / op.diagonal
-
-    def matvec(self, v):
-        if self.op.xp is np:
-            return self.op(v)
-        return self.op(self.op.xp.asarray(v)).get()
+        self._dinv = op.xp.asarray(1.0 / op.diagonal)
 
     def solve(self, b, x0=None):
-        """CG to ``rtol`` (true residual checked); raises ConvergenceError otherwise."""
-        return _pcg(self.stats, self.matvec, lambda r: self._dinv * r, b, x0, self.rtol, self.maxiter)
+        """CG to ``rtol`` (true residual checked); raises ConvergenceError otherwise.
+        ``b``, ``x0`` and the result are host arrays; on the GPU CG runs on the device and only they cross."""
+        xp = self.op.xp
+        x = _pcg(self.stats, self.op, lambda r: self._dinv * r, xp.asarray(np.asarray(b, np.float64)),
+                 None if x0 is None else xp.asarray(np.asarray(x0, np.float64)), self.rtol, self.maxiter, xp=xp)
+        return x if xp is np else x.get()
 
 
 @dataclass
@@ -811,12 +851,11 @@ class MatrixFreeSolver:
         while not self.split and 3 * int(np.prod(lv.node_shape[:3])) > coarsest and min(lv.mat.shape) >= 4:
             lv = _galerkin_level(lv, child_matrices=self._child_matrices)
             self.levels.append(lv)
-        if self.xp is np:
-            for k, lv in enumerate(self._smoothed()):
-                spacing = np.asarray(self.mesh.spacing, float) * 2**k
-                lv.lame = LameOperator(lv.phase, lame, spacing, lv.fixed, lv.scale)
-                rest = np.where(lv.phase >= 0, -1, lv.mat).astype(np.int32)
-                lv.rest = rest if (rest >= 0).any() else None
+        for k, lv in enumerate(self._smoothed()):  # pure-phase voxels by the Lame form (the GPU's: below)
+            spacing = np.asarray(self.mesh.spacing, float) * 2**k
+            lv.lame = LameOperator(lv.phase, lame, spacing, lv.fixed, lv.scale)
+            rest = np.where(lv.phase >= 0, -1, lv.mat).astype(np.int32)
+            lv.rest = rest if (rest >= 0).any() else None
         for lv in self._smoothed():
             d = _diagonal(lv)
             lv.diag_inv = np.where(lv.fixed, 1.0 / lv.scale, 1.0 / np.where(d > 0, d, 1.0))
@@ -835,6 +874,10 @@ class MatrixFreeSolver:
                 lv.diag_inv = self.xp.asarray(lv.diag_inv.astype(self.pdtype))
             lv.fixed_dev = self.xp.asarray(lv.fixed)
             lv.free_dev = ~lv.fixed_dev
+        for k, lv in enumerate(self._smoothed() if self.xp is not np else []):  # the bounds above came from the host
+            lv.lame = PhaseArrays(lv.phase, lame, np.asarray(self.mesh.spacing, float) * 2**k, lv.fixed, lv.scale,
+                                  self.xp)
+            lv.rest = None if lv.rest is None else self.xp.asarray(lv.rest)
 
     def _smoothed(self):
         """The grid levels that are smoothed (all but the coarsest, which is factored; with split coarse
@@ -993,7 +1036,8 @@ class MatrixFreeSolver:
         # A Galerkin coarse matrix can be semi-definite where coarse dofs reach the fine free dofs
         # only together; those directions prolong to zero, so a tiny shift makes them harmless.
         A = A + sp.identity(A.shape[0], format="csr") * (1e-10 * lv.scale)
-        return spla.splu(A.tocsc())
+        self._coarse_rows = self.xp.asarray(self._coarse_nodes)
+        return self._device_lu(A)
 
     def _with_band(self, lv, cells=None):
         """Host ``mat`` and float64 ``ke`` of a level with its band voxels (if any; those in ``cells`` (Z, Y, X)
@@ -1125,7 +1169,7 @@ class MatrixFreeSolver:
         All = A[local][:, local].tocoo()
         same = blk[All.row] == blk[All.col]
         All = sp.csc_matrix((All.data[same], (All.row[same], All.col[same])), shape=All.shape)
-        lu = spla.splu(All)
+        lu = self._device_lu(All)
         couple = A[:, local].tocsr()  # rows: every dof the local correction changes the residual of
         if xp is not np:
             import cupyx.scipy.sparse as csp
@@ -1134,13 +1178,20 @@ class MatrixFreeSolver:
             return xp.asarray(dofs[local]), lu, xp.asarray(dofs), couple
         return dofs[local], lu, dofs, couple.astype(self.pdtype)
 
+    def _device_lu(self, A):
+        """Sparse LU of ``A`` factored on the host (SuperLU); on the GPU its solves run on the device
+        (``cupyx.scipy.sparse.linalg.SuperLU``: triangular solves by cuSPARSE, no round trip per V-cycle)."""
+        lu = spla.splu(A.tocsc())
+        if self.xp is np:
+            return lu
+        import cupyx.scipy.sparse.linalg as cspla
+
+        return cspla.SuperLU(lu)
+
     def _local_correct(self, x, r, stage):
         """Exact solve on the local nodes of ``stage``: ``x += dx`` and ``r -= A dx`` in place."""
-        xp = self.xp
         dof_local, lu, dof_rows, couple = stage
-        rl = r.reshape(-1)[dof_local]
-        rl = np.asarray(rl.get() if xp is not np else rl, np.float64)
-        dx = xp.asarray(lu.solve(rl).astype(r.dtype))
+        dx = lu.solve(r.reshape(-1)[dof_local].astype(np.float64)).astype(r.dtype)  # on the device with a GPU
         x.reshape(-1)[dof_local] += dx
         r.reshape(-1)[dof_rows] -= couple @ dx
 
@@ -1152,7 +1203,7 @@ class MatrixFreeSolver:
         if lv.lame is not None:
             y = lv.lame(x)  # in the precision of x
             if lv.rest is not None:
-                y += apply_numba(np.ascontiguousarray(x), lv.rest, ke)
+                y += apply_numba(np.ascontiguousarray(x), lv.rest, ke) if xp is np else apply_arrays(x, lv.rest, ke, xp)
         else:
             fixed = lv.fixed if xp is np else lv.fixed_dev
             y = apply_numba(np.ascontiguousarray(x), lv.mat, ke) if xp is np else apply_arrays(x, lv.mat, ke, xp)
@@ -1194,10 +1245,11 @@ class MatrixFreeSolver:
         xp = self.xp
         lv = self.levels[k]
         if k == len(self.levels) - 1 and self._split is None:
-            bc = np.asarray(b.get() if xp is not np else b, np.float64).reshape(-1, 3)
-            x = np.zeros_like(bc)  # untouched nodes: identity with zero right-hand side
-            x[self._coarse_nodes] = self._coarse_lu.solve(bc[self._coarse_nodes].ravel()).reshape(-1, 3)
-            return xp.asarray(x.reshape(lv.node_shape).astype(b.dtype))
+            bc = b.reshape(-1, 3)
+            x = xp.zeros_like(bc)  # untouched nodes: identity with zero right-hand side
+            rows = self._coarse_rows
+            x[rows] = self._coarse_lu.solve(bc[rows].reshape(-1).astype(np.float64)).reshape(-1, 3).astype(b.dtype)
+            return x.reshape(lv.node_shape)
         x = self._smooth(lv, None, b)
         r = b - self._apply_level(lv, x, xp)
         local = self._local if k == 0 else []  # on both sides, in mirrored order: a symmetric cycle
@@ -1249,13 +1301,9 @@ class MatrixFreeSolver:
         CG runs on full-grid vectors: the nodes outside the mesh carry the identity and a
         zero right-hand side, so they stay zero and leave every norm unchanged, and the two
         copies between mesh and grid happen once per solve instead of twice per iteration.
+        On the GPU those are the only transfers of vectors: CG, the V-cycle, the local and
+        coarsest solves and the true-residual check run on the device.
         """
-        shape = self.levels[0].node_shape
-        host = (lambda g: g.get()) if self.xp is not np else np.asarray
-
-        def on_grid(f):
-            return lambda v: host(f(self.xp.asarray(v.reshape(shape)))).ravel()
-
         bg = self._to_grid(b)
         x_start = None if x0 is None else self._to_grid(x0)
 
@@ -1264,9 +1312,8 @@ class MatrixFreeSolver:
             if self._deflation is not None:  # a start whose residual has no rigid-mode part (A-DEF2 needs it)
                 xg = self.xp.zeros_like(bg) if xg is None else xg.copy()
                 xg += self._deflation.correct(bg - self.apply(xg), self.xp)
-            x = _pcg(self.stats, on_grid(self.apply), on_grid(self.precondition), host(bg).ravel(),
-                     None if xg is None else host(xg).ravel(), self.rtol, maxiter or self.maxiter,
-                     flexible=self.split)
+            x = _pcg(self.stats, self.apply, self.precondition, bg, xg, self.rtol, maxiter or self.maxiter,
+                     flexible=self.split, xp=self.xp)
             if self.split and self._split_its is None:
                 self._split_its = self.stats.iterations[-1]
             return x
@@ -1279,7 +1326,7 @@ class MatrixFreeSolver:
             if self._split_its is not None and self.split_patience > 0:
                 cap = min(max(int(self.split_patience * self._split_its), self._split_its + 10), self.maxiter)
                 try:
-                    return self._from_grid(run(cap).reshape(shape))
+                    return self._from_grid(run(cap))
                 except ConvergenceError:
                     log.info("split coarse levels: CG passed %d iterations with the levels of an older band "
                              "state; rebuilding them", cap)
@@ -1288,7 +1335,7 @@ class MatrixFreeSolver:
             self.band_updates["split_rebuilds"] = self.band_updates.get("split_rebuilds", 0) + 1
 
         if not self._adaptive_local:
-            return self._from_grid(run().reshape(shape))
+            return self._from_grid(run())
         try:
             x = run()
         except ConvergenceError:  # soft features the local solves do not cover yet: find them, try once more
@@ -1302,24 +1349,22 @@ class MatrixFreeSolver:
                 raise ConvergenceError(f"{err}. The cohesive band's multigrid had exact local solves and "
                                        "rigid-body deflation; raise [solver] maxiter, or run the interface on "
                                        "backend = 'assembled'") from None
-        return self._from_grid(x.reshape(shape))
+        return self._from_grid(x)
 
 
-def _pcg(stats, matvec, pmatvec, b, x0, rtol, maxiter, flexible=False):
-    """scipy CG with one BLAS thread: OpenBLAS threads left spinning after each CG dot product took
-    the cores from the numba kernels (a diffusion solve ran 3x slower, an elastic one 1.2x).
-    ``flexible``: flexible CG, for a preconditioner that is not a fixed linear map (a K-cycle)."""
-    n = b.size
-    A = spla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-    M = spla.LinearOperator((n, n), matvec=pmatvec, dtype=np.float64)
-    if flexible:
-        def run():
-            return flexible_cg(matvec, b, pmatvec, x0=x0, rtol=rtol, maxiter=maxiter)
-    else:
-        def run():
-            return counted_cg(A, b, M=M, x0=x0, rtol=rtol, maxiter=maxiter)
+def _pcg(stats, matvec, pmatvec, b, x0, rtol, maxiter, flexible=False, xp=np):
+    """CG (:func:`solvers.linalg.pcg`, flexible CG for a preconditioner that is not a fixed linear map,
+    a K-cycle) on vectors where ``xp`` keeps them, with the true residual checked there. One BLAS
+    thread: OpenBLAS threads left spinning after each CG dot product took the cores from the numba
+    kernels (a diffusion solve ran 3x slower, an elastic one 1.2x)."""
+    cg = flexible_cg if flexible else pcg
+
+    def run():
+        return cg(matvec, b, pmatvec, x0=x0, rtol=rtol, maxiter=maxiter, xp=xp)
+
     with threadpool_limits(limits=1, user_api="blas"):
-        return checked_solve(stats, matvec, b, rtol, run, "raise [solver] maxiter or use backend = 'assembled'")
+        return checked_solve(stats, matvec, b, rtol, run, "raise [solver] maxiter or use backend = 'assembled'",
+                             xp=xp)
 
 
 def _split_level_one(mat, ke, P1, cid, mixed, chunk=20_000):
@@ -1469,12 +1514,23 @@ def _mean_diag(lv) -> float:
 
 
 def _cupy():
+    """CuPy, once a small computation on the device has given the right answer.
+
+    Counting devices is not enough: a missing NVRTC (elementwise kernels), cuBLAS (dot products)
+    or cuSPARSE (the local solves) would otherwise show up as a raw error deep in the set-up.
+    """
     try:
         import cupy
+        import cupyx.scipy.sparse as csp
 
         if cupy.cuda.runtime.getDeviceCount() < 1:
             raise RuntimeError("no CUDA device")
+        a = cupy.arange(8, dtype=cupy.float64)
+        eye = csp.csr_matrix(sp.identity(8, format="csr"))
+        checks = (float(cupy.vdot(a, a)), float((2.0 * a + 1.0).sum()), float((eye @ a).sum()))
+        if checks != (140.0, 64.0, 28.0):
+            raise RuntimeError(f"a test computation on the device gave {checks}, not (140, 64, 28)")
         return cupy
-    except Exception as exc:  # ImportError, CUDA errors
-        raise ConfigError(f"solver.device = 'gpu' needs CuPy and a CUDA device ({type(exc).__name__}: {exc}); "
-                          "use device = 'cpu'") from None
+    except Exception as exc:  # ImportError, CUDA runtime/compiler errors
+        raise ConfigError(f"solver.device = 'gpu' needs CuPy and a working CUDA device ({type(exc).__name__}: "
+                          f"{exc}); use device = 'cpu'") from None

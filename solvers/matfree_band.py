@@ -138,26 +138,32 @@ class BandBlocks:
         return y
 
     def add_apply_arrays(self, x, free, y, xp=np):
-        """The same as array expressions (CuPy on the GPU; numpy in tests)."""
-        dt = np.dtype(x.dtype)
-        C, hg, B, Khg = (xp.asarray(a) for a in self._tables(dt))
-        zyx = xp.asarray(self.zyx)
-        nodes = zyx[:, None, :] + xp.asarray(CORNERS)[None]  # (nb, 8, 3)
-        idx = (nodes[..., 0], nodes[..., 1], nodes[..., 2])
+        """The same as array expressions (CuPy on the GPU; numpy in tests). The tables go to the
+        device once per stiffness update, not per product."""
+        C, hg, B, Khg, idx, flat = self._device_tables(np.dtype(x.dtype), x.shape[:3], xp)
         fr = free[idx]  # (nb, 8, 3)
         xe = (x[idx] * fr).reshape(-1, 24)
         sig = self.volume * xp.einsum("bij,bj->bi", C, xe @ B.T)
         ye = (sig @ B + hg[:, None] * (xe @ Khg.T)).reshape(-1, 8, 3) * fr
-        flat = xp.ravel_multi_index(idx, x.shape[:3])  # (nb, 8)
         out = y.reshape(-1, 3)
         for c in range(3):
             if xp is np:
-                np.add.at(out[:, c], flat.ravel(), ye[..., c].ravel())
-            else:  # pragma: no cover - needs a GPU
+                np.add.at(out[:, c], flat, ye[..., c].ravel())
+            else:
                 import cupyx
 
-                cupyx.scatter_add(out[:, c], flat.ravel(), ye[..., c].ravel())
+                cupyx.scatter_add(out[:, c], flat, ye[..., c].ravel())
         return y
+
+    def _device_tables(self, dtype, grid, xp):
+        """Stiffness tables in ``dtype``, corner node indices and flat node numbers, where ``xp`` keeps them."""
+        key = ("arrays", dtype, tuple(grid), xp.__name__)
+        if key not in self._cast:
+            nodes = self.zyx[:, None, :] + CORNERS[None]  # (nb, 8, 3)
+            flat = np.ravel_multi_index((nodes[..., 0], nodes[..., 1], nodes[..., 2]), grid).ravel()
+            idx = tuple(xp.asarray(nodes[..., i]) for i in range(3))
+            self._cast[key] = tuple(xp.asarray(a) for a in self._tables(dtype)) + (idx, xp.asarray(flat))
+        return self._cast[key]
 
     def products(self, which, X) -> np.ndarray:
         """Element matrices (unmasked) of the band voxels ``which`` (kernel order) times ``X`` (m, 24, k)."""

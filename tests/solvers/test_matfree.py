@@ -236,18 +236,10 @@ def test_merge_blocks_joins_the_boxes_a_group_touches():
     assert len({b[1, 0, 0], b[3, 0, 0], b[9, 0, 0], b[11, 1, 1]}) == 4
 
 
-def test_gpu_without_device_is_a_clear_error():
-    mesh = composite(8)
-    try:
-        import cupy  # noqa: F401
-
-        pytest.skip("CuPy present: the GPU path is exercised on a GPU machine")
-    except ImportError:
-        pass
-    with pytest.raises(ConfigError, match="needs CuPy and a CUDA device"):
-        ElasticProblem(mesh, MATS, backend="matrix-free", device="gpu")
+def test_mixed_precision_needs_the_matrix_free_backend():
+    """(The GPU's own errors are tested in test_gpu_path.py, with and without a device.)"""
     with pytest.raises(ConfigError, match="need backend = 'matrix-free'"):
-        ElasticProblem(mesh, MATS, precision="mixed")
+        ElasticProblem(composite(8), MATS, precision="mixed")
 
 
 # -- diffusion --------------------------------------------------------------------------------------
