@@ -19,9 +19,13 @@ cohesive                  matrix-free (voxel-hex)     :class:`~solvers.physics.c
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from pipeline.config import Config, refuse_matrix_free_options
+
+log = logging.getLogger(__name__)
 
 
 def mechanics_backend(mesh, cfg: Config) -> str:
@@ -96,6 +100,9 @@ def kinetic_flux(mesh, faces: dict, cfg: Config):
     ec = cfg.electrochemistry
     if ec.kinetics == "uniform":
         return None
+    if cfg.solver.device == "gpu":
+        log.info("solver.device = 'gpu': the mechanics and diffusion run on the GPU, the electrolyte potential "
+                 "of the Butler-Volmer kinetics on the CPU (assembled)")
     active, electrolyte = cfg.materials.resolve()
     law = ButlerVolmer(active.k0_m_s, active.c_max_mol_m3, alpha_a=active.alpha_a, alpha_c=active.alpha_c,
                        temperature_K=cfg.cycling.temperature_K)
