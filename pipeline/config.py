@@ -418,10 +418,15 @@ class ElectrochemistryConfig:
     changes by more; ``step_maxiter``: its iterations before the time step is cut (3 halvings,
     then the run stops with advice). ``voltage_max_V`` / ``voltage_min_V``: a charge / discharge
     half-cycle ends at the step that passes it (the window ``soc_start -> soc_end`` is then not
-    passed in full, as in a cell that reaches its cut-off).
+    passed in full, as in a cell that reaches its cut-off). ``stress_coupled_ocp``: the
+    open-circuit potential becomes ``U(theta) + Omega sigma_h / F`` (``Omega``: the active
+    material's partial molar volume, from ``omega_m3_mol`` or the slope of its volume-change
+    table; ``sigma_h``: the particle's hydrostatic stress at the interface from the step before);
+    off by default.
     """
 
     kinetics: str = "uniform"
+    stress_coupled_ocp: bool = False
     newton_rtol: float = 1e-10
     step_rtol: float = 1e-6
     step_maxiter: int = 60
@@ -441,6 +446,9 @@ class ElectrochemistryConfig:
     def check(self, active: Material, electrolyte: Material, cycling: CyclingConfig) -> None:
         """Refuse a Butler-Volmer run that lacks data or starts where the kinetics vanish."""
         if self.kinetics == "uniform":
+            if self.stress_coupled_ocp:
+                raise ConfigError("electrochemistry.stress_coupled_ocp needs kinetics = 'butler-volmer' (the uniform "
+                                  "rule has no open-circuit potential)")
             return
         if cycling.mode != "galvanostatic":
             raise ConfigError("electrochemistry.kinetics = 'butler-volmer' needs cycling.mode = 'galvanostatic'")

@@ -108,7 +108,8 @@ def kinetic_flux(mesh, faces: dict, cfg: Config):
                        temperature_K=cfg.cycling.temperature_K)
     elec = ElectrolyteProblem(mesh, faces, kappa_S_m=electrolyte.kappa_S_m)
     return KineticFlux(elec, Kinetics(law, open_circuit(active.ocp, active.name), newton_rtol=ec.newton_rtol),
-                       rtol=ec.step_rtol, maxiter=ec.step_maxiter, voltage_limits=(ec.voltage_min_V, ec.voltage_max_V))
+                       rtol=ec.step_rtol, maxiter=ec.step_maxiter, voltage_limits=(ec.voltage_min_V, ec.voltage_max_V),
+                       omega=active.partial_molar_volume if ec.stress_coupled_ocp else None)
 
 
 def load_states(prob, faces: dict, cfg: Config, diffusion_info: dict, kinetics=None):
@@ -177,7 +178,7 @@ def step_parts(mesh, geometry: dict, faces: dict, cohesive=None, kinetics=None, 
         parts.append(delamination)
     if kinetics is not None:
         def electrochemistry(st):
-            return (kinetics_table(geometry, faces, st.electro), kinetics_summary(st.electro),
+            return (kinetics_table(geometry, faces, st.electro), kinetics_summary(st.electro, kinetics.elec.point_area),
                     {"phi_e_V": electrolyte_cell_potential(mesh, kinetics.elec, st.electro["phi"])})
 
         parts.append(electrochemistry)

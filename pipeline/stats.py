@@ -211,11 +211,16 @@ def kinetics_table(geometry: dict[str, np.ndarray], faces: dict[str, np.ndarray]
     return {k: v[1:] for k, v in out.items()}
 
 
-def kinetics_summary(electro: dict) -> dict:
-    """Electrode electrochemistry of one step: cell voltage, current, iterations."""
-    return {"cell_voltage_V": float(electro["phi_s"]), "current_A": float(electro["current_A"]),
-            "kinetic_iterations": int(electro["kinetic_iterations"]),
-            "newton_iterations": int(electro["newton_iterations"])}
+def kinetics_summary(electro: dict, point_area: np.ndarray | None = None) -> dict:
+    """Electrode electrochemistry of one step: cell voltage, current, iterations; with a stress-coupled
+    open-circuit potential, its shift ``Omega sigma_h / F`` averaged over the interface points (area
+    weights ``point_area``, m^2), V."""
+    out = {"cell_voltage_V": float(electro["phi_s"]), "current_A": float(electro["current_A"]),
+           "kinetic_iterations": int(electro["kinetic_iterations"]),
+           "newton_iterations": int(electro["newton_iterations"])}
+    if "ocp_shift" in electro:
+        out["ocp_stress_shift_mean_V"] = float(np.average(electro["ocp_shift"], weights=point_area))
+    return out
 
 
 def plastic_shells(mesh, shell_voxels: float) -> np.ndarray:

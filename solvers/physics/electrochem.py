@@ -42,6 +42,12 @@ class KineticFlux:
         A step that does not converge is halved, at most this many times.
     voltage_limits : (low, high), V
         A half-cycle ends at the step where a charge passes ``high`` or a discharge ``low``.
+    omega : callable, optional
+        ``Omega(theta)``, the partial molar volume of Li in m^3/mol
+        (:meth:`~solvers.physics.materials.Material.partial_molar_volume`): the open-circuit
+        potential is then stress-coupled, ``U(theta) + Omega sigma_h / F``, with ``sigma_h`` the
+        particle's hydrostatic stress at each interface point from the last mechanics solve
+        (:meth:`set_surface_stress`; explicit in time). None: uncoupled.
 
     Attributes
     ----------
@@ -50,14 +56,30 @@ class KineticFlux:
     """
 
     def __init__(self, electrolyte, kinetics: Kinetics, *, rtol: float = 1e-6, maxiter: int = 60, depth: int = 5,
-                 max_cuts: int = 3, voltage_limits: tuple[float, float] = (0.0, np.inf)):
+                 max_cuts: int = 3, voltage_limits: tuple[float, float] = (0.0, np.inf), omega=None):
         self.elec = electrolyte
         self.kin = kinetics
         self.rtol, self.maxiter, self.depth, self.max_cuts = float(rtol), int(maxiter), int(depth), int(max_cuts)
         self.voltage_limits = tuple(float(v) for v in voltage_limits)
         self.last = None
+        self.omega = omega
+        self._sigma_h = None  # hydrostatic stress at the diffusion nodes, Pa (stress-coupled OCP)
         self._nodes = None
         self._response, self._halves = {}, {}
+
+    @property
+    def stress_coupled(self) -> bool:
+        return self.omega is not None
+
+    def set_surface_stress(self, sigma_h_nodes: np.ndarray) -> None:
+        """The particles' hydrostatic stress (Pa) at the diffusion nodes, for the next steps' open-circuit potential."""
+        self._sigma_h = np.asarray(sigma_h_nodes, float)
+
+    def ocp_shift(self, theta: np.ndarray) -> np.ndarray | float:
+        """``Omega(theta) sigma_h / F`` at every interface point (V), 0 when uncoupled or before any stress."""
+        if self.omega is None or self._sigma_h is None:
+            return 0.0
+        return self.omega(theta) * self._sigma_h[self._nodes] / FARADAY
 
     def _slope(self, theta: np.ndarray, d: float = 1e-6) -> np.ndarray:
         """dU/dtheta (V), central difference."""
@@ -134,9 +156,10 @@ class KineticFlux:
         full = False  # one Newton update per iteration while the surface theta still moves, then a full solve
         for k in range(1, self.maxiter + 1):
             s = np.maximum(-self._slope(x) * response, 0.0)  # dU/dtheta < 0, response > 0
+            shift = self.ocp_shift(x)
             sol = balance_current(self.elec, self.kin, x, carries, current_A, phi0=warm.get("phi"),
                                   phi_s0=warm.get("phi_s"), surface=(s, i_ref), max_updates=None if full else 1,
-                                  x2_0=warm.get("x2"))
+                                  x2_0=warm.get("x2"), ocp_shift=shift)
             warm = sol
             c_new = diff.step(c, self._load(diff, sol["i"]) + extra)
             x_new = self._points(c_new)
@@ -144,7 +167,7 @@ class KineticFlux:
             log.debug("kinetic iteration %d: surface theta changes by %.2e, phi_s %.5f V, %d Newton",
                       k, change, sol["phi_s"], sol["newton_iterations"])
             if change < self.rtol and sol["converged"]:
-                self.last = self._record(sol, x_new, carries, current_A, k)
+                self.last = self._record(sol, x_new, carries, current_A, k, shift)
                 return c_new
             full = change < self.rtol
             hist = (hist + [(x, x_new, sol["i"])])[-(self.depth + 1):]
@@ -153,12 +176,15 @@ class KineticFlux:
                                f"iterations (surface theta still changing by {change:.1e}); reduce the time step "
                                "([cycling] steps or dt_s)", iterations=self.maxiter, residual=change)
 
-    def _record(self, sol: dict, theta: np.ndarray, carries: np.ndarray, current_A: float, k: int) -> dict:
-        """The step's record: point values and their face means (``*_face``, equal corner weights)."""
+    def _record(self, sol: dict, theta: np.ndarray, carries: np.ndarray, current_A: float, k: int,
+                shift: np.ndarray | float) -> dict:
+        """The step's record: point values and their face means (``*_face``, equal corner weights);
+        ``ocp_shift`` (V per point) where the open-circuit potential is stress-coupled."""
         face = lambda v: v.reshape(-1, self.elec.corners).mean(axis=1)  # noqa: E731
         on = face(carries.astype(float))  # fraction of each face's corners that carry
         with np.errstate(invalid="ignore", divide="ignore"):
             eta_face = np.where(on > 0, face(carries * sol["eta"]) / on, np.nan)
         return {**sol, "current_A": float(current_A), "theta": theta, "kinetic_iterations": k,
                 "i_face": face(sol["i"]), "eta_face": eta_face, "theta_face": face(theta), "carries": on > 0,
-                "connected": self.elec.face_connected}
+                "connected": self.elec.face_connected,
+                **({"ocp_shift": np.broadcast_to(shift, theta.shape).copy()} if self.stress_coupled else {})}

@@ -141,7 +141,7 @@ class Kinetics:
 def balance_current(elec, kin: Kinetics, theta: np.ndarray, carries: np.ndarray, current_A: float, *,
                     phi0: np.ndarray | None = None, phi_s0: float | None = None,
                     surface: tuple[np.ndarray, np.ndarray] | None = None, max_updates: int | None = None,
-                    x2_0: np.ndarray | None = None) -> dict:
+                    x2_0: np.ndarray | None = None, ocp_shift: np.ndarray | float = 0.0) -> dict:
     """The electrolyte potential and the solid potential that carry ``current_A`` through the faces.
 
     Newton on the charge balance of every free electrolyte node and on the
@@ -172,6 +172,9 @@ def balance_current(elec, kin: Kinetics, theta: np.ndarray, carries: np.ndarray,
         inside the diffusion-kinetics fixed point, where the surface theta moves anyway.
     x2_0 : (n_free,), optional
         The last call's ``x2`` (returned): the start of CG for the Schur complement's solve.
+    ocp_shift : (np,) or float, V
+        Added to ``U(theta)`` at every point (the stress-coupled open-circuit potential
+        ``Omega sigma_h / F``; 0: none).
 
     Returns
     -------
@@ -188,7 +191,7 @@ def balance_current(elec, kin: Kinetics, theta: np.ndarray, carries: np.ndarray,
     if not np.any(w > 0):
         raise ConfigError("no AP|SE face has both a bonded interface and an ionic path to the separator: "
                           "no current can flow")
-    u = kin.ocp(theta)
+    u = kin.ocp(theta) + ocp_shift
     i0 = law.exchange_current(theta)
     scale = max(abs(current_A), 1e-12 * float(np.sum(w * i0)))
     phi = np.zeros(elec.n_free) if phi0 is None else phi0.copy()

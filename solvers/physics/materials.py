@@ -143,6 +143,21 @@ class Material:
             return self.omega_m3_mol * self.c_max_mol_m3 * (theta - theta_ref)
         return np.zeros_like(theta)
 
+    def partial_molar_volume(self, theta, d: float = 1e-6) -> np.ndarray:
+        """Partial molar volume of Li, ``Omega(theta) = (dV/V per mol/m^3)`` at the state ``theta``, m^3/mol.
+
+        ``omega_m3_mol`` for a linear law; for a table, the slope of its volume change per c_max
+        at ``theta`` (central difference), relative to the volume at ``theta``.
+        """
+        if self.c_max_mol_m3 is None:
+            raise ConfigError(f"material {self.name!r}: a partial molar volume needs c_max_mol_m3")
+        theta = np.asarray(theta, float)
+        if self.volume_change is None:
+            return np.full_like(theta, self.omega_m3_mol or 0.0)
+        up, down = (self.relative_volume_change(theta + s * d, 0.5) for s in (1.0, -1.0))
+        here = self.relative_volume_change(theta, 0.5)
+        return (up - down) / (2 * d * self.c_max_mol_m3 * (1.0 + here))
+
     def swelling_strain(self, theta, theta_ref: float) -> np.ndarray:
         """Isotropic chemical strain ``eps* = (dV/V) / 3`` (PHYSICS.md section 1)."""
         return self.relative_volume_change(theta, theta_ref) / 3.0

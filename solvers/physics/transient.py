@@ -169,7 +169,9 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
     kinetics : KineticFlux, optional
         Butler-Volmer flux (PHYSICS.md section 5) instead of the uniform rule:
         the same total current, shared among the faces by the kinetics and the
-        electrolyte's resistance; only faces with an ionic path carry it.
+        electrolyte's resistance; only faces with an ionic path carry it. With a
+        stress-coupled open-circuit potential (``kinetics.stress_coupled``) the mechanics
+        runs at every step and a step's potential uses the stress of the step before.
     """
     for name in ("D_m2_s", "c_max_mol_m3"):
         if getattr(active, name) is None:
@@ -207,7 +209,7 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
         vol = float(np.sum(diff.mass[reach[diff.node_particle]]))
         j = sign * galvanostatic_flux(active, protocol, vol, float(diff.face_area[carries].sum()))
         current = -FARADAY * j * float(diff.face_area[carries].sum())  # A, positive = charge
-        feedback = sa_coeff != 0.0 or flux_mask is not None
+        feedback = sa_coeff != 0.0 or flux_mask is not None or (kinetics is not None and kinetics.stress_coupled)
         for k_half in range(1, protocol.steps + 1):
             step += 1
             if flux_mask is not None and state is not None:
@@ -225,6 +227,8 @@ def galvanostatic_states(mech: ElasticProblem, active: Material, faces: dict, pr
                     continue
                 diffuse = lambda extra, c=c: c  # noqa: E731  (at the cut-off: write this step)
             c, u, sigma, its, k = _coupled_step(diff, mech, active, diffuse, u, theta0, sa_coeff, protocol)
+            if kinetics is not None and kinetics.stress_coupled:  # the next steps' open-circuit potential
+                kinetics.set_surface_stress(diff.to_nodes(fields.hydrostatic(sigma[diff.cell_index])))
             cell_theta[diff.cell_index] = diff.cell_mean(c) / c_max
             state = State(step, step * protocol.dt, half, cell_theta.copy(), c / c_max, u, sigma, its, k,
                           None if kinetics is None else dict(kinetics.last))

@@ -398,14 +398,18 @@ def test_butler_volmer_run_outputs(config_file):
 
 def test_cohesive_butler_volmer_run(tmp_path):
     """Delamination and Butler-Volmer kinetics together (assembled node pairs, 12^3, an inline active
-    material given the Chen 2020 OCP): the run writes both sets of outputs, and the current shares add up
+    material given the Chen 2020 OCP, stress-coupled): the run writes both sets of outputs and the open-circuit
+    potential's stress shift (none at the first step, before any stress), and the current shares add up
     to 1 at every step (that debonded faces carry none is test_kinetics' masking test)."""
     cfg = cohesive_charge_config(tmp_path, active="{ base = 'NMC', ocp = 'Chen2020-NMC811', k0_m_s = 1e-10 }",
-                                 cycles=1, extra="[electrochemistry]\nkinetics = 'butler-volmer'")
+                                 cycles=1, extra="[electrochemistry]\nkinetics = 'butler-volmer'\n"
+                                                 "stress_coupled_ocp = true")
     assert main(["-q", "run", str(cfg)]) == 0
     out = tmp_path / "out"
     steps = json.loads((out / "summary.json").read_text())["steps"]
     assert all("cell_voltage_V" in s and "debonded_fraction" in s for s in steps)
+    shifts = [s["ocp_stress_shift_mean_V"] for s in steps]
+    assert shifts[0] == 0.0 and all(abs(v) > 0 for v in shifts[1:])
     t = io.read_csv(out / "particles.csv")
     for k in np.unique(t["step"]):
         assert np.nansum(t["current_share"][t["step"] == k]) == pytest.approx(1.0, rel=1e-5)  # CSV: 6 digits

@@ -58,6 +58,7 @@ def make(**sections):
     ({"solver": {"precision": "mixed"}, "mesh": {"kind": "voxel-tet"}}, r"precision = 'mixed' need the matrix-free"),
     ({"electrochemistry": {"kinetics": "tafel"}}, r"electrochemistry.kinetics = 'tafel' is not allowed"),
     ({"electrochemistry": {"kinetics": "butler-volmer"}}, "needs cycling.mode = 'galvanostatic'"),
+    ({"electrochemistry": {"stress_coupled_ocp": True}}, "stress_coupled_ocp needs kinetics = 'butler-volmer'"),
     ({"electrochemistry": {"kinetics": "butler-volmer"}, "cycling": {"mode": "galvanostatic"}},
      r"cycling.soc_start = 1.0: the exchange current vanishes at theta = 0 and 1"),
     ({"electrochemistry": {"kinetics": "butler-volmer"}, "materials": {"electrolyte": "LPS"},

@@ -252,3 +252,65 @@ def test_debonded_faces_carry_no_current_and_the_rest_carry_all():
     i = kin.last["i"].reshape(-1, elec.corners)
     assert np.all(i[~mask] == 0) and np.all(i[mask & elec.face_connected] > 0)
     assert np.sum(kin.last["i"] * elec.point_area) == pytest.approx(current, rel=1e-9)
+
+
+def test_stress_coupled_ocp_shifts_the_voltage_by_omega_sigma_over_f():
+    """A uniform hydrostatic stress in the particles shifts every face's open-circuit potential by
+    Omega sigma_h / F, so the same currents flow and the cell voltage moves by exactly that
+    (to the Newton tolerance): 200 MPa of tension with Omega = 1e-6 m^3/mol is +2.07 mV."""
+    mesh = composite()
+    faces = faces_of(mesh)
+    omega, sigma = 1e-6, 200e6
+    diff = DiffusionProblem(mesh, D=1e-14, dt=60.0, faces=faces, solver="direct")
+    c0 = np.full(diff.n_nodes, 0.6 * 50000.0)
+    runs = []
+    for coupled in (False, True):
+        elec = ElectrolyteProblem(mesh, faces, kappa_S_m=0.2)
+        kin = KineticFlux(elec, Kinetics(ButlerVolmer(3.5e-11, 50000.0), OCP, newton_rtol=1e-12), rtol=1e-11,
+                          omega=(lambda th: np.full_like(th, omega)) if coupled else None)
+        if coupled:
+            kin.set_surface_stress(np.full(diff.n_nodes, sigma))
+        c = kin.step(diff, c0, 0.0, np.ones(faces["area"].size, bool), 2e-9)
+        runs.append((c, kin.last))
+    (c_a, a), (c_b, b) = runs
+    shift = omega * sigma / FARADAY
+    assert b["phi_s"] - a["phi_s"] == pytest.approx(shift, rel=1e-7, abs=0)
+    np.testing.assert_allclose(b["ocp_shift"], shift, rtol=1e-15)
+    np.testing.assert_allclose(b["i"], a["i"], rtol=1e-7, atol=1e-9 * np.abs(a["i"]).max())
+    assert np.abs(c_b - c_a).max() <= 1e-9 * c0.max()
+    assert "ocp_shift" not in a
+
+
+def test_stress_coupled_ocp_uses_the_stress_of_the_step_before():
+    """In a run, each step's shift is Omega(theta_s) sigma_h / F with sigma_h the particles' nodal
+    hydrostatic stress of the previous step's mechanics, and none before the first solve."""
+    mesh = composite()
+    proto = Galvanostatic(c_rate=2.0, soc_start=0.8, soc_end=0.6, steps=3)
+    nmc = Material("nmc-bv", 140.0, 0.3, D_m2_s=1e-14, c_max_mol_m3=50000.0, omega_m3_mol=1e-6,
+                   ocp="Chen2020-NMC811", k0_m_s=3.5e-11)
+    faces = faces_of(mesh)
+    mech = ElasticProblem(mesh, {1: get_material("Li6PS5Cl"), 2: nmc}, solver="direct")
+    elec = ElectrolyteProblem(mesh, faces, kappa_S_m=0.2)
+    kin = KineticFlux(elec, Kinetics(ButlerVolmer(nmc.k0_m_s, nmc.c_max_mol_m3), OCP), rtol=1e-9,
+                      omega=nmc.partial_molar_volume)
+    diff = DiffusionProblem(mesh, D=nmc.D_m2_s, dt=proto.dt, faces=faces, solver="direct")
+    states = list(galvanostatic_states(mech, nmc, faces, proto, solver="direct", kinetics=kin))
+    assert len(states) == 3
+    np.testing.assert_array_equal(states[0].electro["ocp_shift"], 0.0)
+    nodes = diff.face_nodes.ravel()
+    for before, st in zip(states, states[1:]):
+        sh = diff.to_nodes(fields.hydrostatic(before.sigma[diff.cell_index]))[nodes]
+        expect = nmc.partial_molar_volume(st.electro["theta"]) * sh / FARADAY
+        np.testing.assert_allclose(st.electro["ocp_shift"], expect, rtol=1e-12, atol=0)
+    # the particles shrink on charge against the electrolyte: tension at their surfaces raises U
+    assert np.average(states[-1].electro["ocp_shift"], weights=elec.point_area) > 0
+
+
+def test_partial_molar_volume_of_a_table_is_its_slope():
+    """Omega(theta) of a volume-change table is the slope per c_max relative to the volume there;
+    of a linear law, omega_m3_mol."""
+    table = Material("t", 100.0, 0.3, c_max_mol_m3=40000.0, volume_change=[[0.0, 0.0], [1.0, 0.05]])
+    theta = np.array([0.2, 0.5, 0.9])
+    np.testing.assert_allclose(table.partial_molar_volume(theta), 0.05 / 40000.0 / (1 + 0.05 * theta), rtol=1e-8)
+    lin = Material("l", 100.0, 0.3, c_max_mol_m3=40000.0, omega_m3_mol=1.3e-6)
+    np.testing.assert_allclose(lin.partial_molar_volume(theta), 1.3e-6, rtol=0)
