@@ -247,17 +247,17 @@ class PhaseArrays:
     :func:`apply_arrays` runs its few-matrix form (a fine level has one matrix per phase and box-corner
     pattern, 28-37 at 32^3; here one per phase).
 
-    Parameters as :class:`LameOperator`, and ``xp`` the array namespace the tables live in.
+    Parameters as :class:`LameOperator`, but ``free`` and ``fixed`` are the level's masks already on
+    the device (not uploaded again), and ``xp`` is the array namespace the tables live in.
     """
 
-    def __init__(self, phase, lame, spacing, fixed, scale, xp):
+    def __init__(self, phase, lame, spacing, free, fixed, scale, xp):
         k_lam, k_mu = elasticity_parts(HEX8, spacing)
         lame = np.asarray(lame, np.float64).reshape(-1, 2)
         ke = lame[:, 0, None, None, None, None] * k_lam + lame[:, 1, None, None, None, None] * k_mu
         self.xp, self.scale = xp, float(scale)
         self.phase = xp.asarray(np.asarray(phase, np.int32))
-        self.free = xp.asarray(~np.asarray(fixed, bool))
-        self.fixed = ~self.free
+        self.free, self.fixed = free, fixed
         self._ke = {np.dtype(dt): xp.asarray(ke.astype(dt)) for dt in (np.float32, np.float64)}
 
     def __call__(self, x):
@@ -875,8 +875,8 @@ class MatrixFreeSolver:
             lv.fixed_dev = self.xp.asarray(lv.fixed)
             lv.free_dev = ~lv.fixed_dev
         for k, lv in enumerate(self._smoothed() if self.xp is not np else []):  # the bounds above came from the host
-            lv.lame = PhaseArrays(lv.phase, lame, np.asarray(self.mesh.spacing, float) * 2**k, lv.fixed, lv.scale,
-                                  self.xp)
+            lv.lame = PhaseArrays(lv.phase, lame, np.asarray(self.mesh.spacing, float) * 2**k, lv.free_dev,
+                                  lv.fixed_dev, lv.scale, self.xp)
             lv.rest = None if lv.rest is None else self.xp.asarray(lv.rest)
 
     def _smoothed(self):
@@ -1031,12 +1031,12 @@ class MatrixFreeSolver:
 
     def _factor(self, lv):
         mat, ke = self._with_band(lv)  # a one-level hierarchy: its band voxels go into the factor too
-        A, self._coarse_nodes = _assemble_cells(mat >= 0, mat, ke)
-        A = apply_dirichlet(A, lv.fixed.reshape(-1, 3)[self._coarse_nodes], scale=lv.scale)
+        A, nodes = _assemble_cells(mat >= 0, mat, ke)
+        A = apply_dirichlet(A, lv.fixed.reshape(-1, 3)[nodes], scale=lv.scale)
         # A Galerkin coarse matrix can be semi-definite where coarse dofs reach the fine free dofs
         # only together; those directions prolong to zero, so a tiny shift makes them harmless.
         A = A + sp.identity(A.shape[0], format="csr") * (1e-10 * lv.scale)
-        self._coarse_rows = self.xp.asarray(self._coarse_nodes)
+        self._coarse_rows = self.xp.asarray(nodes)  # the grid nodes the factor's rows belong to
         return self._device_lu(A)
 
     def _with_band(self, lv, cells=None):

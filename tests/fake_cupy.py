@@ -15,8 +15,8 @@ a numpy array that behaves as CuPy's does where code most often goes wrong:
 Every explicit crossing (``asarray`` of host data, ``.get()``, ``asnumpy``,
 ``float``/``int``/``bool`` of a device scalar) is counted in :data:`LEDGER`,
 so a test can assert that a solve moves only its right-hand side and solution.
-Sparse matrices (``cupyx.scipy.sparse``) and ``cupyx.scipy.sparse.linalg.splu``
-(factor on the host, solve on the device, as CuPy's) are enough for the solvers.
+Sparse matrices (``cupyx.scipy.sparse``) and ``cupyx.scipy.sparse.linalg.SuperLU``
+(a host factor whose solves take device arrays, as CuPy's) are enough for the solvers.
 
 Use :func:`install` (a pytest ``monkeypatch``) to make ``import cupy`` return it.
 """
@@ -27,8 +27,6 @@ import sys
 import types
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 
 class Ledger:
@@ -240,20 +238,6 @@ def asarray(a, dtype=None, order=None):
     return ndarray(host)
 
 
-def array(a, dtype=None, copy=True, order="K"):
-    if isinstance(a, ndarray):
-        return ndarray(a._a.astype(dtype or a.dtype, copy=True))
-    return asarray(a, dtype, order)
-
-
-def asnumpy(a):
-    return a.get() if isinstance(a, ndarray) else np.asarray(a)
-
-
-def get_array_module(*args):
-    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
-
-
 def _forward(fn):
     def f(*args, **kw):
         return _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kw.items()}))
@@ -268,8 +252,7 @@ def __getattr__(name):  # the rest of the namespace: numpy's functions on device
     return obj
 
 
-linalg = types.SimpleNamespace(norm=_forward(np.linalg.norm), solve=_forward(np.linalg.solve),
-                               eigvalsh=_forward(np.linalg.eigvalsh), cholesky=_forward(np.linalg.cholesky))
+linalg = types.SimpleNamespace(norm=_forward(np.linalg.norm))
 
 
 class _Runtime:
@@ -280,13 +263,7 @@ class _Runtime:
         return cls.device_count
 
 
-class _Stream:
-    def synchronize(self):
-        pass
-
-
-cuda = types.SimpleNamespace(runtime=_Runtime, Stream=types.SimpleNamespace(null=_Stream()),
-                             Device=lambda *a: types.SimpleNamespace(synchronize=lambda: None))
+cuda = types.SimpleNamespace(runtime=_Runtime, Device=lambda *a: types.SimpleNamespace(synchronize=lambda: None))
 
 
 # -- cupyx --------------------------------------------------------------------------------------------
@@ -345,18 +322,12 @@ class SuperLU:
         return ndarray(self._lu.solve(rhs._a.astype(np.float64), trans=trans))
 
 
-def splu(A, **kw):
-    if not isinstance(A, spmatrix):
-        raise TypeError("A must be cupyx.scipy.sparse.spmatrix")
-    return SuperLU(spla.splu(sp.csc_matrix(A._m), **kw))
-
-
 def install(monkeypatch) -> types.ModuleType:
     """Make ``import cupy`` and ``import cupyx...`` return this double for one test; returns the cupy module."""
     LEDGER.reset()
     cupy = sys.modules[__name__]
     linalg_mod = types.ModuleType("cupyx.scipy.sparse.linalg")
-    linalg_mod.splu, linalg_mod.SuperLU = splu, SuperLU
+    linalg_mod.SuperLU = SuperLU
     sparse_mod = types.ModuleType("cupyx.scipy.sparse")
     sparse_mod.csr_matrix, sparse_mod.csc_matrix, sparse_mod.spmatrix = csr_matrix, csc_matrix, spmatrix
     sparse_mod.isspmatrix = lambda m: isinstance(m, spmatrix)

@@ -154,6 +154,7 @@ class Material:
         theta = np.asarray(theta, float)
         if self.volume_change is None:
             return np.full_like(theta, self.omega_m3_mol or 0.0)
+        # against any reference state r: (v(theta + d) - v(theta - d)) / (1 + v(theta)), r cancels
         up, down = (self.relative_volume_change(theta + s * d, 0.5) for s in (1.0, -1.0))
         here = self.relative_volume_change(theta, 0.5)
         return (up - down) / (2 * d * self.c_max_mol_m3 * (1.0 + here))
