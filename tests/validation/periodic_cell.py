@@ -21,7 +21,7 @@ import scipy.sparse.linalg as spla
 from solvers.fem.assembly import elasticity_parts, lame
 from solvers.fem.elements import HEX8
 from solvers.fem.mandel import from_mandel, hex_strain_matrix, isotropic, to_mandel
-from solvers.physics.cohesive.band import BandLaw, BandState, _inherit_pairs, advance, band_geometry, damage_of
+from solvers.physics.cohesive.band import BandLaw, BandState, advance, band_geometry, damage_of
 
 CORNERS = HEX8.nodes.astype(int)
 
@@ -79,11 +79,8 @@ class PeriodicCell:
         self.faces = periodic_faces(phases, normal, h)
         geo = band_geometry(phases, (phases == 2).astype(np.int32), spacing, self.faces, periodic=True)
         if one_interface:
-            area = np.where(geo.normal @ normal < 0, 0.0, geo.area)
-            index = np.full(phases.size, -1)
-            index[geo.voxel] = np.arange(geo.n)
-            geo = dataclasses.replace(geo, area=area, inherit=_inherit_pairs(index.reshape(phases.shape), area > 0,
-                                                                             True))
+            other = geo.normal @ normal < 0
+            geo = dataclasses.replace(geo, area=np.where(other, 0.0, geo.area), share=np.where(other, 0.0, geo.share))
         self.geo = geo
         (la, ma), (ls, ms) = lame(E_ap, nu), lame(E_se, nu)
         self.band = BandLaw(geo, ls, ms, law, averaging_length_m=averaging * h)
@@ -147,7 +144,7 @@ class PeriodicCell:
 
     def stress_at(self, E, *, debonded):
         """Mean stress (3, 3) at strain E from a bonded or a fully debonded state (contact settled)."""
-        kappa = np.where(self.geo.has_area, 2 * self.band.law.delta_f if debonded else 0.0, 0.0)
+        kappa = np.where(self.geo.share > 0, 2 * self.band.law.delta_f if debonded else 0.0, 0.0)
         self.state = BandState(kappa, kappa.copy(), damage_of(self.band, kappa), np.zeros(self.geo.n, bool))
         self.E_last = np.zeros((3, 3))
         return self.load(E, last=0.0)[0]

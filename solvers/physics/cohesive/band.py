@@ -20,6 +20,19 @@ compliance, so bonded results are those of the bonded model to well under
 1 %. The voxel's hourglass (non-constant strain) stiffness is the
 electrolyte's, scaled by ``s_ip`` as well.
 
+The skin is one to three voxels thick along the normal (``T = sum_k h_k |n_k|``
+for a plane: ``h`` at 0 degrees, ``sqrt(2) h`` at 45, ``sqrt(3) h`` at 54.7),
+and its voxels lie in series between the particle and the bulk electrolyte.
+Each carries the share ``A = V / T`` of the interface (scaled per particle to
+its projected face area), so that along any line through the skin the area
+density integrates to one: the voxels' jumps add up to the separation, and
+their fracture energies to ``G_c`` per unit of true area. Every band voxel
+has its own damage from its own opening; none is inherited. (The first band
+gave the voxels that touch a particle only by an edge or a corner no area
+and the largest damage of their neighbours; on a 45-degree staircase half of
+the separation went into them without driving any damage, so tilted
+interfaces debonded late: ``docs/performance.md``.)
+
 Why the in-plane part degrades with the damage (``s_ip = max(1 - d, residual)``
 on an open voxel): on a voxel staircase the band's node pattern makes a
 tangential slip ``s`` strain a band voxel by ``sym(s (x) g)`` with ``g`` not
@@ -27,10 +40,7 @@ parallel to ``n``, so a laminate that kept its in-plane stiffness would hold
 50-72 % of the bonded shear traction of a fully debonded tilted interface
 (measured with a prototype; 0.0 % here). The energy released that way is
 small: ``1 - d`` falls to 1 % within about 100 ``delta_0`` of opening, long
-before ``delta_f``. Electrolyte voxels that touch a particle only by an edge
-or a corner carry no interface area of their own; they take the largest
-damage of the area voxels around them (26 neighbours) and degrade as a whole,
-so that the band always separates particle nodes from the bulk electrolyte.
+before ``delta_f``.
 
 Contact: a band voxel whose normal strain ``n . eps . n`` is below
 ``-CLOSE_STRAIN`` (a fraction of the strain at the strength) is closed:
@@ -41,15 +51,16 @@ and hourglass parts come back (``s_ip = 1``); it opens again above
 
 Damage ``d = max over history of g(lambda)`` with the law of
 :class:`~solvers.physics.cohesive.CohesiveLaw` (bilinear, ``G_c`` per area in
-every mode mix). What drives it is not the voxel's own jump alone: the
-electrolyte voxels next to a staircase carry a small, noisy share of the
-interface traction and the particle voxels a large one (a shrinking sphere
-at the 3(d) onset load: medians 13 and 178 MPa for 100), while their mean,
-averaged over the interface, is within 3-5 %. So the jump is corrected by
-the mismatch between the particle-side traction and the voxel's interface
-traction, ``w* = w + (t_AP - t) / (2 K0)`` (zero once the interface is open,
-where both tractions vanish, and zero on a flat interface, where they agree),
-and averaged over the particle's interface over ``averaging_length``
+every mode mix). What drives it is the voxel's jump corrected towards the
+interface traction: on a staircase the band voxels carry a noisy share of it
+(the face voxels too little, the particle voxels behind the faces too much:
+at a 45-degree plane 0.77 and 1.23 of the exact traction), while the mean of
+the two sides of a face is within 1.6 % at 0, 26.6, 45 and 54.7 degrees. So
+the interface traction ``t^ = (t_AP + t) / 2`` is estimated on the face
+voxels, carried to the skin voxels without faces by the averaging, and the
+opening is ``w* = w + (t^ - t) / K0`` (``t^ / K0`` while the interface is
+intact, the jump once it is open, where both tractions vanish), averaged over
+the particle's interface over ``averaging_length``
 (:func:`~solvers.physics.cohesive.opening_averaging`).
 """
 
@@ -84,16 +95,20 @@ class BandGeometry:
     area : (nb,) float
         Interface area the voxel carries, m^2: the AP|SE faces it owns, each
         projected on its smoothed normal (``h^2 |n . e|``: exact for a plane,
-        where the staircase faces together are the plane's area). 0: the voxel
-        takes its damage from its neighbours.
+        where the staircase faces together are the plane's area). 0: a voxel
+        that touches the particle by an edge or a corner only.
     particle : (nb,) int
         Particle of the voxel's interface (the one it shares most face area with; nearest for the others).
     face_band : (nf,) int
         Band voxel of every AP|SE face (its electrolyte voxel).
     face_weight : (nf,) float
         The face's projected area, m^2.
-    inherit : (2, m) int
-        Pairs (band voxel without area, band voxel with area) of 26-neighbours.
+    share : (nb,) float
+        Interface area the voxel's laminate carries, m^2: ``V / T`` with ``T = sum_k h_k |n_k|`` the
+        skin's thickness along the normal, scaled per particle so that the shares add up to the
+        particle's projected face area. On a plane every line along the normal then crosses an
+        area density that integrates to one, so the jumps of the voxels it crosses add up to the
+        separation (module docstring).
     """
 
     shape: tuple
@@ -104,7 +119,7 @@ class BandGeometry:
     particle: np.ndarray
     face_band: np.ndarray
     face_weight: np.ndarray
-    inherit: np.ndarray
+    share: np.ndarray
 
     @property
     def n(self) -> int:
@@ -172,27 +187,26 @@ def band_geometry(phases: np.ndarray, particles: np.ndarray, spacing, faces: dic
         best = uk[order] // (int(particles.max()) + 1)
         last = np.r_[best[1:] != best[:-1], True]
         particle[best[last]] = uk[order][last] % (int(particles.max()) + 1)
-    inherit = _inherit_pairs(index.reshape(shape), area > 0, periodic)
-    return BandGeometry(tuple(shape), spacing, voxel, normal, area, particle, face_band, weight, inherit)
+    share = skin_shares(normal, particle, area, spacing)
+    return BandGeometry(tuple(shape), spacing, voxel, normal, area, particle, face_band, weight, share)
 
 
-def _inherit_pairs(index: np.ndarray, has_area: np.ndarray, periodic: bool = False) -> np.ndarray:
-    """(2, m) pairs (band voxel without area, 26-neighbour band voxel with area)."""
-    rows, cols = [], []
-    Z, Y, X = index.shape
-    pad = np.pad(index, 1, mode="wrap") if periodic else np.pad(index, 1, constant_values=-1)
-    for dz in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if dz == dy == dx == 0:
-                    continue
-                nb = pad[1 + dz:1 + dz + Z, 1 + dy:1 + dy + Y, 1 + dx:1 + dx + X]
-                ok = (index >= 0) & (nb >= 0)
-                a, b = index[ok], nb[ok]
-                keep = ~has_area[a] & has_area[b]
-                rows.append(a[keep])
-                cols.append(b[keep])
-    return np.stack([np.concatenate(rows), np.concatenate(cols)]).astype(np.int64)
+def skin_shares(normal: np.ndarray, particle: np.ndarray, area: np.ndarray, spacing) -> np.ndarray:
+    """(nb,) interface area of every band voxel's laminate, m^2 (:class:`BandGeometry` ``share``).
+
+    Parameters
+    ----------
+    normal : (nb, 3) unit normals
+    particle : (nb,) particle of every band voxel
+    area : (nb,) projected face area of every band voxel, m^2 (its sum per particle is kept)
+    spacing : (3,) voxel size, m
+    """
+    share = np.prod(spacing) / (np.abs(normal) @ np.asarray(spacing, float))
+    total = np.bincount(particle, weights=area)
+    have = np.bincount(particle, weights=share, minlength=total.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(have > 0, total / np.where(have > 0, have, 1.0), 0.0)
+    return share * scale[particle]
 
 
 class BandLaw:
@@ -217,8 +231,8 @@ class BandLaw:
         if averaging_length_m > 0:
             from solvers.physics.cohesive.averaging import opening_averaging
 
-            has = geometry.has_area
-            self.averaging = opening_averaging(geometry.centres()[has], geometry.normal[has], geometry.area[has],
+            has = geometry.share > 0
+            self.averaging = opening_averaging(geometry.centres()[has], geometry.normal[has], geometry.share[has],
                                                geometry.particle[has], averaging_length_m)
         self.lam, self.mu = float(lam), float(mu)
         self.a = np.array([lam + 2 * mu, mu, mu])  # acoustic moduli: normal, tangential
@@ -231,7 +245,7 @@ class BandLaw:
                       2 * mu * sym_outer(t2, n)], axis=1)
         self.v = v
         self.C = isotropic(lam, mu)
-        self.rho = geometry.area / np.prod(geometry.spacing)
+        self.rho = geometry.share / np.prod(geometry.spacing)
         self.close_strain = CLOSE_FRACTION * law.strength_Pa / self.a[0]
         self.nn = to_mandel(n[:, :, None] * n[:, None, :])
 
@@ -254,7 +268,7 @@ class BandLaw:
         a = self.a[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             coef = np.where(np.isinf(k), 1.0 / a, k / (a * (k + rho * a)))
-        coef = np.where(rho <= 0, s_ip / a, coef)  # no area: the whole voxel degrades with the damage it takes
+        coef = np.where(rho <= 0, s_ip / a, coef)  # no share (validation cells): plain electrolyte
         vv = np.einsum("bci,bcj->bcij", v, v)
         C_free = self.C[None] - np.einsum("c,bcij->bij", 1.0 / self.a, vv)
         C = s_ip[:, None, None] * C_free + np.einsum("cb,bcij->bij", coef, vv)
@@ -276,7 +290,7 @@ class BandLaw:
 
         Returns
         -------
-        w : (nb, 3) jump, m (zero where the voxel has no area)
+        w : (nb, 3) jump, m (zero where the voxel has no share)
         t : (nb, 3) interface traction, Pa
         """
         tau = np.einsum("bci,bi->cb", self.v, strain)  # (3, nb)
@@ -303,35 +317,41 @@ class BandLaw:
 
 def driving_opening(law: BandLaw, strain: np.ndarray, traction_ap: np.ndarray, damage: np.ndarray,
                     closed: np.ndarray, averaging: sp.csr_matrix | None) -> np.ndarray:
-    """Effective opening that drives the damage of every band voxel with area (0 elsewhere), m.
+    """Effective opening that drives the damage of every band voxel with a share (0 elsewhere), m.
 
-    The voxel's jump corrected by the mismatch between the particle-side traction and its own
-    interface traction, ``w* = w + (t_AP - t) / (2 K0)``, averaged over the particle's interface
-    (``averaging`` over the voxels with area; None: local), in the voxel's own frame (module docstring).
+    The voxel's jump corrected towards the estimated interface traction, ``w* = w + (t^ - t) / K0``
+    with ``t^ = (t_AP + t) / 2`` on voxels with faces and carried to the others by ``averaging``
+    (over the voxels with a share; None: local, and no correction without faces), averaged, in the
+    voxel's own frame (module docstring).
 
     Parameters
     ----------
     strain : (nb, 6) Mandel strain of every band voxel, solved with ``damage`` and ``closed``
-    traction_ap : (nb, 3) particle-side traction on every band voxel with area, (n, t1, t2) frame, Pa
+    traction_ap : (nb, 3) particle-side traction on every band voxel with faces, (n, t1, t2) frame, Pa
     """
     w, t = law.jump(strain, damage, closed)
-    has = law.geometry.has_area
-    w_global = np.einsum("bci,bc->bi", law.frame, w + (traction_ap - t) / (2.0 * law.law.penalty_Pa_m))[has]
+    geo = law.geometry
+    face, has = geo.has_area, geo.share > 0
+    frame = law.frame[has]
+    t_hat = np.where(face[:, None], 0.5 * (traction_ap + t), t)[has]  # the interface traction, local frame
+    if averaging is not None:  # skin voxels without faces take their face neighbours' estimate
+        m = face[has].astype(float)
+        num = averaging @ (np.einsum("bci,bc->bi", frame, t_hat) * m[:, None])
+        den = averaging @ m
+        ext = np.einsum("bci,bi->bc", frame, num / np.where(den > 0, den, 1.0)[:, None])
+        t_hat = np.where(((den > 0) & (m == 0))[:, None], ext, t_hat)
+    w_star = w[has] + (t_hat - t[has]) / law.law.penalty_Pa_m
+    w_global = np.einsum("bci,bc->bi", frame, w_star)
     if averaging is not None:
         w_global = averaging @ w_global
     out = np.zeros(w.shape[0])
-    out[has] = law.effective(np.einsum("bci,bi->bc", law.frame[has], w_global))
+    out[has] = law.effective(np.einsum("bci,bi->bc", frame, w_global))
     return out
 
 
 def damage_of(law: BandLaw, kappa: np.ndarray) -> np.ndarray:
-    """Damage of every band voxel from the opening history ``kappa`` (nb,) of the voxels with area:
-    the law's ``g`` where the voxel has area, the largest of its 26 neighbours' elsewhere."""
-    d = law.law.damage(kappa)
-    rows, cols = law.geometry.inherit
-    taken = np.zeros(d.size)
-    np.maximum.at(taken, rows, d[cols])
-    return np.where(law.geometry.has_area, d, taken)
+    """Damage of every band voxel from its own opening history ``kappa`` (nb,): the law's ``g``."""
+    return law.law.damage(kappa)
 
 
 @dataclass
