@@ -5,8 +5,9 @@ Usage: ``python benchmarks/band_tilted_pull.py [--tilt 011] [--mode I|II] [--ste
 A 16^3 periodic cell (:mod:`tests.validation.periodic_cell`, one interface orientation may fail),
 140 | 22 GPa, 100 MPa, the pipeline's penalty and opening averaging, pulled by a macroscopic strain
 along the plane normal (mode I) or in shear along it (mode II) to twice ``delta_f`` of separation
-at every interface (the slab repeats ``|tilt|`` times along the normal). ``--gc 10`` keeps the elastic energy stored at the peak (about 1 J/m^2 in a
-16-voxel cell) well below ``G_c``, so the pull does not snap back. Prints:
+at every interface (the slab repeats ``|tilt|`` times along the normal). ``--gc 10`` keeps the
+elastic energy stored at the peak (about 1 J/m^2 in a 16-voxel cell) well below ``G_c``, so the
+pull does not snap back. Prints:
 
 - the work of the pull over ``G_c`` times the true interface area, and the same net of the energy
   still stored at the end (the residual stiffness holds some: 3 % is issue 27's target for the
