@@ -21,7 +21,7 @@ import scipy.sparse.linalg as spla
 from solvers.fem.assembly import elasticity_parts, lame
 from solvers.fem.elements import HEX8
 from solvers.fem.mandel import from_mandel, hex_strain_matrix, isotropic, to_mandel
-from solvers.physics.cohesive.band import BandLaw, BandState, advance, band_geometry, damage_of
+from solvers.physics.cohesive.band import BandLaw, BandState, advance, band_geometry
 
 CORNERS = HEX8.nodes.astype(int)
 
@@ -145,6 +145,6 @@ class PeriodicCell:
     def stress_at(self, E, *, debonded):
         """Mean stress (3, 3) at strain E from a bonded or a fully debonded state (contact settled)."""
         kappa = np.where(self.geo.share > 0, 2 * self.band.law.delta_f if debonded else 0.0, 0.0)
-        self.state = BandState(kappa, kappa.copy(), damage_of(self.band, kappa), np.zeros(self.geo.n, bool))
+        self.state = BandState(kappa, kappa.copy(), self.band.law.damage(kappa), np.zeros(self.geo.n, bool))
         self.E_last = np.zeros((3, 3))
         return self.load(E, last=0.0)[0]

@@ -12,6 +12,7 @@ from solvers import fields
 from solvers.fem.mandel import from_mandel, tangent_frame
 from solvers.mesh import voxel_hex_mesh
 from solvers.physics import CohesiveLaw, ElasticProblem, Material, default_penalty
+from solvers.physics.cohesive.band import driving_opening
 from solvers.physics.cohesive.nodepair import CohesiveProblem
 from solvers.physics.cohesive.voxel import VoxelCohesiveProblem
 from tests.validation.periodic_cell import PeriodicCell, slab
@@ -97,8 +98,6 @@ def test_intact_interface_is_driven_by_the_plane_traction(tilt):
     band voxel within 8 % (measured: exact at 0 and 45 degrees, +1.6 % at 54.7, +2.5 % at 26.6 with
     voxels from -0.9 to +6.9 %). The face voxels alone carry 0.64-0.85 of it and the particle voxels
     behind them 1.17-1.39."""
-    from solvers.physics.cohesive.band import driving_opening
-
     n0 = unit(tilt)
     law = CohesiveLaw(strength_Pa=100e6, penalty_Pa_m=default_penalty(140e9, 22e9, H))
     cell = PeriodicCell(slab(16, tilt), n0, H, law, one_interface=True)

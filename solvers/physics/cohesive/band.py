@@ -182,8 +182,8 @@ def band_geometry(phases: np.ndarray, particles: np.ndarray, spacing, faces: dic
     if faces["se_voxel"].size:
         key = face_band * (int(particles.max()) + 1) + faces["particle"]
         uk, inv = np.unique(key, return_inverse=True)
-        share = np.bincount(inv, weights=weight)
-        order = np.lexsort((share, uk // (int(particles.max()) + 1)))
+        face_area = np.bincount(inv, weights=weight)
+        order = np.lexsort((face_area, uk // (int(particles.max()) + 1)))
         best = uk[order] // (int(particles.max()) + 1)
         last = np.r_[best[1:] != best[:-1], True]
         particle[best[last]] = uk[order][last] % (int(particles.max()) + 1)
@@ -204,9 +204,7 @@ def skin_shares(normal: np.ndarray, particle: np.ndarray, area: np.ndarray, spac
     share = np.prod(spacing) / (np.abs(normal) @ np.asarray(spacing, float))
     total = np.bincount(particle, weights=area)
     have = np.bincount(particle, weights=share, minlength=total.size)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(have > 0, total / np.where(have > 0, have, 1.0), 0.0)
-    return share * scale[particle]
+    return share * np.divide(total, have, out=np.zeros_like(total), where=have > 0)[particle]
 
 
 class BandLaw:
@@ -268,7 +266,6 @@ class BandLaw:
         a = self.a[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             coef = np.where(np.isinf(k), 1.0 / a, k / (a * (k + rho * a)))
-        coef = np.where(rho <= 0, s_ip / a, coef)  # no share (validation cells): plain electrolyte
         vv = np.einsum("bci,bcj->bcij", v, v)
         C_free = self.C[None] - np.einsum("c,bcij->bij", 1.0 / self.a, vv)
         C = s_ip[:, None, None] * C_free + np.einsum("cb,bcij->bij", coef, vv)
@@ -349,11 +346,6 @@ def driving_opening(law: BandLaw, strain: np.ndarray, traction_ap: np.ndarray, d
     return out
 
 
-def damage_of(law: BandLaw, kappa: np.ndarray) -> np.ndarray:
-    """Damage of every band voxel from its own opening history ``kappa`` (nb,): the law's ``g``."""
-    return law.law.damage(kappa)
-
-
 @dataclass
 class BandState:
     """History of the band: committed opening history (and the one before), damage and contact."""
@@ -399,7 +391,7 @@ def solve_increment(law: BandLaw, state: BandState, solve, ratio: float, *, max_
     ``tol`` and ``accept`` False), the linear solves it took, and its traction error over the strength.
     """
     kappa_pred = np.maximum(state.kappa + ratio * (state.kappa - state.kappa_prev), state.kappa)
-    damage = np.maximum(damage_of(law, kappa_pred), state.damage)
+    damage = np.maximum(law.law.damage(kappa_pred), state.damage)
     closed = state.closed
     sc, k0 = law.law.strength_Pa, law.law.penalty_Pa_m
     for k in range(1, max_corrections + 2):
@@ -410,7 +402,7 @@ def solve_increment(law: BandLaw, state: BandState, solve, ratio: float, *, max_
             continue
         lam = driving_opening(law, strain, traction_ap, damage, closed, law.averaging)
         kappa = np.maximum(state.kappa, lam)
-        damage_new = np.maximum(damage_of(law, kappa), state.damage)
+        damage_new = np.maximum(law.law.damage(kappa), state.damage)
         err = float(np.max(np.abs(damage_new - damage) * k0 * lam, initial=0.0)) / sc
         if err > tol and not accept:
             return None, k, err
